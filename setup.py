@@ -1,0 +1,64 @@
+"""flanx: the FLAN instruction-tuning pipeline in JAX/Flax."""
+import os
+
+import shutil
+
+from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+# The task collection (tasks/) and gin configs (t5x_configs/) are data, kept at
+# the top of the checkout; an installed (non-editable) flanx carries copies in
+# flanx/_resources/, which flanx.paths finds.
+RESOURCES = ("tasks", "t5x_configs")
+
+
+class BuildPyWithResources(build_py):
+    def run(self):
+        super().run()
+        here = os.path.dirname(os.path.abspath(__file__))
+        for name in RESOURCES:
+            src = os.path.join(here, name)
+            dst = os.path.join(self.build_lib, "flanx", "_resources", name)
+            if os.path.isdir(src):
+                shutil.rmtree(dst, ignore_errors=True)
+                shutil.copytree(src, dst)
+
+
+setup(
+    name="flanx",
+    version="0.1.0",
+    description="FLAN instruction tuning in JAX/Flax: seqio tasks, T5X-style training, forgetting studies",
+    python_requires=">=3.10",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    include_package_data=True,
+    cmdclass={"build_py": BuildPyWithResources},
+    install_requires=[
+        "numpy",
+        "jax>=0.10,<0.11",
+        "flax>=0.12,<0.13",
+        "optax",
+        "orbax-checkpoint",
+        "gin-config",
+        "seqio==0.0.20",
+        "tensorflow>=2.21,<2.22",
+        "tensorflow-text>=2.21,<2.22",
+        "tensorflow-datasets",
+        "sentencepiece",
+        "rouge-score",
+        "pyyaml",
+        "safetensors",
+        "tensorstore",
+        "msgpack",
+        "matplotlib",
+        "tensorboardX",
+    ],
+    extras_require={
+        "test": ["pytest", "pytest-timeout", "torch==2.13.0", "transformers>=4.40", "datasets"],
+        "hf": ["torch==2.13.0", "transformers>=4.40"],
+        "gpu": ["jax[cuda12]>=0.10,<0.11"],
+        "tpu": ["jax[tpu]>=0.10,<0.11"],
+        "cache": ["apache-beam", "sentencepiece==0.2.0", "protobuf<5"],
+    },
+    entry_points={"console_scripts": ["flanx=flanx.cli:main"]},
+)
