@@ -1,0 +1,110 @@
+"""Foundation: data locations, progress lines, the umbrella CLI, gin plumbing, install layout."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flanx import cli, gin_utils, paths, progress
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_require_dataset_names_variable_and_missing_files(tmp_path, monkeypatch):
+    monkeypatch.setenv(paths.DATA_DIR_ENV, str(tmp_path))
+    (tmp_path / "dialogsum").mkdir()
+    (tmp_path / "dialogsum" / "dialogsum.train.jsonl").write_text("{}\n")
+    with pytest.raises(paths.MissingDataError) as e:
+        paths.require_dataset("dialogsum")
+    msg = str(e.value)
+    assert "FLANX_DATA_DIR" in msg and "dialogsum/dialogsum.dev.jsonl" in msg
+    assert "dialogsum/dialogsum.train.jsonl" not in msg.split("missing")[1]
+    assert not paths.dataset_available("dialogsum")
+
+
+def test_require_dataset_unset_variable(monkeypatch):
+    monkeypatch.delenv(paths.DATA_DIR_ENV, raising=False)
+    assert paths.data_dir() is None
+    with pytest.raises(paths.MissingDataError, match="FLANX_DATA_DIR is unset"):
+        paths.require_dataset("gsm8k")
+    with pytest.raises(KeyError, match="unknown dataset 'nope'"):
+        paths.require_dataset("nope")
+
+
+@pytest.mark.needs_data
+def test_real_data_dir_has_every_listed_dataset(data_root):
+    for name in paths.DATASETS:
+        assert paths.dataset_available(name), name
+        assert paths.require_dataset(name) == data_root
+
+
+def test_resource_dirs_found():
+    assert (paths.tasks_dir()).is_dir()
+    assert (paths.configs_dir() / "runs").exists() or paths.configs_dir().is_dir()
+
+
+def test_progress_lines_have_step_scalars_rate_and_eta():
+    t = iter([0.0, 10.0, 20.0])
+    lines = []
+    p = progress.Progress("train", total=40, every=10, unit="tokens", emit=lines.append, clock=lambda: next(t))
+    for step in range(1, 11):
+        p.update(step, n_units=100, loss=2.5, lr=1e-3)
+    # 1,000 tokens over 10 s, 10 steps/10 s -> 30 steps left = 30 s.
+    assert lines == ["[train] step 10/40 (25.0%) loss=2.5000 lr=1.00e-03 tokens/s=100 eta=30s"]
+    for step in range(11, 21):
+        p.update(step, n_units=50, loss=2.0)
+    assert lines[-1] == "[train] step 20/40 (50.0%) loss=2.0000 tokens/s=50 eta=20s"
+
+
+def test_format_duration():
+    assert progress.format_duration(5) == "5s"
+    assert progress.format_duration(221) == "3m41s"
+    assert progress.format_duration(3 * 3600 + 125) == "3h02m"
+
+
+def test_cli_usage_and_unknown_command(capsys):
+    assert cli.main([]) == 0
+    out = capsys.readouterr().out
+    for name in ("demo", "train", "eval", "infer", "convert", "tasks", "mixtures", "study"):
+        assert f"  {name}" in out
+    assert cli.main(["frobnicate"]) == 2
+    assert "unknown command 'frobnicate'" in capsys.readouterr().err
+
+
+def test_split_gin_args():
+    files, bindings, rest = gin_utils.split_gin_args(
+        ["--gin_file=a.gin", "--gin_file", "b.gin", "--gin.TRAIN_STEPS=10",
+         "--gin.MODEL_DIR='/tmp/x'", "--other", "v"])
+    assert files == ["a.gin", "b.gin"]
+    assert bindings == ["TRAIN_STEPS = 10", "MODEL_DIR = '/tmp/x'"]
+    assert rest == ["--other", "v"]
+
+
+def test_missing_gin_file_lists_run_configs():
+    with pytest.raises(FileNotFoundError, match="gin file 'nope.gin' not found"):
+        gin_utils.resolve_gin_file("nope.gin")
+
+
+def test_makefile_and_ci_call_the_readme_test_command():
+    readme = (REPO / "README.md").read_text()
+    opening = readme[: readme.index("## Map of the repo")]
+    assert "make demo" in opening and "make test" in opening
+    assert "make test" in (REPO / ".ci" / "run").read_text()
+    make = (REPO / "Makefile").read_text()
+    for target in ("demo:", "test:", "bench:"):
+        assert target in make
+
+
+def test_installed_wheel_carries_tasks_and_configs(tmp_path):
+    """A non-editable build puts tasks/ and t5x_configs/ under flanx/_resources."""
+    out = subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = tmp_path / "flanx" / "_resources"
+    assert (res / "tasks").is_dir() and (res / "t5x_configs").is_dir()
+    src_cards = sorted(p.name for p in (REPO / "tasks").rglob("*") if p.is_file())
+    assert sorted(p.name for p in (res / "tasks").rglob("*") if p.is_file()) == src_cards
