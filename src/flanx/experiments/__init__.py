@@ -1,0 +1,1 @@
+"""Experiments built on flanx: the single- vs multi-task forgetting study and its reports."""
