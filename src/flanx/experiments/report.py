@@ -140,10 +140,11 @@ def plot_all(results: dict, summary: dict, out_dir: str) -> dict[str, str]:
 
     if BASE_ARM in results["arms"]:
         fig, ax = plt.subplots(figsize=(5.5, 4))
-        for arm, row in summary.items():
-            for key, marker in (("forgetting_held_in", "o"), ("forgetting_held_out", "^")):
-                ax.scatter(row[key], row["target_gain"], marker=marker, s=60,
-                           label=f"{arm} ({key.split('_')[-1].replace('in', 'held-in').replace('out', 'held-out')})")
+        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for i, (arm, row) in enumerate(summary.items()):
+            for key, marker, group in (("forgetting_held_in", "o", "held-in"), ("forgetting_held_out", "^", "held-out")):
+                ax.scatter(row[key], row["target_gain"], marker=marker, s=60, color=colors[i % len(colors)],
+                           label=f"{arm} ({group})")
                 ax.annotate(arm, (row[key], row["target_gain"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
         ax.axhline(0, color="grey", lw=0.5)
         ax.axvline(0, color="grey", lw=0.5)
