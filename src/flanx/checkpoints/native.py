@@ -1,0 +1,230 @@
+"""The native flanx checkpoint format: Orbax parameters plus a JSON sidecar.
+
+A flanx parameter checkpoint is a directory:
+
+    OUT/
+      flanx.json   {"format": "flanx", "version": 1, "config": {T5Config fields},
+                    "step": int | null, "metadata": {...}}
+      params/      an Orbax PyTree checkpoint of the plain parameter dict
+
+`save_params` writes it under a temporary name and renames it when complete.
+`load_native` reads it back, and also reads what the trainer's
+`orbax.checkpoint.CheckpointManager` writes (`MODEL_DIR/checkpoints/<step>/params/`):
+pass the model dir, its `checkpoints/` dir, one `<step>/` dir or the `params/`
+item itself. Arrays are restored as host numpy arrays whatever sharding they
+were saved with.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+import types
+import typing
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from flanx.checkpoints.tree import CheckpointError, to_numpy
+
+SIDECAR = "flanx.json"
+PARAMS_ITEM = "params"
+FORMAT_VERSION = 1
+_ORBAX_MARKERS = ("_METADATA", "manifest.ocdbt", "_CHECKPOINT_METADATA", "checkpoint")
+
+
+class NativeCheckpoint(NamedTuple):
+    params: dict[str, Any]
+    config: Any  # flanx.models.T5Config, or None when the checkpoint carries no config
+    step: int | None
+    metadata: dict[str, Any]
+
+
+# ----------------------------------------------------------------------------- config <-> JSON
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    if not dataclasses.is_dataclass(config):
+        raise TypeError(f"expected a T5Config dataclass, got {type(config).__name__}")
+    return dataclasses.asdict(config)
+
+
+def _build(cls: Any, value: Any, where: str) -> Any:
+    """Rebuild a value of annotated type `cls` from its JSON form (dataclasses, tuples, Optional)."""
+    origin, args = typing.get_origin(cls), typing.get_args(cls)
+    if value is None:
+        return None
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in args if a is not type(None)]
+        chosen = next((a for a in options if dataclasses.is_dataclass(a) and isinstance(value, dict)), options[0])
+        return _build(chosen, value, where)
+    if dataclasses.is_dataclass(cls) and isinstance(value, dict):
+        hints = typing.get_type_hints(cls)
+        unknown = sorted(set(value) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise CheckpointError(f"{where}: unknown {cls.__name__} fields {unknown}; written by a newer flanx?")
+        return cls(**{k: _build(hints.get(k, Any), v, f"{where}.{k}") for k, v in value.items()})
+    if isinstance(value, list):  # frozen configs keep sequences as tuples
+        if origin is tuple and args and args[-1] is not Ellipsis and len(args) == len(value):
+            return tuple(_build(a, v, where) for a, v in zip(args, value))
+        inner = args[0] if origin in (tuple, list) and args else Any
+        items = [_build(inner, v, where) for v in value]
+        return items if origin is list else tuple(items)
+    return value
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> Any:
+    """Rebuild a `flanx.models.T5Config` from `config_to_dict` output."""
+    from flanx.models import T5Config
+
+    return _build(T5Config, data, source)
+
+
+# ----------------------------------------------------------------------------- save
+
+
+def _prepare_target(path: Path, overwrite: bool) -> None:
+    if path.exists() and (path.is_file() or any(path.iterdir())):
+        if not overwrite:
+            raise CheckpointError(f"{path} already exists and is not empty; choose another path or pass overwrite=True")
+
+
+def _replace(tmp: Path, final: Path) -> None:
+    """Move the finished `tmp` to `final`, replacing what is there only after `tmp` is complete."""
+    old = None
+    if final.exists():
+        old = final.with_name(f"{final.name}.old-{os.getpid()}-{int(time.time())}")
+        final.rename(old)
+    tmp.rename(final)
+    if old is not None:
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+
+def save_params(path: str | os.PathLike, params: dict[str, Any], config: Any, metadata: dict[str, Any] | None = None,
+                *, step: int | None = None, overwrite: bool = False) -> Path:
+    """Write `params` (+ `config`, `step`, `metadata`) as a flanx checkpoint directory; return its path."""
+    import orbax.checkpoint as ocp
+
+    final = Path(path).absolute()
+    _prepare_target(final, overwrite)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}-{int(time.time())}")
+    try:
+        tmp.mkdir()
+        checkpointer = ocp.PyTreeCheckpointer()
+        checkpointer.save(tmp / PARAMS_ITEM, to_numpy(params))
+        checkpointer.close()
+        sidecar = {"format": "flanx", "version": FORMAT_VERSION, "config": config_to_dict(config),
+                   "step": None if step is None else int(step), "metadata": dict(metadata or {})}
+        (tmp / SIDECAR).write_text(json.dumps(sidecar, indent=2, sort_keys=True, default=_json_default) + "\n")
+        _replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"metadata value {value!r} is not JSON serialisable")
+
+
+# ----------------------------------------------------------------------------- load
+
+
+def is_orbax_tree(path: Path) -> bool:
+    """True for a directory Orbax wrote one PyTree into."""
+    return path.is_dir() and any((path / m).is_file() for m in ("_METADATA", "manifest.ocdbt")) \
+        and not (path / PARAMS_ITEM).is_dir()
+
+
+def _numeric_steps(directory: Path) -> dict[int, Path]:
+    return {int(c.name): c for c in directory.iterdir() if c.is_dir() and c.name.isdigit()
+            and is_orbax_tree(c / PARAMS_ITEM)} if directory.is_dir() else {}
+
+
+def resolve(path: str | os.PathLike) -> tuple[Path, int | None, list[Path]]:
+    """-> (the Orbax params directory, the step if known, directories to look in for flanx.json)."""
+    path = Path(path).absolute()
+    if not path.exists():
+        raise CheckpointError(f"flanx checkpoint {path} does not exist")
+    if (path / SIDECAR).is_file() and is_orbax_tree(path / PARAMS_ITEM):
+        return path / PARAMS_ITEM, None, [path]
+    if is_orbax_tree(path):  # a params item (or any bare Orbax PyTree)
+        step = int(path.parent.name) if path.parent.name.isdigit() else None
+        return path, step, [path, path.parent, path.parent.parent, path.parent.parent.parent]
+    if is_orbax_tree(path / PARAMS_ITEM):  # one CheckpointManager step
+        step = int(path.name) if path.name.isdigit() else None
+        return path / PARAMS_ITEM, step, [path, path.parent, path.parent.parent]
+    for manager_dir in (path, path / "checkpoints"):
+        steps = _numeric_steps(manager_dir)
+        if steps:
+            step = max(steps)
+            return steps[step] / PARAMS_ITEM, step, [steps[step], manager_dir, manager_dir.parent]
+    raise CheckpointError(
+        f"{path} is not a flanx checkpoint: looked for {SIDECAR} + {PARAMS_ITEM}/, an Orbax PyTree "
+        f"(_METADATA), a step dir with {PARAMS_ITEM}/, and a CheckpointManager dir (<step>/{PARAMS_ITEM}/, "
+        "also under checkpoints/)"
+    )
+
+
+def _read_sidecar(dirs: list[Path]) -> dict[str, Any] | None:
+    for directory in dirs:
+        file = directory / SIDECAR
+        if file.is_file():
+            try:
+                data = json.loads(file.read_text())
+            except json.JSONDecodeError as e:
+                raise CheckpointError(f"{file}: not valid JSON ({e}); the file is corrupt") from e
+            if not isinstance(data, dict) or data.get("format") != "flanx":
+                raise CheckpointError(f"{file}: not a flanx checkpoint description (missing \"format\": \"flanx\")")
+            if data.get("version", 0) > FORMAT_VERSION:
+                raise CheckpointError(f"{file}: format version {data['version']} is newer than this flanx supports")
+            data["_file"] = str(file)
+            return data
+    return None
+
+
+def restore_tree(params_dir: Path) -> dict[str, Any]:
+    """Restore an Orbax PyTree directory into host numpy arrays."""
+    import jax
+    import orbax.checkpoint as ocp
+    from etils import epath
+
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+        metadata = handler.metadata(epath.Path(params_dir))
+        tree = getattr(metadata, "tree", metadata)
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+        restored = handler.restore(epath.Path(params_dir), args=ocp.args.PyTreeRestore(restore_args=restore_args))
+    except CheckpointError:
+        raise
+    except Exception as e:  # Orbax/TensorStore raise many types for damaged files
+        raise CheckpointError(f"{params_dir}: cannot restore the Orbax parameter checkpoint ({type(e).__name__}: {e})") from e
+    finally:
+        handler.close()
+    return to_numpy(restored)
+
+
+def load_native(path: str | os.PathLike) -> NativeCheckpoint:
+    """Read a flanx checkpoint (or a trainer CheckpointManager's `params` item) -> NativeCheckpoint."""
+    params_dir, step, sidecar_dirs = resolve(path)
+    sidecar = _read_sidecar(sidecar_dirs)
+    config = None
+    metadata: dict[str, Any] = {}
+    if sidecar is not None:
+        if isinstance(sidecar.get("config"), dict):
+            config = config_from_dict(sidecar["config"], source=sidecar["_file"])
+        metadata = dict(sidecar.get("metadata") or {})
+        if step is None and sidecar.get("step") is not None:
+            step = int(sidecar["step"])
+    params = restore_tree(params_dir)
+    if not params:
+        raise CheckpointError(f"{params_dir}: the checkpoint holds no parameters")
+    return NativeCheckpoint(params, config, step, metadata)

@@ -1,0 +1,130 @@
+"""`python -m flanx.convert` / `flanx convert`: convert checkpoints between Hugging Face, T5X and flanx.
+
+    python -m flanx.convert [--from auto|hf|t5x|flanx] --to flanx|hf|t5x INPUT OUTPUT
+        [--model NAME] [--scan_layers true|false] [--step N] [--overwrite]
+
+INPUT is detected by its files unless --from says otherwise. T5X checkpoints
+carry no model config: name the preset with --model (e.g. flan_t5_base).
+OUTPUT is a directory: a flanx checkpoint, a Hugging Face model directory, or
+a T5X model dir holding `checkpoint_<step>/`. It is written under a temporary
+name beside OUTPUT and renamed when complete, so an interrupted conversion
+never leaves a directory that looks like a finished checkpoint; an existing
+non-empty OUTPUT is replaced only with --overwrite.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+_BOOL = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _parse_bool(text: str) -> bool:
+    try:
+        return _BOOL[text.lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="flanx convert", description=__doc__.split("\n\n")[0])
+    p.add_argument("--from", dest="src_format", default="auto", choices=("auto", "hf", "t5x", "flanx"),
+                   help="input format (default: detect from the files)")
+    p.add_argument("--to", dest="dst_format", required=True, choices=("flanx", "hf", "t5x"), help="output format")
+    p.add_argument("--model", help="model preset for inputs without a config (T5X), or to check the input against")
+    p.add_argument("--scan_layers", type=_parse_bool, default=None,
+                   help="layer layout of the output (flanx/T5X): true = scanned 'layers', false = 'layers_N'; "
+                        "default keeps the input's")
+    p.add_argument("--step", type=int, default=None, help="step to record (default: the input's, else 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty OUTPUT")
+    p.add_argument("input", help="checkpoint to read")
+    p.add_argument("output", help="directory to write")
+    return p
+
+
+def _check_output(output: Path, overwrite: bool, input_path: Path) -> None:
+    if output.resolve() == input_path.resolve():
+        raise SystemExit(f"flanx convert: OUTPUT {output} is the INPUT; write to another directory")
+    if output.exists() and (output.is_file() or any(output.iterdir())) and not overwrite:
+        raise SystemExit(f"flanx convert: {output} exists and is not empty; pass --overwrite to replace it")
+
+
+def _publish(tmp: Path, output: Path) -> None:
+    """Rename the finished `tmp` to `output`; an old `output` is removed only after that."""
+    old = None
+    if output.exists():
+        old = output.with_name(f"{output.name}.old-{os.getpid()}-{int(time.time())}")
+        output.rename(old)
+    tmp.rename(output)
+    if old is not None:
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+
+def convert(input_path: str | os.PathLike, output: str | os.PathLike, dst_format: str, *, src_format: str = "auto",
+            model: str | None = None, scan_layers: bool | None = None, step: int | None = None,
+            overwrite: bool = False) -> Path:
+    """Convert `input_path` to `dst_format` at `output`; return `output`."""
+    from flanx import checkpoints
+
+    input_path, output = Path(input_path), Path(output).absolute()
+    _check_output(output, overwrite, input_path)
+    fmt = checkpoints.detect_format(input_path) if src_format == "auto" else src_format
+    if fmt == "t5x" and input_path.is_file():
+        fmt = "t5x_msgpack"
+    raw = checkpoints.read_checkpoint(input_path, fmt)
+    config = raw.config
+    if model is not None:
+        from flanx.models import get_config
+
+        config = get_config(model)
+    if config is None:
+        raise checkpoints.CheckpointError(
+            f"{raw.source} carries no model config; pass --model NAME (e.g. --model flan_t5_base)")
+    if scan_layers is None:  # keep the input's layer layout
+        scan_layers = checkpoints.is_scanned(raw.params)
+    params, config = checkpoints.fit_params(raw.params, config, scan_layers, dtype=None, source=raw.source)
+    step = raw.step if step is None else step
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f"{output.name}.tmp-{os.getpid()}-{int(time.time())}")
+    try:
+        if dst_format == "flanx":
+            checkpoints.save_params(tmp, params, config, {"converted_from": str(input_path), "source_format": fmt},
+                                    step=step)
+        elif dst_format == "t5x":
+            tmp.mkdir()
+            checkpoints.export_t5x(params, tmp, step=step or 0)
+        elif dst_format == "hf":
+            from flanx.checkpoints import hf
+
+            hf.export_hf(checkpoints.unstack_layers(params), dataclasses.replace(config, scan_layers=False), tmp)
+        else:
+            raise SystemExit(f"flanx convert: unknown output format {dst_format!r}")
+        _publish(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return output
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    from flanx.checkpoints import CheckpointError
+
+    try:
+        out = convert(args.input, args.output, args.dst_format, src_format=args.src_format, model=args.model,
+                      scan_layers=args.scan_layers, step=args.step, overwrite=args.overwrite)
+    except (CheckpointError, ValueError) as e:  # bad input: say what and why, no traceback
+        print(f"flanx convert: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.dst_format} checkpoint to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
