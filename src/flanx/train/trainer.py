@@ -1,0 +1,262 @@
+"""The training loop: plain Python, no gin, no TensorFlow.
+
+    result = train(train_cfg, model_config, data_iter_factory,
+                   init_params=None, eval_fn=None, init_step=0)
+
+- `data_iter_factory(shard: HostShard)` returns an iterator of host-local
+  numpy batches (`shard.local_batch_size` rows; T5X feature names). For
+  exact resume it should have `state()` (JSON-able) and `restore(state)`;
+  `flanx.data.pipeline.get_dataset(...)` iterators do.
+- `init_params`: a parameter tree to start from (e.g. from
+  `flanx.checkpoints.load_params`), else fresh `init_params(model_config)`;
+  `init_step` is that checkpoint's step (`train_steps` counts from 0, T5X style).
+- `eval_fn(params, step) -> {task: {metric: value}}` runs every
+  `eval_period` steps and at the end.
+
+With `model_dir` set, a run resumes from the newest committed checkpoint in
+`model_dir/checkpoints` (ignoring `init_params`), saves every
+`checkpoint_period` steps and at the end, appends metrics to
+`model_dir/metrics.jsonl` and TensorBoard, and logs a progress line every
+`log_every` steps. A non-finite loss raises `FloatingPointError` naming the
+step; no checkpoint is written after it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from flanx import partitioning
+from flanx.progress import Progress
+from flanx.train import optim, step as step_lib
+from flanx.train.checkpointing import Checkpointer, _local_value
+from flanx.train.config import TrainConfig
+from flanx.train.writers import MetricsWriter
+
+logger = logging.getLogger("flanx")
+
+
+@dataclasses.dataclass
+class TrainResult:
+    params: Any                       # final parameters (jax arrays on the mesh)
+    step: int                         # final absolute step
+    losses: dict[int, float]          # step (1-based, after the update) -> loss of that step
+    evals: list[tuple[int, dict]]     # (step, eval_fn result)
+    resumed_from: int | None          # checkpoint step this run resumed from, if any
+    model_dir: str | None
+
+
+def _abstract(tree, shardings):
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def _host_array_to_global(x, sharding):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
+def _restore_iterator(it, data_state) -> None:
+    for name in ("restore", "set_state", "load_state"):
+        if hasattr(it, name):
+            getattr(it, name)(data_state)
+            return
+    raise ValueError("the checkpoint has a data-iterator state but the data iterator has no "
+                     "restore(state) method; resuming would repeat batches")
+
+
+def _iterator_state(it):
+    return it.state() if hasattr(it, "state") else None
+
+
+def _trainable_mask(model_config, params, given):
+    if given is not None:
+        return given
+    if getattr(model_config, "lora", None) is None:
+        return None
+    from flanx.models import lora
+    return lora.trainable_mask(params)
+
+
+def _write_run_config(cfg: TrainConfig, model_config) -> None:
+    """`model_dir/flanx.json` (model config, for load_params) and `train_config.json`."""
+    from flanx.checkpoints import native
+
+    os.makedirs(cfg.model_dir, exist_ok=True)
+    sidecar = {"format": "flanx", "version": native.FORMAT_VERSION,
+               "config": native.config_to_dict(model_config), "step": None, "metadata": {"source": "trainer"}}
+    with open(os.path.join(cfg.model_dir, native.SIDECAR), "w") as f:
+        json.dump(sidecar, f, indent=2, sort_keys=True)
+    with open(os.path.join(cfg.model_dir, "train_config.json"), "w") as f:
+        json.dump(dataclasses.asdict(cfg), f, indent=2, sort_keys=True)
+
+
+class _Run:
+    """The pieces of one training run, built once."""
+
+    def __init__(self, cfg, model_config, init_params, init_step, trainable_mask, mesh, apply_fn):
+        self.cfg = cfg
+        self.mesh = mesh or partitioning.create_mesh(dataclasses.asdict(cfg.mesh))
+        partitioning.check_batch_size(self.mesh, cfg.batch_size, cfg.num_microbatches)
+        self.optimizer = optim.make_optimizer(cfg.optimizer)
+        apply_fn = apply_fn or step_lib.model_apply_fn(model_config)
+
+        from flanx.models import init_params as model_init, param_axes
+        axes = param_axes(model_config)
+        if init_params is None:
+            params_shapes = jax.eval_shape(lambda: model_init(model_config, jax.random.PRNGKey(cfg.seed)))
+        else:
+            params_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
+                                         if not hasattr(x, "dtype") else jax.ShapeDtypeStruct(x.shape, x.dtype),
+                                         init_params)
+        mask = _trainable_mask(model_config, params_shapes, trainable_mask)
+        self.trainable = step_lib.trainable_paths(mask)
+
+        # Shardings for the whole state, derived from the parameters' logical axes.
+        p_specs = partitioning.param_specs(axes, params_shapes, self.mesh)
+        tr_shapes, _ = step_lib.split_params(params_shapes, self.trainable)
+        tr_specs, _ = step_lib.split_params(p_specs, self.trainable)
+        opt_shapes = jax.eval_shape(self.optimizer.init, tr_shapes)
+        o_specs = partitioning.state_specs(opt_shapes, tr_specs, tr_shapes)
+        spec = step_lib.TrainState(step=P(), params=p_specs, opt_state=o_specs, rng=P())
+        self.state_sharding = partitioning.named(self.mesh, spec)
+        self.abstract_state = _abstract(step_lib.TrainState(
+            step=jax.ShapeDtypeStruct((), jnp.int32), params=params_shapes, opt_state=opt_shapes,
+            rng=jax.ShapeDtypeStruct((2,), jnp.uint32)), self.state_sharding)
+        self.replicated = NamedSharding(self.mesh, P())
+        self.batch_sharding = NamedSharding(self.mesh, partitioning.batch_spec())
+        self.model_init, self.model_config = model_init, model_config
+        self.init_params, self.init_step = init_params, init_step
+        self.apply_fn = apply_fn
+
+    def fresh_state(self) -> step_lib.TrainState:
+        cfg = self.cfg
+        if self.init_params is None:
+            def make():
+                params = self.model_init(self.model_config, jax.random.PRNGKey(cfg.seed))
+                return step_lib.init_state(params, self.optimizer, self.trainable, cfg.seed, self.init_step)
+            with self.mesh:
+                return jax.jit(make, out_shardings=self.state_sharding)()
+        params = jax.tree.map(_host_array_to_global, self.init_params, self.state_sharding.params)
+
+        def make_from(params):
+            return step_lib.init_state(params, self.optimizer, self.trainable, cfg.seed, self.init_step)
+        with self.mesh:
+            return jax.jit(make_from, out_shardings=self.state_sharding)(params)
+
+    def compile_step(self, schedule) -> Callable:
+        fn = step_lib.make_train_step(self.apply_fn, self.optimizer, schedule, self.cfg.loss,
+                                      self.cfg.num_microbatches, self.trainable)
+        jitted = jax.jit(fn, in_shardings=(self.state_sharding, self.batch_sharding),
+                         out_shardings=(self.state_sharding, self.replicated), donate_argnums=(0,))
+
+        def run(state, batch):
+            with self.mesh, nn.logical_axis_rules(partitioning.LOGICAL_AXIS_RULES):
+                return jitted(state, batch)
+        return run
+
+
+def train(cfg: TrainConfig, model_config, data_iter_factory: Callable[[partitioning.HostShard], Iterator],
+          init_params=None, eval_fn: Callable | None = None, *, init_step: int = 0,
+          trainable_mask=None, mesh=None, apply_fn: Callable | None = None) -> TrainResult:
+    """Train `model_config` on batches from `data_iter_factory` up to `cfg.train_steps` (absolute)."""
+    run = _Run(cfg, model_config, init_params, init_step, trainable_mask, mesh, apply_fn)
+    ckpt = writer = None
+    if cfg.model_dir:
+        if jax.process_index() == 0:
+            _write_run_config(cfg, model_config)
+        ckpt = Checkpointer(os.path.join(cfg.model_dir, "checkpoints"), cfg.keep_checkpoints,
+                            cfg.async_checkpointing)
+    writer = MetricsWriter(cfg.model_dir)
+
+    resumed_from, data_state, start_step = None, None, init_step
+    latest = ckpt.latest_step() if ckpt else None
+    if latest is not None:
+        state, data_state, meta = ckpt.restore(latest, run.abstract_state)
+        resumed_from, start_step = latest, int(meta.get("start_step", init_step))
+        logger.info("resuming from %s/checkpoints step %d", cfg.model_dir, latest)
+    else:
+        state = run.fresh_state()
+    step = int(_local_value(state.step))
+    schedule = optim.make_schedule(cfg.optimizer, start_step, cfg.train_steps)
+    train_step = run.compile_step(schedule)
+
+    shard = partitioning.host_shard(run.mesh, cfg.batch_size)
+    it = data_iter_factory(shard)
+    if data_state is not None:
+        _restore_iterator(it, data_state)
+
+    result = TrainResult(params=None, step=step, losses={}, evals=[], resumed_from=resumed_from,
+                         model_dir=cfg.model_dir)
+    progress = Progress("train", cfg.train_steps, every=cfg.log_every, start_step=step)
+    pending: list[tuple[int, dict]] = []
+    window = {"t": time.perf_counter(), "tokens": 0.0}
+
+    def flush(log: bool) -> None:
+        """Fetch pending step metrics; raise on a non-finite loss; write the log line."""
+        if not pending:
+            return
+        fetched = [(s, {k: float(_local_value(v)) for k, v in m.items()}) for s, m in pending]
+        pending.clear()
+        for s, m in fetched:
+            if not math.isfinite(m["loss"]):
+                good = ckpt.latest_step() if ckpt else None
+                raise FloatingPointError(
+                    f"non-finite loss ({m['loss']}) at step {s}; training stopped. Last good checkpoint: "
+                    f"{f'step {good} in {ckpt.directory}' if good is not None else 'none'}. Lower "
+                    "LEARNING_RATE, check the data, or resume from that checkpoint.")
+            result.losses[s] = m["loss"]
+        if log:
+            s, last = fetched[-1]
+            mean = {k: float(np.mean([m[k] for _, m in fetched])) for k in ("loss", "accuracy", "z_loss")}
+            now = time.perf_counter()
+            tps = window["tokens"] / max(now - window["t"], 1e-9)
+            writer.write(s, "train", {**mean, "learning_rate": last["learning_rate"],
+                                      "grad_norm": last["grad_norm"], "tokens_per_s": tps})
+            progress.update(s, window["tokens"], force=True, loss=mean["loss"], lr=last["learning_rate"])
+            window.update(t=now, tokens=0.0)
+
+    def save(state) -> None:
+        flush(log=False)
+        ckpt.save(state, _iterator_state(it), {"start_step": start_step})
+
+    try:
+        while step < cfg.train_steps:
+            try:
+                local = next(it)
+            except StopIteration:
+                raise RuntimeError(f"the training data ran out at step {step} of {cfg.train_steps}; "
+                                   "use a repeating dataset or lower TRAIN_STEPS") from None
+            local = step_lib.model_batch(local)
+            tokens = sum(v.shape[0] * v.shape[1] for k, v in local.items()
+                         if k in ("encoder_input_tokens", "decoder_target_tokens")) * shard.num_shards
+            batch = partitioning.to_global_batch(local, run.mesh, cfg.batch_size)
+            state, metrics = train_step(state, batch)
+            step += 1
+            pending.append((step, metrics))
+            window["tokens"] += tokens
+            if step % cfg.log_every == 0 or step == cfg.train_steps:
+                flush(log=True)
+            if ckpt and (step % cfg.checkpoint_period == 0 or step == cfg.train_steps):
+                save(state)
+            if eval_fn and ((cfg.eval_period and step % cfg.eval_period == 0) or step == cfg.train_steps):
+                flush(log=False)
+                scores = eval_fn(state.params, step)
+                result.evals.append((step, scores))
+                writer.write(step, "eval", scores)
+        flush(log=True)
+    finally:
+        if ckpt:
+            ckpt.close()
+        writer.close()
+    result.params, result.step = state.params, step
+    return result
