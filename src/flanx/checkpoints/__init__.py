@@ -39,6 +39,7 @@ from flanx.checkpoints.tree import (
 
 FORMATS = ("hf", "t5x", "t5x_msgpack", "flanx")
 _HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_NEED_CONFIG = "pass config= (e.g. flanx.models.get_config('flan_t5_base')), or on the command line --model NAME"
 _MSGPACK_MAP_FIRST_BYTES = set(range(0x80, 0x90)) | {0xDE, 0xDF}
 
 __all__ = [
@@ -130,12 +131,12 @@ def load_params(path: str | os.PathLike, config: Any = None, scan_layers: bool |
     fmt: skip detection ('hf', 't5x', 't5x_msgpack', 'flanx').
     dtype: cast floating parameters to this dtype (None keeps the stored dtypes).
     """
+    fmt = fmt or detect_format(path)
+    if config is None and fmt in ("t5x", "t5x_msgpack"):
+        raise CheckpointError(f"T5X checkpoint {path} carries no model config; {_NEED_CONFIG}")
     raw = read_checkpoint(path, fmt)
     config = config if config is not None else raw.config
     if config is None:
-        raise CheckpointError(
-            f"{raw.source} carries no model config; pass config= (e.g. flanx.models.get_config('flan_t5_base')), "
-            "or on the command line --model NAME"
-        )
+        raise CheckpointError(f"{raw.source} carries no model config; {_NEED_CONFIG}")
     params, config = fit_params(raw.params, config, scan_layers, dtype=dtype, source=raw.source)
     return params, config, raw.step

@@ -136,14 +136,14 @@ def _zarr_location(leaf: Any, ckpt_dir: Path) -> str | None:
     return None
 
 
-def _open_spec(ckpt_dir: Path, name: str) -> dict[str, Any]:
+def _open_spec(ckpt_dir: Path, name: str, param: str) -> dict[str, Any]:
     plain = ckpt_dir / name
     if (plain / ".zarray").is_file() or Path(name).is_absolute():
         return {"driver": "zarr", "kvstore": {"driver": "file", "path": str(plain)}}
     if (ckpt_dir / "manifest.ocdbt").is_file():
         return {"driver": "zarr", "kvstore": {"driver": "ocdbt", "base": f"file://{ckpt_dir}", "path": name}}
     raise CheckpointError(
-        f"{ckpt_dir}: the zarr array directory {name}/ (with its .zarray) is missing; the checkpoint "
+        f"{ckpt_dir}: parameter {param}: its zarr array directory {name}/ (with .zarray) is missing; the checkpoint "
         "was copied incompletely - copy every subdirectory of the checkpoint directory"
     )
 
@@ -152,7 +152,7 @@ def _read_zarr_arrays(ckpt_dir: Path, names: dict[str, str]) -> dict[str, np.nda
     """Read `{param path: zarr name}` concurrently with TensorStore."""
     import tensorstore as ts
 
-    specs = {path: _open_spec(ckpt_dir, name) for path, name in names.items()}
+    specs = {path: _open_spec(ckpt_dir, name, path) for path, name in names.items()}
     opened = {path: ts.open(spec, open=True, read=True) for path, spec in specs.items()}
     stores = {}
     for path, future in opened.items():

@@ -1,0 +1,112 @@
+"""`python -m flanx.convert` / `flanx convert`: conversions by value, layout flags, safe output handling."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from flanx import checkpoints as C
+from flanx import convert
+from flanx.models import get_config
+
+CFG = get_config("tiny")
+
+
+def random_params(config, seed=0):
+    rng = np.random.default_rng(seed)
+    return C.unflatten({k: rng.normal(0, 0.5, size=s).astype(np.float32) for k, s in C.expected_shapes(config).items()})
+
+
+def assert_same(a, b):
+    fa, fb = C.flatten(a), C.flatten(b)
+    assert sorted(fa) == sorted(fb)
+    for k in fa:
+        np.testing.assert_array_equal(np.asarray(fa[k]), np.asarray(fb[k]), err_msg=k)
+
+
+@pytest.fixture(scope="module")
+def params():
+    return random_params(CFG)
+
+
+@pytest.fixture
+def t5x_dir(tmp_path, params):
+    C.export_t5x(params, tmp_path / "t5x", step=321)
+    return tmp_path / "t5x"
+
+
+def _run_cli(*args):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", "flanx.convert", *map(str, args)], capture_output=True, text=True,
+                          timeout=180, env=env)
+
+
+def test_cli_t5x_to_flanx_scanned_and_back_to_t5x(tmp_path, t5x_dir, params):
+    out = tmp_path / "native"
+    result = _run_cli("--to", "flanx", "--model", "tiny", "--scan_layers", "true", t5x_dir, out)
+    assert result.returncode == 0, result.stderr
+    assert "wrote flanx checkpoint" in result.stdout
+    ck = C.load_native(out)
+    assert ck.step == 321 and ck.config == CFG.replace(scan_layers=True)
+    assert ck.metadata["source_format"] == "t5x"
+    assert_same(ck.params, C.stack_layers(params))
+    # flanx (scanned) -> T5X (unscanned), in-process through the umbrella `flanx convert` command.
+    from flanx import cli
+
+    assert cli.main(["convert", "--to", "t5x", "--scan_layers", "false", str(out), str(tmp_path / "back")]) == 0
+    back, step = C.import_t5x(tmp_path / "back")
+    assert step == 321 and sorted(p.name for p in (tmp_path / "back").iterdir()) == ["checkpoint_321"]
+    assert_same(back, params)
+
+
+def test_default_keeps_the_input_layout(tmp_path, params):
+    C.export_t5x(C.stack_layers(params), tmp_path / "scanned", step=1)
+    assert convert.main(["--to", "flanx", "--model", "tiny", str(tmp_path / "scanned"), str(tmp_path / "a")]) == 0
+    ck = C.load_native(tmp_path / "a")
+    assert ck.config.scan_layers and C.is_scanned(ck.params)
+    assert convert.main(["--from", "flanx", "--to", "flanx", "--scan_layers", "no", "--step", "9",
+                         str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    ck = C.load_native(tmp_path / "b")
+    assert not ck.config.scan_layers and ck.step == 9
+    assert_same(ck.params, params)
+
+
+def test_refuses_to_overwrite_without_flag_and_replaces_with_it(tmp_path, t5x_dir, params, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    with pytest.raises(SystemExit, match="exists and is not empty; pass --overwrite"):
+        convert.main(["--to", "flanx", "--model", "tiny", str(t5x_dir), str(out)])
+    assert (out / "keep.txt").read_text() == "precious"
+    assert convert.main(["--to", "flanx", "--model", "tiny", "--overwrite", str(t5x_dir), str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["flanx.json", "params"]
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+    (tmp_path / "empty").mkdir()  # an existing empty directory is fine
+    assert convert.main(["--to", "t5x", str(out), str(tmp_path / "empty")]) == 0
+
+
+def test_a_failed_conversion_leaves_no_output(tmp_path, t5x_dir, monkeypatch):
+    def crash(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(C, "save_params", crash)
+    with pytest.raises(RuntimeError, match="disk full"):
+        convert.main(["--to", "flanx", "--model", "tiny", str(t5x_dir), str(tmp_path / "out")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t5x"]
+
+
+def test_bad_inputs_fail_with_a_message(tmp_path, t5x_dir, capsys):
+    assert convert.main(["--to", "flanx", str(t5x_dir), str(tmp_path / "o")]) == 1
+    assert "carries no model config; pass --model NAME" in capsys.readouterr().err
+    assert convert.main(["--to", "flanx", "--model", "flan_t5_small", str(t5x_dir), str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "token_embedder/embedding" in err and "vocab_size=32128" in err
+    assert convert.main(["--to", "flanx", "--model", "tiny", str(tmp_path / "missing"), str(tmp_path / "o")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(SystemExit):
+        convert.main(["--to", "flanx", "--scan_layers", "maybe", str(t5x_dir), str(tmp_path / "o")])
+    assert "expected true or false" in capsys.readouterr().err
