@@ -69,6 +69,7 @@ def test_stack_layers_puts_layer_axis_at_position_1(params):
     assert C.stack_layers(stacked) == stacked  # already scanned: unchanged
 
 
+@pytest.mark.slow  # compiles the model twice (3-6 s)
 def test_scanned_and_unscanned_models_agree_on_restacked_params(params):
     plain = logits(CFG, params)
     scanned = logits(CFG.replace(scan_layers=True), C.stack_layers(params))

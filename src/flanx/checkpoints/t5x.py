@@ -121,7 +121,7 @@ def _is_spec(node: Any) -> bool:
     return isinstance(node, dict) and "driver" in node and ("kvstore" in node or "path" in node)
 
 
-def _zarr_location(leaf: Any, ckpt_dir: Path) -> str | None:
+def _zarr_location(leaf: Any) -> str | None:
     """The array's name relative to the checkpoint directory, or None for an inline array."""
     if isinstance(leaf, str) and leaf.startswith(PLACEHOLDER_PREFIXES):
         prefix = next(p for p in PLACEHOLDER_PREFIXES if leaf.startswith(p))
@@ -197,7 +197,7 @@ def import_t5x(path: str | os.PathLike) -> tuple[dict[str, Any], int | None]:
     flat = flatten(target, is_leaf=_is_spec)
     inline, external = {}, {}
     for path_, leaf in flat.items():
-        location = _zarr_location(leaf, ckpt_dir)
+        location = _zarr_location(leaf)
         if location is not None:
             external[path_] = location
         elif isinstance(leaf, (np.ndarray, np.generic)):
