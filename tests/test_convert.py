@@ -110,3 +110,21 @@ def test_bad_inputs_fail_with_a_message(tmp_path, t5x_dir, capsys):
     with pytest.raises(SystemExit):
         convert.main(["--to", "flanx", "--scan_layers", "maybe", str(t5x_dir), str(tmp_path / "o")])
     assert "expected true or false" in capsys.readouterr().err
+
+
+def test_merge_lora_folds_adapters_into_kernels(tmp_path, params):
+    from flanx.models import LoraConfig
+
+    cfg = CFG.replace(lora=LoraConfig(rank=2, alpha=4.0, targets=("query",)))
+    with_lora = random_params(cfg, seed=5)
+    C.save_params(tmp_path / "lora", with_lora, cfg)
+    assert convert.main(["--to", "flanx", str(tmp_path / "lora"), str(tmp_path / "kept")]) == 0
+    assert C.load_native(tmp_path / "kept").config.lora == cfg.lora
+    assert convert.main(["--to", "t5x", "--merge_lora", str(tmp_path / "lora"), str(tmp_path / "t5x")]) == 0
+    merged, _, _ = C.load_params(tmp_path / "t5x", CFG)  # plain T5 names: no lora_a / lora_b left
+    node = with_lora["decoder"]["layers_1"]["encoder_decoder_attention"]["query"]
+    want = node["kernel"] + 2.0 * node["lora_a"] @ node["lora_b"]
+    got = merged["decoder"]["layers_1"]["encoder_decoder_attention"]["query"]["kernel"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(merged["encoder"]["layers_0"]["attention"]["key"]["kernel"],
+                                  with_lora["encoder"]["layers_0"]["attention"]["key"]["kernel"])

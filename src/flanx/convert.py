@@ -1,7 +1,7 @@
 """`python -m flanx.convert` / `flanx convert`: convert checkpoints between Hugging Face, T5X and flanx.
 
     python -m flanx.convert [--from auto|hf|t5x|flanx] --to flanx|hf|t5x INPUT OUTPUT
-        [--model NAME] [--scan_layers true|false] [--step N] [--overwrite]
+        [--model NAME] [--scan_layers true|false] [--merge_lora] [--step N] [--overwrite]
 
 INPUT is detected by its files unless --from says otherwise. T5X checkpoints
 carry no model config: name the preset with --model (e.g. flan_t5_base).
@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scan_layers", type=_parse_bool, default=None,
                    help="layer layout of the output (flanx/T5X): true = scanned 'layers', false = 'layers_N'; "
                         "default keeps the input's")
+    p.add_argument("--merge_lora", action="store_true",
+                   help="fold LoRA adapters into the kernels (always done for --to hf, which has no LoRA)")
     p.add_argument("--step", type=int, default=None, help="step to record (default: the input's, else 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty OUTPUT")
     p.add_argument("input", help="checkpoint to read")
@@ -67,7 +69,7 @@ def _publish(tmp: Path, output: Path) -> None:
 
 def convert(input_path: str | os.PathLike, output: str | os.PathLike, dst_format: str, *, src_format: str = "auto",
             model: str | None = None, scan_layers: bool | None = None, step: int | None = None,
-            overwrite: bool = False) -> Path:
+            merge_lora: bool = False, overwrite: bool = False) -> Path:
     """Convert `input_path` to `dst_format` at `output`; return `output`."""
     from flanx import checkpoints
 
@@ -89,6 +91,11 @@ def convert(input_path: str | os.PathLike, output: str | os.PathLike, dst_format
         scan_layers = checkpoints.is_scanned(raw.params)
     params, config = checkpoints.fit_params(raw.params, config, scan_layers, dtype=None, source=raw.source)
     step = raw.step if step is None else step
+    if config.lora is not None and (merge_lora or dst_format == "hf"):
+        from flanx.models import lora
+
+        params = checkpoints.to_numpy(lora.merge_lora(params, config))
+        config = dataclasses.replace(config, lora=None)
 
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f"{output.name}.tmp-{os.getpid()}-{int(time.time())}")
@@ -118,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         out = convert(args.input, args.output, args.dst_format, src_format=args.src_format, model=args.model,
-                      scan_layers=args.scan_layers, step=args.step, overwrite=args.overwrite)
+                      scan_layers=args.scan_layers, step=args.step, merge_lora=args.merge_lora,
+                      overwrite=args.overwrite)
     except (CheckpointError, ValueError) as e:  # bad input: say what and why, no traceback
         print(f"flanx convert: {e}", file=sys.stderr)
         return 1

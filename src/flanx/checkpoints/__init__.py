@@ -32,6 +32,7 @@ from flanx.checkpoints.tree import (
     is_scanned,
     match_layout,
     stack_layers,
+    to_numpy,
     unflatten,
     unstack_layers,
     validate_params,
@@ -46,7 +47,7 @@ __all__ = [
     "FORMATS", "CheckpointError", "NativeCheckpoint", "RawCheckpoint", "detect_format", "read_checkpoint",
     "fit_params", "load_params", "save_params",
     "load_native", "import_t5x", "export_t5x", "flatten", "unflatten", "expected_shapes",
-    "validate_params", "stack_layers", "unstack_layers", "is_scanned", "match_layout", "cast_floating",
+    "validate_params", "stack_layers", "unstack_layers", "is_scanned", "match_layout", "cast_floating", "to_numpy",
 ]
 
 
