@@ -217,7 +217,7 @@ def test_checkpoints_and_convert_do_not_import_tensorflow(tmp_path, params):
     out = C.save_params(tmp_path / "ck", params, CFG)
     code = (
         "import sys; import flanx.checkpoints as C, flanx.convert; "
-        f"C.load_native({str(out)!r}); C.detect_format({str(out)!r}); "
+        f"C.load_params({str(out)!r}, scan_layers=True); "
         "bad = sorted(m for m in sys.modules if m == 'tensorflow' or m.startswith(('tensorflow.', 'seqio')));"
         "print(bad); sys.exit(1 if bad else 0)"
     )
