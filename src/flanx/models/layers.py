@@ -1,0 +1,256 @@
+"""T5 building blocks in Flax linen: dense, embedding, RMSNorm, relative position
+bias, attention (with a KV cache for decoding), the MLP, and the encoder and
+decoder layers.
+
+Conventions (see docs/architecture.md): parameters are float32 and created
+with their T5X logical axis names; activations run in `config.dtype`; dense
+kernels are 2-D `[in, out]` with attention heads joined; no biases anywhere.
+T5 does not scale attention logits by 1/sqrt(head_dim) (that factor lives in
+the query initialisation), so attention uses `jax.nn.dot_product_attention`
+with `scale=1.0`, the relative position bias as `bias` and a boolean `mask`.
+"""
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from flanx.models import lora as lora_lib
+from flanx.models.config import T5Config
+
+
+def activation_dtype(config: T5Config):
+    return jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+
+
+def _fan_in_normal(scale: float = 1.0):
+    return nn.initializers.variance_scaling(scale, "fan_in", "truncated_normal")
+
+
+class Dense(nn.Module):
+    """`x @ kernel` with a 2-D float32 kernel `[in, features]`, optionally LoRA-adapted.
+
+    LoRA applies when `config.lora` names this module (`query`, `value`, ...).
+    """
+
+    features: int
+    axes: tuple
+    config: T5Config
+    kernel_init: callable = _fan_in_normal()
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, self.axes),
+                            (x.shape[-1], self.features), jnp.float32)
+        y = x @ kernel.astype(x.dtype)
+        lora = self.config.lora
+        if lora is not None and self.name in lora.targets:
+            y = y + lora_lib.lora_delta(self, x, self.features, self.axes, lora, self.deterministic)
+        return y
+
+
+class Embed(nn.Module):
+    """The token embedding `[vocab, d_model]`, shared by encoder, decoder and tied logits."""
+
+    config: T5Config
+
+    def setup(self):
+        cfg = self.config
+        self.embedding = self.param(
+            "embedding", nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed")),
+            (cfg.vocab_size, cfg.d_model), jnp.float32)
+
+    def __call__(self, tokens):
+        return jnp.take(self.embedding, tokens, axis=0).astype(activation_dtype(self.config))
+
+    def attend(self, x):
+        return x @ self.embedding.T.astype(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    """T5 layer norm: scale * x / sqrt(mean(x^2) + eps), no mean subtraction, no bias."""
+
+    config: T5Config
+
+    @nn.compact
+    def __call__(self, x):
+        x32 = x.astype(jnp.float32)
+        var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+        y = x32 * lax.rsqrt(var + self.config.layer_norm_epsilon)
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
+                           (x.shape[-1],), jnp.float32)
+        return (y * scale).astype(activation_dtype(self.config))
+
+
+def relative_position_bucket(relative_position, bidirectional: bool, num_buckets: int,
+                             max_distance: int):
+    """T5's bucketing of `key_position - query_position`: exact near zero, log-spaced further out."""
+    rel = relative_position.astype(jnp.int32)
+    bucket = jnp.zeros_like(rel)
+    if bidirectional:
+        num_buckets //= 2
+        bucket = bucket + (rel > 0).astype(jnp.int32) * num_buckets
+        rel = jnp.abs(rel)
+    else:
+        rel = -jnp.minimum(rel, 0)
+    max_exact = num_buckets // 2
+    is_small = rel < max_exact
+    log_ratio = jnp.log(jnp.maximum(rel, 1).astype(jnp.float32) / max_exact)
+    large = max_exact + (log_ratio / math.log(max_distance / max_exact)
+                         * (num_buckets - max_exact)).astype(jnp.int32)
+    large = jnp.minimum(large, num_buckets - 1)
+    return bucket + jnp.where(is_small, rel, large)
+
+
+class RelativePositionBias(nn.Module):
+    """Learned per-head bias from bucketed relative positions, shared by a stack's layers."""
+
+    config: T5Config
+    bidirectional: bool
+
+    @nn.compact
+    def __call__(self, query_positions, key_positions):
+        """Positions [B or 1, T] and [B or 1, S] -> float32 bias [B or 1, heads, T, S]."""
+        cfg = self.config
+        rel = key_positions[:, None, :] - query_positions[:, :, None]
+        bucket = relative_position_bucket(rel, self.bidirectional, cfg.relative_attention_num_buckets,
+                                          cfg.relative_attention_max_distance)
+        table = self.param(
+            "rel_embedding", nn.with_logical_partitioning(
+                nn.initializers.variance_scaling(1.0, "fan_avg", "uniform"), ("heads", "relpos_buckets")),
+            (cfg.num_heads, cfg.relative_attention_num_buckets), jnp.float32)
+        return jnp.transpose(jnp.take(table.T, bucket, axis=0), (0, 3, 1, 2))
+
+
+class Attention(nn.Module):
+    """Multi-head attention with joined-head `query/key/value/out` kernels.
+
+    decode=True keeps a cache: self-attention writes this step's key/value at
+    `decode_position` into `cached_key/cached_value [B, cache_length, heads*head_dim]`
+    (the cache length is the key length of `mask`); encoder-decoder attention
+    projects the encoder output once into `cross_key/cross_value` and reuses it.
+    """
+
+    config: T5Config
+    cross: bool = False
+    decode: bool = False
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x, kv, bias, mask, decode_position=None):
+        cfg = self.config
+        heads, head_dim, inner = cfg.num_heads, cfg.head_dim, cfg.inner_dim
+
+        def dense(name, features, axes, fan_scale):
+            return Dense(features, axes, cfg, kernel_init=_fan_in_normal(fan_scale),
+                         deterministic=self.deterministic, name=name)
+
+        # T5 folds 1/sqrt(head_dim) into the query initialisation instead of the logits.
+        query = dense("query", inner, ("embed", "joined_kv"), 1.0 / head_dim)
+        key = dense("key", inner, ("embed", "joined_kv"), 1.0)
+        value = dense("value", inner, ("embed", "joined_kv"), 1.0)
+        q = query(x)
+        if self.decode and self.cross:
+            k = self.variable("cache", "cross_key", lambda: key(kv)).value
+            v = self.variable("cache", "cross_value", lambda: value(kv)).value
+        elif self.decode:
+            k, v = key(x), value(x)
+            shape = (x.shape[0], mask.shape[-1], inner)
+            cached_k = self.variable("cache", "cached_key", jnp.zeros, shape, k.dtype)
+            cached_v = self.variable("cache", "cached_value", jnp.zeros, shape, v.dtype)
+            cached_k.value = lax.dynamic_update_slice(cached_k.value, k, (0, decode_position, 0))
+            cached_v.value = lax.dynamic_update_slice(cached_v.value, v, (0, decode_position, 0))
+            k, v = cached_k.value, cached_v.value
+        else:
+            k, v = key(kv), value(kv)
+
+        def split(t):
+            return t.reshape(t.shape[:2] + (heads, head_dim))
+
+        q = nn.with_logical_constraint(split(q), ("batch", "length", "heads", "kv"))
+        k = nn.with_logical_constraint(split(k), ("batch", "length", "heads", "kv"))
+        v = nn.with_logical_constraint(split(v), ("batch", "length", "heads", "kv"))
+        out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=1.0)
+        out = out.reshape(out.shape[:2] + (inner,))
+        return dense("out", cfg.d_model, ("joined_kv", "embed"), 1.0)(out)
+
+
+_ACTIVATIONS = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=True),  # tanh approximation, HF "gelu_new"
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "linear": lambda x: x,
+}
+
+
+class Mlp(nn.Module):
+    """T5 MLP: product of activated `wi_k` projections (or a single `wi`), dropout, `wo`."""
+
+    config: T5Config
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        acts = cfg.mlp_activations
+        h = None
+        for i, act in enumerate(acts):
+            name = "wi" if len(acts) == 1 else f"wi_{i}"
+            y = _ACTIVATIONS[act](Dense(cfg.d_ff, ("embed", "mlp"), cfg,
+                                        deterministic=self.deterministic, name=name)(x))
+            h = y if h is None else h * y
+        h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+        h = nn.Dropout(cfg.dropout_rate)(h, deterministic=self.deterministic)
+        return Dense(cfg.d_model, ("mlp", "embed"), cfg, deterministic=self.deterministic,
+                     name="wo")(h)
+
+
+def _residual(module, x, h):
+    h = nn.Dropout(module.config.dropout_rate)(h, deterministic=module.deterministic)
+    return nn.with_logical_constraint(x + h, ("batch", "length", "embed"))
+
+
+class EncoderLayer(nn.Module):
+    """Pre-norm self-attention then MLP, each with dropout and a residual connection."""
+
+    config: T5Config
+    deterministic: bool = True
+    scanned: bool = False
+
+    @nn.compact
+    def __call__(self, x, bias, mask):
+        cfg, det = self.config, self.deterministic
+        h = RMSNorm(cfg, name="pre_attention_layer_norm")(x)
+        h = Attention(cfg, deterministic=det, name="attention")(h, h, bias, mask)
+        x = _residual(self, x, h)
+        h = Mlp(cfg, deterministic=det, name="mlp")(RMSNorm(cfg, name="pre_mlp_layer_norm")(x))
+        x = _residual(self, x, h)
+        return (x, None) if self.scanned else x
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm causal self-attention, encoder-decoder attention, then MLP."""
+
+    config: T5Config
+    deterministic: bool = True
+    decode: bool = False
+    scanned: bool = False
+
+    @nn.compact
+    def __call__(self, x, self_bias, self_mask, encoded, cross_mask, decode_position=None):
+        cfg, det = self.config, self.deterministic
+        h = RMSNorm(cfg, name="pre_self_attention_layer_norm")(x)
+        h = Attention(cfg, decode=self.decode, deterministic=det, name="self_attention")(
+            h, h, self_bias, self_mask, decode_position)
+        x = _residual(self, x, h)
+        h = RMSNorm(cfg, name="pre_cross_attention_layer_norm")(x)
+        h = Attention(cfg, cross=True, decode=self.decode, deterministic=det,
+                      name="encoder_decoder_attention")(h, encoded, None, cross_mask)
+        x = _residual(self, x, h)
+        h = Mlp(cfg, deterministic=det, name="mlp")(RMSNorm(cfg, name="pre_mlp_layer_norm")(x))
+        x = _residual(self, x, h)
+        return (x, None) if self.scanned else x

@@ -1,0 +1,100 @@
+"""LoRA for flanx's T5: adapter parameters, the trainable mask, merging, counting.
+
+A dense layer named in `LoraConfig.targets` (default: `query` and `value` of
+every attention block, i.e. encoder self-attention, decoder self-attention and
+encoder-decoder attention) gets two extra parameters beside its `kernel`:
+
+    lora_a [in, rank]   (random normal, std in**-0.5)
+    lora_b [rank, out]  (zeros, so a fresh adapter leaves the model unchanged)
+
+and computes `x @ kernel + (alpha / rank) * dropout(x) @ lora_a @ lora_b`.
+With `scan_layers` the layer axis sits at position 1 of both, as for kernels.
+
+The base weights stay frozen: give `trainable_mask(params)` to the optimizer
+(e.g. `optax.masked`), `count_trainable(params)` counts what is trained (works
+on `jax.eval_shape` output too), and `merge_lora(params, config)` folds the
+adapters into plain T5 kernels for export or fast inference.
+"""
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+LORA_PARAM_NAMES = ("lora_a", "lora_b")
+
+
+def lora_delta(module: nn.Module, x, features: int, axes: tuple, lora, deterministic: bool):
+    """Create (or read) `lora_a`/`lora_b` on `module` and return the adapter's output for `x`."""
+    in_features = x.shape[-1]
+    a = module.param("lora_a", nn.with_logical_partitioning(
+        nn.initializers.normal(stddev=in_features ** -0.5), (axes[0], None)),
+        (in_features, lora.rank), jnp.float32)
+    b = module.param("lora_b", nn.with_logical_partitioning(
+        nn.initializers.zeros_init(), (None, axes[1])), (lora.rank, features), jnp.float32)
+    if lora.dropout > 0.0:
+        x = nn.Dropout(rate=lora.dropout, name="lora_dropout")(x, deterministic=deterministic)
+    return (x @ a.astype(x.dtype)) @ (b * lora.scale).astype(x.dtype)
+
+
+def _is_lora_name(path) -> bool:
+    last = path[-1]
+    return getattr(last, "key", getattr(last, "name", None)) in LORA_PARAM_NAMES
+
+
+def has_lora(params) -> bool:
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    return any(_is_lora_name(path) for path, _ in leaves)
+
+
+def trainable_mask(params):
+    """Bools shaped like `params`: only LoRA parameters when there are any, else everything."""
+    lora_present = has_lora(params)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: _is_lora_name(path) if lora_present else True, params)
+
+
+def count_trainable(params) -> int:
+    """Number of trainable scalars (arrays or ShapeDtypeStructs)."""
+    mask = trainable_mask(params)
+    return int(sum(math.prod(leaf.shape) for leaf, m in
+                   zip(jax.tree.leaves(params), jax.tree.leaves(mask)) if m))
+
+
+def _merge_node(node: dict, scale: float) -> dict:
+    a, b = node["lora_a"], node["lora_b"]
+    kernel = node["kernel"]
+    if a.ndim == 2:
+        delta = a @ b
+    else:  # scanned: a [in, layers, r], b [r, layers, out] -> [in, layers, out]
+        delta = jnp.einsum("ilr,rlo->ilo", a, b)
+    merged = {k: v for k, v in node.items() if k not in LORA_PARAM_NAMES}
+    merged["kernel"] = (kernel + scale * delta).astype(kernel.dtype)
+    return merged
+
+
+def merge_lora(params, config):
+    """Plain T5 params: every `kernel` with adapters becomes `kernel + (alpha/rank) * a @ b`.
+
+    Use the result with `config.replace(lora=None)`.
+    """
+    if config.lora is None:
+        if has_lora(params):
+            raise ValueError("params hold lora_a/lora_b but config.lora is None: "
+                             "pass the T5Config the LoRA params were made with")
+        return params
+    scale = config.lora.scale
+
+    def walk(node):
+        if not isinstance(node, dict):
+            return node
+        if "lora_a" in node or "lora_b" in node:
+            missing = [k for k in ("kernel", "lora_a", "lora_b") if k not in node]
+            if missing:
+                raise ValueError(f"LoRA layer with keys {sorted(node)} lacks {missing}")
+            return _merge_node(node, scale)
+        return {k: walk(v) for k, v in node.items()}
+
+    return walk(dict(params))

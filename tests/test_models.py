@@ -1,0 +1,192 @@
+"""flanx.models: configs and gin files, parameter layout, packing, scan/remat/bf16, no TF import."""
+import dataclasses
+import functools
+import math
+import subprocess
+import sys
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flanx import gin_utils, paths
+from flanx.models import (T5Config, Transformer, get_config, init_params, param_axes, scan_params,
+                          unscan_params)
+from flanx.models.config import PRESETS
+
+TINY = get_config("tiny", num_heads=3, num_encoder_layers=2, num_decoder_layers=3)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "enable_dropout"))
+def _logits(cfg, params, enc, dec, enable_dropout=False, rng=None, **packing):
+    rngs = {"dropout": rng} if enable_dropout else None
+    return Transformer(cfg).apply({"params": params}, enc, dec, enable_dropout=enable_dropout,
+                                  rngs=rngs, **packing)
+
+
+@pytest.fixture(scope="module")
+def tiny_params():
+    return init_params(TINY, jax.random.PRNGKey(0))
+
+
+def _batch(rng, batch=3, enc_len=9, dec_len=6, vocab=TINY.vocab_size):
+    enc = rng.integers(2, vocab, size=(batch, enc_len)).astype(np.int32)
+    dec = rng.integers(2, vocab, size=(batch, dec_len)).astype(np.int32)
+    for i, n in enumerate(range(enc_len, 0, -3)[:batch]):
+        enc[i, n:] = 0  # right padding of varying length
+    dec[:, 0] = 0
+    return jnp.asarray(enc), jnp.asarray(dec)
+
+
+@gin.configurable
+def _model_from_gin(config=gin.REQUIRED):
+    return config
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_gin_model_config_equals_preset(name):
+    gin.clear_config()
+    try:
+        gin_utils.parse_gin([f"models/{name}.gin"], ["_model_from_gin.config = %MODEL_CONFIG"],
+                            finalize=False)
+        assert _model_from_gin() == get_config(name)
+    finally:
+        gin.clear_config()
+
+
+def test_published_sizes_and_overrides():
+    base = get_config("flan_t5_base")
+    assert (base.d_model, base.num_heads, base.head_dim, base.d_ff, base.num_encoder_layers,
+            base.vocab_size) == (768, 12, 64, 2048, 12, 32128)
+    xxl = get_config("t5_1_1_xxl")
+    assert (xxl.d_model, xxl.num_heads, xxl.d_ff, xxl.num_decoder_layers) == (4096, 64, 10240, 24)
+    assert get_config("t5_small").mlp_activations == ("relu",)
+    assert get_config("tiny", dtype="bfloat16").dtype == "bfloat16"
+    with pytest.raises(ValueError, match="unknown T5Config fields.*d_modle"):
+        get_config("tiny", d_modle=3)
+    with pytest.raises(ValueError, match="unknown model config 'tyni'"):
+        get_config("tyni")
+    with pytest.raises(ValueError, match="remat_policy"):
+        get_config("tiny", remat_policy="some")
+    assert (paths.configs_dir() / "models" / "tiny.gin").is_file()
+
+
+def test_param_names_shapes_and_axes(tiny_params):
+    cfg = TINY
+    shapes = jax.tree.map(lambda x: x.shape, tiny_params)
+    inner = cfg.num_heads * cfg.head_dim
+    assert shapes["token_embedder"]["embedding"] == (cfg.vocab_size, cfg.d_model)
+    assert shapes["encoder"]["relpos_bias"]["rel_embedding"] == (3, 32)
+    assert shapes["decoder"]["logits_dense"]["kernel"] == (cfg.d_model, cfg.vocab_size)
+    enc0 = shapes["encoder"]["layers_0"]
+    assert enc0["attention"]["query"]["kernel"] == (cfg.d_model, inner)
+    assert enc0["attention"]["out"]["kernel"] == (inner, cfg.d_model)
+    assert enc0["mlp"]["wi_1"]["kernel"] == (cfg.d_model, cfg.d_ff)
+    dec2 = shapes["decoder"]["layers_2"]
+    assert set(dec2) == {"pre_self_attention_layer_norm", "self_attention", "pre_cross_attention_layer_norm",
+                         "encoder_decoder_attention", "pre_mlp_layer_norm", "mlp"}
+    assert "layers_2" not in shapes["encoder"] and "layers_2" in shapes["decoder"]
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(tiny_params))
+    axes = param_axes(cfg)
+    assert jax.tree.structure(jax.tree.map(lambda _: 0, axes, is_leaf=lambda x: isinstance(x, tuple))) \
+        == jax.tree.structure(tiny_params)
+    assert axes["decoder"]["logits_dense"]["kernel"] == ("embed", "vocab")
+    assert axes["encoder"]["relpos_bias"]["rel_embedding"] == ("heads", "relpos_buckets")
+    assert axes["decoder"]["layers_0"]["mlp"]["wo"]["kernel"] == ("mlp", "embed")
+    # original T5: a single `wi`, no logits_dense (tied embedding)
+    orig = jax.eval_shape(lambda: init_params(get_config("t5_small"), jax.random.PRNGKey(0)))
+    assert "logits_dense" not in orig["decoder"] and "wi" in orig["encoder"]["layers_0"]["mlp"]
+    n = sum(math.prod(x.shape) for x in jax.tree.leaves(orig))
+    assert n == 60_506_624  # published t5-small parameter count (vocab 32128)
+
+
+def test_scan_layout_and_scan_noscan_equivalence(tiny_params):
+    rng = np.random.default_rng(0)
+    enc, dec = _batch(rng)
+    logits = _logits(TINY, tiny_params, enc, dec)
+    scan_cfg = dataclasses.replace(TINY, scan_layers=True)
+    scanned = scan_params(tiny_params)
+    fresh = jax.eval_shape(lambda: init_params(scan_cfg, jax.random.PRNGKey(0)))
+    assert jax.tree.map(lambda x: x.shape, scanned) == jax.tree.map(lambda x: x.shape, fresh)
+    assert scanned["decoder"]["layers"]["mlp"]["wi_0"]["kernel"].shape == (64, 3, 128)
+    assert param_axes(scan_cfg)["encoder"]["layers"]["attention"]["query"]["kernel"] == \
+        ("embed", "layers", "joined_kv")
+    scan_logits = _logits(scan_cfg, scanned, enc, dec)
+    np.testing.assert_allclose(scan_logits, logits, atol=2e-5)
+    back = unscan_params(scanned)
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), back, tiny_params))
+
+
+def test_padding_does_not_change_logits(tiny_params):
+    rng = np.random.default_rng(1)
+    enc, dec = _batch(rng, batch=1, enc_len=7)
+    enc = enc.at[0, 5:].set(0)
+    short = _logits(TINY, tiny_params, enc[:, :5], dec)
+    padded = _logits(TINY, tiny_params, jnp.pad(enc, ((0, 0), (0, 6))), dec)
+    np.testing.assert_allclose(padded, short, atol=1e-5)
+
+
+def test_packed_equals_separate(tiny_params):
+    """Two examples packed in one row give the same logits as each run alone."""
+    rng = np.random.default_rng(2)
+    e1, e2 = rng.integers(2, 300, 5), rng.integers(2, 300, 3)
+    d1, d2 = np.r_[0, rng.integers(2, 300, 3)], np.r_[0, rng.integers(2, 300, 2)]
+    pad = lambda x, n: np.pad(x, (0, n - len(x)))  # noqa: E731
+    enc = np.stack([pad(np.r_[e1, e2], 10)])
+    dec = np.stack([pad(np.r_[d1, d2], 8)])
+    packed = _logits(
+        TINY, tiny_params, enc, dec,
+        encoder_segment_ids=np.array([pad([1] * 5 + [2] * 3, 10)]),
+        decoder_segment_ids=np.array([pad([1] * 4 + [2] * 3, 8)]),
+        encoder_positions=np.array([pad(list(range(5)) + list(range(3)), 10)]),
+        decoder_positions=np.array([pad(list(range(4)) + list(range(3)), 8)]))
+    alone1 = _logits(TINY, tiny_params, e1[None], d1[None])
+    alone2 = _logits(TINY, tiny_params, e2[None], d2[None])
+    np.testing.assert_allclose(packed[0, :4], alone1[0], atol=2e-5)
+    np.testing.assert_allclose(packed[0, 4:7], alone2[0], atol=2e-5)
+
+
+def test_bfloat16_dropout_and_remat(tiny_params):
+    rng = np.random.default_rng(3)
+    enc, dec = _batch(rng)
+    f32 = _logits(TINY, tiny_params, enc, dec)
+    bf16 = _logits(dataclasses.replace(TINY, dtype="bfloat16"), tiny_params, enc, dec)
+    assert bf16.dtype == jnp.float32 and np.isfinite(bf16).all()
+    assert 0 < float(jnp.abs(bf16 - f32).max()) < 0.25 * float(jnp.abs(f32).max())
+    drop_cfg = dataclasses.replace(TINY, dropout_rate=0.3)
+    drop = lambda cfg, key: _logits(cfg, tiny_params, enc, dec, True, key)  # noqa: E731
+    a, b = drop(drop_cfg, jax.random.PRNGKey(1)), drop(drop_cfg, jax.random.PRNGKey(2))
+    assert float(jnp.abs(a - b).max()) > 1e-3
+    np.testing.assert_array_equal(a, drop(drop_cfg, jax.random.PRNGKey(1)))
+
+    def grads(cfg, params, dropout):
+        def loss(p):
+            return Transformer(cfg).apply({"params": p}, enc, dec, enable_dropout=dropout,
+                                          rngs={"dropout": jax.random.PRNGKey(4)}).sum()
+        return jax.jit(jax.grad(loss))(params)
+
+    def check_equal(g, ref):
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(
+            x, y, atol=1e-5 * float(np.abs(y).max()) + 1e-6), g, ref)
+
+    # full remat with dropout: same dropout masks, same gradients
+    check_equal(grads(dataclasses.replace(drop_cfg, remat_policy="full"), tiny_params, True),
+                grads(drop_cfg, tiny_params, True))
+    # scanned + dots_saveable (no dropout: scan splits dropout rngs per layer)
+    scan_cfg = dataclasses.replace(drop_cfg, remat_policy="dots_saveable", scan_layers=True)
+    check_equal(unscan_params(grads(scan_cfg, scan_params(tiny_params), False)),
+                grads(drop_cfg, tiny_params, False))
+
+
+def test_models_import_without_tensorflow():
+    code = ("import sys, flanx.models, flanx.models.decoding, flanx.models.lora; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'seqio')]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_config_is_hashable_static_arg():
+    assert hash(get_config("tiny")) == hash(get_config("tiny"))
+    assert isinstance(get_config("tiny"), T5Config)
