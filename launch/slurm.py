@@ -50,6 +50,7 @@ XLA_GPU_FLAGS = (
 GPU_ENV = {
     "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.90",  # leave ~10% for NCCL buffers and CUDA libraries
     "TF_CPP_MIN_LOG_LEVEL": "2",
+    "TF_FORCE_GPU_ALLOW_GROWTH": "true",  # the TF input pipeline must not reserve GPU memory jax needs
 }
 HEREDOC_END = "FLANX_SBATCH_EOF"
 

@@ -75,7 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--python_version", default="3.11")
     p.add_argument("--module", default="flanx.train")
     p.add_argument("--model_dir", default=None, help="gs:// run directory (becomes --gin.MODEL_DIR)")
-    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra environment, repeatable")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra environment for training, repeatable; $VARS expand on the worker (e.g. $HOME)")
+    p.add_argument("--worker_setup", action="append", default=[], metavar="SHELL",
+                   help="shell line run on all workers before training (after install), repeatable; "
+                        "e.g. copying the datasets: 'gcloud storage cp -r gs://B/flanx_data $HOME/'")
     p.add_argument("--detach", action="store_true", help="start training in the background and return")
     p.add_argument("--teardown", action="store_true", help="delete the TPU VM after the run (or only delete)")
     p.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
@@ -152,9 +156,16 @@ def gin_upload_steps(opts, train: common.TrainArgs) -> tuple[list[str], list[str
     return steps, names
 
 
+def remote_env(env: dict[str, str]) -> str:
+    """KEY="VALUE" pairs for the worker's shell: $VARS expand there, quotes and backticks do not."""
+    def quote(v: str) -> str:
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`") + '"'
+    return " ".join(f"{k}={v if v.isalnum() else quote(v)}" for k, v in env.items())
+
+
 def train_step(opts, train: common.TrainArgs, gin_names: list[str]) -> str:
     env = {"FLANX_TPU": "1", **common.parse_env_pairs(opts.env)}
-    command = f"{common.env_assignments(env)} {VENV}/bin/python -m {opts.module} {shlex.join(train.argv(gin_names))}"
+    command = f"{remote_env(env)} {VENV}/bin/python -m {opts.module} {shlex.join(train.argv(gin_names))}"
     if opts.detach:
         remote = f"cd $HOME && nohup env {command} > {REMOTE_LOG} 2>&1 < /dev/null &"
     else:
@@ -176,7 +187,8 @@ def plan(opts, train: common.TrainArgs) -> list[common.Step]:
         if opts.module == "flanx.train":
             common.preflight_mesh(train, devices, hosts)
         uploads, gin_names = gin_upload_steps(opts, train)
-        steps += [ensure_vm(opts), *install_steps(opts), *uploads,
+        steps += [ensure_vm(opts), *install_steps(opts), *[ssh_all(opts, line) for line in opts.worker_setup],
+                  *uploads,
                   ssh_all(opts, "pkill -f '[f]lanx_venv/bin/python -m flanx' || true"),
                   train_step(opts, train, gin_names)]
     elif not opts.teardown:

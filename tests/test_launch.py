@@ -280,3 +280,16 @@ def test_dry_run_prints_only_commands_as_a_script():
                           "--gin_file=models/tiny.gin", "--model_dir=/tmp/x", "--dry_run"], env=CLEAN_ENV,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stdout == "" and "error: MODEL_DIR=/tmp/x" in bad.stderr
+
+
+def test_tpu_env_expands_on_the_worker_and_worker_setup_runs_before_training(clean_env, capsys):
+    lines = dry_run(tpu_pod, TPU_BASE + ["--skip_install", "--gin_file=models/tiny.gin",
+                                         "--env=FLANX_DATA_DIR=$HOME/flanx_data",
+                                         "--worker_setup=gcloud storage cp -r gs://b/flanx_data $HOME/"], capsys)
+    assert len(lines) == 4 and "gcloud storage cp -r gs://b/flanx_data $HOME/" in shlex.split(lines[1])[-1]
+    remote = shlex.split(lines[3])[-1].removeprefix("--command=")
+    assert 'FLANX_DATA_DIR="$HOME/flanx_data"' in remote
+    rendered = tpu_pod.remote_env({"FLANX_DATA_DIR": "$HOME/flanx_data", "ODD": 'a"b`c'})
+    out = subprocess.run(["bash", "-c", f"{rendered} printenv FLANX_DATA_DIR ODD"], env={"HOME": "/h", "PATH": "/usr/bin:/bin"},
+                         capture_output=True, text=True, check=True).stdout
+    assert out == '/h/flanx_data\na"b`c\n'
