@@ -1,0 +1,145 @@
+"""`flanx tasks ...` and `flanx mixtures ...`: look at the task collection from the shell.
+
+    flanx tasks list [--group held_in|held_out|target] [--card NAME]
+    flanx tasks show NAME [-n 3] [--split train]    rendered inputs/targets with token counts
+    flanx mixtures list
+    flanx mixtures show NAME                        rate, share and examples per epoch per task
+
+`tasks` reads the task cards directly (no TensorFlow, fast); `mixtures`
+registers the collection in seqio. Unknown names list close matches.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+
+from flanx import paths
+from flanx.data import cards as cards_lib
+from flanx.data import render, vocab
+
+MULTI_COMMAND = True
+
+
+def _collection() -> tuple[dict, dict]:
+    cards, specs = {}, {}
+    for path in cards_lib.collection_card_files():
+        for card in cards_lib.load_card_file(path):
+            cards[card.name] = card
+            for spec in cards_lib.task_specs(card):
+                specs[spec.name] = spec
+    return cards, specs
+
+
+def _unknown(kind: str, name: str, known) -> int:
+    close = difflib.get_close_matches(name, list(known), n=5, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else f" `flanx {kind}s list` shows them all."
+    print(f"flanx: unknown {kind} {name!r}.{hint}", file=sys.stderr)
+    return 2
+
+
+def tasks_list(args) -> int:
+    cards, specs = _collection()
+    if args.card and args.card not in cards:
+        return _unknown("task card", args.card, cards)
+    rows = [(s, cards[s.card]) for s in specs.values()
+            if (not args.group or cards[s.card].group == args.group) and (not args.card or s.card == args.card)]
+    if not rows:
+        groups = sorted({c.group for c in cards.values()})
+        print(f"no tasks in group {args.group!r}; groups: {', '.join(groups)}", file=sys.stderr)
+        return 1
+    width = max(len(s.name) for s, _ in rows)
+    print(f"{'task'.ljust(width)}  {'group':9} {'submix':7} {'format':8} {'vocab':7} kind")
+    for s, c in rows:
+        kind = "scoring" if s.scoring else ("eval-only" if c.eval_only else "train")
+        print(f"{s.name.ljust(width)}  {c.group:9} {c.submixture or '-':7} {s.fmt:8} {c.vocabulary:7} {kind}")
+    print(f"\n{len(rows)} tasks from {len({c.name for _, c in rows})} task cards")
+    return 0
+
+
+def tasks_show(args) -> int:
+    cards, specs = _collection()
+    if args.name not in specs:
+        return _unknown("task", args.name, specs)
+    spec = specs[args.name]
+    card = cards[spec.card]
+    split = args.split or next(iter(card.splits))
+    if split not in card.splits:
+        print(f"flanx: task {args.name!r} has no split {split!r}; splits: {', '.join(card.splits)}", file=sys.stderr)
+        return 2
+    try:
+        length = vocab.length_fn(card.vocabulary)
+        examples = render.render_examples(card, spec, split, length)
+    except paths.MissingDataError as e:
+        print(f"flanx: {e}", file=sys.stderr)
+        return 1
+    print(f"task {spec.name} (card {card.name}: {card.description})")
+    print(f"split {split}: {len(examples)} examples; format {spec.fmt}; templates {list(spec.template_ids)}; "
+          f"vocabulary {card.vocabulary}; metrics {', '.join(card.metrics) or '-'}")
+    for i, ex in enumerate(examples[:args.n]):
+        # +1: seqio appends EOS to both features.
+        n_in, n_tgt = length(ex["inputs_pretokenized"]) + 1, length(ex["targets_pretokenized"]) + 1
+        extra = f"  idx={ex['idx']} is_correct={ex['is_correct']}" if spec.scoring else ""
+        print(f"\n--- example {i}: inputs {n_in} tokens, targets {n_tgt} tokens{extra}")
+        print(f"[inputs]\n{ex['inputs_pretokenized']}\n[targets]\n{ex['targets_pretokenized']}")
+    return 0
+
+
+def mixtures_list(args) -> int:
+    from flanx.data import mixtures, register_all  # noqa: PLC0415 - seqio only here
+    register_all()
+    for name in sorted(mixtures.MIXTURES):
+        print(f"{name}  {mixtures.DESCRIPTIONS.get(name, '')}".rstrip())
+    return 0
+
+
+def mixtures_show(args) -> int:
+    from flanx.data import mixtures, register_all  # noqa: PLC0415
+    register_all()
+    if args.name not in mixtures.MIXTURES:
+        return _unknown("mixture", args.name, mixtures.MIXTURES)
+    try:
+        rows = mixtures.mixture_table(args.name)
+    except paths.MissingDataError as e:
+        print(f"flanx: {e}", file=sys.stderr)
+        return 1
+    print(f"mixture {args.name}: {mixtures.DESCRIPTIONS.get(args.name, '')}")
+    for member, rate in mixtures.MIXTURES[args.name]:
+        if member in mixtures.MIXTURES:
+            print(f"  submixture {member}: weight {float(rate):.4f}")
+    width = max(len(r["task"]) for r in rows)
+    print(f"\n{'task'.ljust(width)}  {'examples':>8} {'rate':>10} {'share':>8} {'ex/epoch':>9} {'epochs':>7}")
+    for r in rows:
+        print(f"{r['task'].ljust(width)}  {r['examples']:8d} {r['rate']:10.4f} {r['share']:8.2%} "
+              f"{r['examples_per_epoch']:9.0f} {r['epochs']:7.3f}")
+    epoch = sum(r["examples_per_epoch"] for r in rows)
+    print(f"\n{len(rows)} tasks; one mixture epoch = {epoch:,.0f} examples (the tasks' training rows, "
+          f"each card counted once); rate = min(cap, n) ** (1/temperature) split over formats, "
+          f"submixtures weighted and renormalized")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flanx", description="Inspect flanx tasks and mixtures.")
+    top = parser.add_subparsers(dest="command", required=True)
+    t = top.add_parser("tasks").add_subparsers(dest="action", required=True)
+    p = t.add_parser("list", help="list registered tasks")
+    p.add_argument("--group", help="only this group (held_in, held_out, target)")
+    p.add_argument("--card", help="only the tasks of this task card")
+    p.set_defaults(fn=tasks_list)
+    p = t.add_parser("show", help="render the first examples of a task")
+    p.add_argument("name")
+    p.add_argument("-n", type=int, default=3, help="how many examples (default 3)")
+    p.add_argument("--split", help="split to render (default: the card's first split)")
+    p.set_defaults(fn=tasks_show)
+    m = top.add_parser("mixtures").add_subparsers(dest="action", required=True)
+    m.add_parser("list", help="list registered mixtures").set_defaults(fn=mixtures_list)
+    p = m.add_parser("show", help="each task's rate, share and examples per epoch")
+    p.add_argument("name")
+    p.set_defaults(fn=mixtures_show)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    return int(args.fn(args))

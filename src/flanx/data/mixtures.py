@@ -1,0 +1,189 @@
+"""Mixtures: examples-proportional rates with a cap, temperature, Flan 2022 submixtures, replay.
+
+The rate rule (T5 / FLAN): a task with n training examples gets
+`rate = min(cap, n) ** (1 / temperature)`, split evenly over a dataset's
+template formats. Flan 2022 mixes submixtures with fixed weights (flan 0.4,
+t0 0.32, niv2 0.2, cot 0.05, dialog 0.03); inside a submixture tasks are
+examples-proportional. A submixture with no task cards drops out and the
+weights of the others renormalize, so a card with `submixture: niv2` slots
+in when a user adds one. seqio computes a nested task's rate as
+`weight(sub) * rate(task) / total_rate(sub)`; `mixture_table` does the same
+arithmetic in Python for `flanx mixtures show` and the tests.
+
+Mixture definitions live in `tasks/mixtures.yaml`; every card also gets a
+single-task mixture `{card}_mix` over its formats. `replay_mixture(target,
+replay, ratio)` registers "target plus replay of a multi-task mixture" for
+the forgetting study.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import seqio
+import yaml
+
+from flanx import paths
+from flanx.data import render, tasks
+from flanx.data.cards import SUBMIXTURES, TaskCard, task_specs
+
+FLAN2022_WEIGHTS = {"flan": 0.4, "t0": 0.32, "niv2": 0.2, "cot": 0.05, "dialog": 0.03}
+
+
+@dataclasses.dataclass(frozen=True)
+class ExamplesRate:
+    """`share * min(cap, n) ** (1 / temperature)`, n = the task's training examples."""
+
+    cap: int | None = 3000
+    temperature: float = 1.0
+    share: float = 1.0
+
+    def value(self, n: int) -> float:
+        capped = n if self.cap is None else min(self.cap, n)
+        return self.share * capped ** (1.0 / self.temperature)
+
+    def __call__(self, task) -> float:  # seqio calls rates with the Task
+        return self.value(num_train_examples(task.name))
+
+
+# name -> [(task or mixture name, float weight or ExamplesRate)]
+MIXTURES: dict[str, list[tuple[str, float | ExamplesRate]]] = {}
+DESCRIPTIONS: dict[str, str] = {}
+
+
+def num_train_examples(task_name: str) -> int:
+    spec = tasks.get_spec(task_name)
+    return render.count_examples(tasks.get_card(spec.card), "train")
+
+
+def register_mixture(name: str, entries: list[tuple[str, float | ExamplesRate]], description: str = "") -> str:
+    """Register (or replace) a seqio mixture and remember its structure."""
+    if not entries:
+        raise ValueError(f"mixture {name!r} has no tasks")
+    seqio.MixtureRegistry.remove(name)
+    seqio.MixtureRegistry.add(name, list(entries))
+    MIXTURES[name] = list(entries)
+    DESCRIPTIONS[name] = description
+    return name
+
+
+def card_entries(card: TaskCard, rate: ExamplesRate, formats=None) -> list[tuple[str, ExamplesRate]]:
+    """A card's training tasks (one per format) with the rate split evenly over them."""
+    specs = [s for s in task_specs(card) if not s.scoring and len(s.template_ids) == len(card.templates)]
+    if formats:
+        specs = [s for s in specs if s.fmt in formats]
+    if not specs:
+        raise ValueError(f"task card {card.name!r} has none of the formats {formats}")
+    share = rate.share / len(specs)
+    return [(s.name, dataclasses.replace(rate, share=share)) for s in specs]
+
+
+def _select(vocabulary: str, group: str) -> list[TaskCard]:
+    return [c for c in tasks.CARDS.values()
+            if c.vocabulary == vocabulary and c.group == group and not c.eval_only]
+
+
+def register_flan2022(name: str, vocabulary: str, group: str = "held_in", cap: int | None = 3000,
+                      temperature: float = 1.0, weights: dict | None = None, description: str = "") -> str:
+    """A Flan 2022-style nested mixture over the cards of `group` using `vocabulary`."""
+    weights = dict(weights or FLAN2022_WEIGHTS)
+    rate = ExamplesRate(cap, temperature)
+    top = []
+    for sub in SUBMIXTURES:
+        cards = [c for c in _select(vocabulary, group) if c.submixture == sub]
+        if not cards or not weights.get(sub):
+            continue
+        entries = [e for c in sorted(cards, key=lambda c: c.name) for e in card_entries(c, rate)]
+        register_mixture(f"{name}_{sub}", entries, f"the {sub!r} submixture of {name}")
+        top.append((f"{name}_{sub}", float(weights[sub])))
+    if not top:
+        raise ValueError(f"mixture {name!r}: no {group} task cards with vocabulary {vocabulary!r}")
+    total = sum(w for _, w in top)
+    return register_mixture(name, [(n, w / total) for n, w in top], description)
+
+
+def replay_mixture(target: str, replay: str, ratio: float) -> str:
+    """Register `{target}_replay_{replay}_r{ratio}`: a `ratio` share of examples from `replay`.
+
+    `target` is a task or mixture (e.g. `dialogsum_template_0to9_zsnoopt`), `replay`
+    a mixture (e.g. `flan2022_heldin`); with ratio 0.25, one example in four
+    comes from the replay mixture. Idempotent; returns the mixture name.
+    """
+    if not 0.0 < ratio < 1.0:
+        raise ValueError(f"replay ratio must be in (0, 1), got {ratio}")
+    for name in (target, replay):
+        if name not in seqio.TaskRegistry.names() and name not in seqio.MixtureRegistry.names():
+            raise tasks.unknown_name("task or mixture", name, list(tasks.SPECS) + list(MIXTURES))
+    name = f"{target}_replay_{replay}_r{ratio:g}"
+    if name in MIXTURES:
+        return name
+    return register_mixture(name, [(target, 1.0 - ratio), (replay, float(ratio))],
+                            f"{target} plus replay of {replay} ({ratio:g} of examples)")
+
+
+def register_collection_mixtures() -> list[str]:
+    """The mixtures in `tasks/mixtures.yaml` plus `{card}_mix` for every card."""
+    config = yaml.safe_load((paths.tasks_dir() / "mixtures.yaml").read_text(encoding="utf-8")) or {}
+    weights = config.get("submixture_weights", FLAN2022_WEIGHTS)
+    names = []
+    for card in sorted(tasks.CARDS.values(), key=lambda c: c.name):
+        if card.task_naming == "flan":
+            names.append(register_mixture(f"{card.name}_mix", card_entries(card, ExamplesRate(None)),
+                                          f"all formats of {card.name}"))
+    for name, m in (config.get("mixtures") or {}).items():
+        rate = dict(cap=m.get("cap", 3000), temperature=float(m.get("temperature", 1.0)))
+        desc = str(m.get("description", "")).strip()
+        if m.get("kind") == "flan2022":
+            try:
+                names.append(register_flan2022(name, m["vocabulary"], m.get("group", "held_in"),
+                                               weights=weights, description=desc, **rate))
+            except ValueError:
+                continue  # no cards for it (e.g. a trimmed collection)
+        else:
+            entries = [e for c in m["cards"] if c in tasks.CARDS
+                       for e in card_entries(tasks.CARDS[c], ExamplesRate(**rate), m.get("formats"))]
+            if entries:
+                names.append(register_mixture(name, entries, desc))
+    return names
+
+
+def get_mixture(name: str) -> list[tuple[str, float | ExamplesRate]]:
+    if name not in MIXTURES:
+        raise tasks.unknown_name("mixture", name, MIXTURES)
+    return MIXTURES[name]
+
+
+def flat_rates(name: str) -> dict[str, float]:
+    """Task -> effective rate, flattening submixtures exactly as seqio does."""
+    out: dict[str, float] = {}
+    for member, rate in get_mixture(name):
+        if member in MIXTURES:
+            sub = flat_rates(member)
+            total = sum(sub.values())
+            for t, r in sub.items():
+                out[t] = out.get(t, 0.0) + float(rate) * r / total
+        else:
+            value = rate.value(num_train_examples(member)) if isinstance(rate, ExamplesRate) else float(rate)
+            out[member] = out.get(member, 0.0) + value
+    return out
+
+
+def mixture_table(name: str) -> list[dict]:
+    """Per task: training examples n, rate, share of drawn examples, examples per mixture epoch.
+
+    A mixture epoch is as many draws as the tasks have training examples in
+    total (each card's rows counted once); `epochs` says how many passes over
+    its own data a task makes in that many draws.
+    """
+    rates = flat_rates(name)
+    total_rate = sum(rates.values())
+    counts = {t: num_train_examples(t) for t in rates}
+    cards = {tasks.get_spec(t).card: counts[t] for t in rates}
+    epoch = sum(cards.values())
+    rows = []
+    for t in sorted(rates, key=lambda t: -rates[t]):
+        share = rates[t] / total_rate
+        rows.append({"task": t, "examples": counts[t], "rate": rates[t], "share": share,
+                     "examples_per_epoch": share * epoch,
+                     "epochs": share * epoch / counts[t] if counts[t] else 0.0})
+    return rows
+

@@ -1,0 +1,114 @@
+"""Render a task's examples: pick a template, apply the format, add few-shot exemplars.
+
+Plain Python, no TensorFlow: `render_examples(card, spec, split)` returns the
+list of `{"inputs_pretokenized", "targets_pretokenized"}` dicts the seqio task
+serves (rank-classification variants add `idx` [example, option] and
+`is_correct`, one dict per option). Everything is deterministic: the
+template of example i of a `0toN` task and its few-shot exemplars come from a
+random generator seeded by (task name, split, i), so the same task renders
+the same text on every machine and every run; the shuffle seed only orders
+examples. Evaluation splits never use inverted templates (their targets are
+not the task's answers).
+"""
+from __future__ import annotations
+
+import functools
+import random
+import zlib
+from typing import Callable
+
+from flanx.data import sources
+from flanx.data.cards import TaskCard, TaskSpec
+from flanx.data.templates import assemble_fewshot, is_fewshot, is_opt, render_exemplar
+
+TRAIN_SPLITS = ("train",)
+
+
+def _rng(spec: TaskSpec, split: str, index: int) -> random.Random:
+    return random.Random(zlib.crc32(f"{spec.name}|{split}|{index}".encode()))
+
+
+def usable_templates(card: TaskCard, spec: TaskSpec, split: str) -> list[int]:
+    """Template ids a task may use on `split` (no inverted ones for evaluation or scoring)."""
+    ids = list(spec.template_ids)
+    if split not in TRAIN_SPLITS or spec.scoring:
+        direct = [i for i in ids if not card.templates[i].inverted]
+        ids = direct or ids
+    return ids
+
+
+def _memo(length_fn: Callable[[str], int]) -> Callable[[str], int]:
+    return functools.lru_cache(maxsize=200_000)(length_fn)
+
+
+def _fewshot_pool(card: TaskCard) -> tuple[list[dict], dict]:
+    pool = sources.load_rows(card, card.fewshot.pool_split)
+    by_value: dict = {}
+    if card.fewshot.match_field:
+        for j, row in enumerate(pool):
+            by_value.setdefault(row[card.fewshot.match_field], []).append(j)
+    return pool, by_value
+
+
+def _exemplars(card, spec, split, index, row, tid, with_options, rng, pool, by_value) -> tuple[list[str], str]:
+    cfg = card.fewshot
+    if cfg.exemplars_field:  # pre-rendered exemplars carried by the row (e.g. BBH chain-of-thought prompts)
+        prefix = str(row.get(cfg.prefix_field, "")) if cfg.prefix_field else ""
+        return list(row[cfg.exemplars_field])[:cfg.k], prefix
+    candidates = by_value.get(row[cfg.match_field], []) if cfg.match_field else range(len(pool))
+    # Draw one spare so the example itself can be left out of its own exemplars (O(k), not O(pool)).
+    exclude = index if split == cfg.pool_split else -1
+    picked = [j for j in rng.sample(candidates, min(cfg.k + 1, len(candidates))) if j != exclude][:cfg.k]
+    template = card.templates[tid]
+    out = []
+    for j in picked:
+        ex = pool[j]
+        inp, tgt = template.render(ex, card.row_options(ex), with_options)
+        out.append(render_exemplar(inp, tgt, cfg))
+    return out, ""
+
+
+def render_examples(card: TaskCard, spec: TaskSpec, split: str,
+                    length_fn: Callable[[str], int] | None = None) -> list[dict]:
+    """All examples of `spec` on `split` (cached on the card per task and split)."""
+    key = ("rendered", spec.name, split)
+    if key in card.row_cache:
+        return card.row_cache[key]
+    rows = sources.load_rows(card, split)
+    template_ids = usable_templates(card, spec, split)
+    fewshot = is_fewshot(spec.fmt)
+    if fewshot:
+        if length_fn is None:
+            from flanx.data import vocab  # noqa: PLC0415
+            length_fn = vocab.length_fn(card.vocabulary)
+        length_fn = _memo(length_fn)
+        pool, by_value = ([], {}) if card.fewshot.exemplars_field else _fewshot_pool(card)
+    out: list[dict] = []
+    for i, row in enumerate(rows):
+        rng = _rng(spec, split, i)
+        tid = template_ids[rng.randrange(len(template_ids))] if len(template_ids) > 1 else template_ids[0]
+        template = card.templates[tid]
+        options = card.row_options(row)
+        with_options = is_opt(spec.fmt) and not template.inverted
+        inp, tgt = template.render(row, options, with_options)
+        if fewshot:
+            shots, prefix = _exemplars(card, spec, split, i, row, tid, with_options, rng, pool, by_value)
+            inp, _ = assemble_fewshot(inp, shots, card.fewshot, length_fn, prefix)
+        if not spec.scoring:
+            out.append({"inputs_pretokenized": inp, "targets_pretokenized": tgt})
+            continue
+        answer = str(row[card.answer_field])
+        if answer not in options:
+            raise sources.DataFormatError(
+                f"task card {card.name!r}, split {split!r}, row {i}: answer {answer!r} (field "
+                f"{card.answer_field!r}) is not one of the options {options}")
+        for j, option in enumerate(options):
+            out.append({"inputs_pretokenized": inp, "targets_pretokenized": option,
+                        "idx": [i, j], "is_correct": option == answer})
+    card.row_cache[key] = out
+    return out
+
+
+def count_examples(card: TaskCard, split: str = "train") -> int:
+    """Rows in a card's split (what examples-proportional mixing counts)."""
+    return len(sources.load_rows(card, split))

@@ -1,0 +1,156 @@
+"""seqio registration of task cards, and flanx's registry of cards and tasks.
+
+`register_card(card)` turns every `TaskSpec` of a card into a `seqio.Task`:
+its source renders examples in Python (`flanx.data.render`) and serves them
+as `inputs_pretokenized` / `targets_pretokenized`; preprocessors copy them to
+`inputs` / `targets`, tokenize with the card's vocabulary and append EOS
+after trimming. Registration reads no data: a task whose files are missing
+registers, and reading it raises `flanx.paths.MissingDataError`.
+
+Lookups by name (`get_card`, `get_spec`) list close matches when a name is
+unknown.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from flanx.data import render, vocab
+from flanx.data.cards import TaskCard, TaskSpec, collection_card_files, expand_groups, load_card, \
+    load_card_file, task_specs
+from flanx.eval import metrics as metrics_lib
+
+CARDS: dict[str, TaskCard] = {}
+SPECS: dict[str, TaskSpec] = {}
+
+
+class FlanxSource(seqio.FunctionDataSource):
+    """A FunctionDataSource whose example counts are read lazily from the card."""
+
+    def __init__(self, card: TaskCard, spec: TaskSpec):
+        self._card, self._spec = card, spec
+
+        def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
+            return _examples_dataset(card, spec, split, shuffle_files, seed)
+
+        super().__init__(dataset_fn=dataset_fn, splits=tuple(card.splits), caching_permitted=False)
+
+    def num_input_examples(self, split: str) -> int | None:
+        if split not in self._card.splits:
+            return None
+        return len(render.render_examples(self._card, self._spec, split))
+
+
+def _examples_dataset(card: TaskCard, spec: TaskSpec, split: str, shuffle: bool, seed: int | None):
+    if card.vocabulary == "t5_spm":
+        vocab.spm_path()  # MissingDataError now rather than a TensorFlow error while tokenizing
+    examples = render.render_examples(card, spec, split)
+    if not examples:
+        raise ValueError(f"task {spec.name!r} has no examples in split {split!r} (task card {card.path})")
+    order = np.arange(len(examples))
+    if shuffle and seed is not None:
+        # A full permutation by seed (the same on every host, so shards stay disjoint);
+        # seqio's shuffle buffer then mixes further.
+        order = np.random.default_rng(int(seed)).permutation(len(examples))
+    columns = {
+        "inputs_pretokenized": tf.constant([examples[i]["inputs_pretokenized"] for i in order], tf.string),
+        "targets_pretokenized": tf.constant([examples[i]["targets_pretokenized"] for i in order], tf.string),
+    }
+    if spec.scoring:
+        columns["idx"] = tf.constant(np.array([examples[i]["idx"] for i in order], np.int32).reshape(-1, 2))
+        columns["is_correct"] = tf.constant([examples[i]["is_correct"] for i in order], tf.bool)
+    return tf.data.Dataset.from_tensor_slices(columns)
+
+
+def _copy_pretokenized(ds: tf.data.Dataset) -> tf.data.Dataset:
+    def fn(ex):
+        return dict(ex, inputs=ex["inputs_pretokenized"], targets=ex["targets_pretokenized"])
+    return ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def output_features(vocabulary_name: str) -> dict[str, seqio.Feature]:
+    v = vocab.get_vocabulary(vocabulary_name, required=False)
+    return {"inputs": seqio.Feature(v, add_eos=True), "targets": seqio.Feature(v, add_eos=True)}
+
+
+def _seqio_task(card: TaskCard, spec: TaskSpec) -> seqio.Task:
+    if spec.scoring:
+        metric_fns = [metrics_lib.rank_classification]
+        postprocess = metrics_lib.rank_target
+    else:
+        metric_fns = [metrics_lib.METRICS[m] for m in card.metrics]
+        postprocess = metrics_lib.POSTPROCESSORS[card.postprocess]
+    return seqio.Task(
+        spec.name,
+        source=FlanxSource(card, spec),
+        output_features=output_features(card.vocabulary),
+        preprocessors=[_copy_pretokenized, seqio.preprocessors.tokenize,
+                       seqio.preprocessors.append_eos_after_trim],
+        postprocess_fn=postprocess,
+        metric_fns=metric_fns,
+    )
+
+
+def register_card(card: TaskCard) -> list[str]:
+    """Register (or replace) every task of `card` in seqio; returns the task names."""
+    old = CARDS.get(card.name)
+    if old is not None:
+        for spec in task_specs(old):
+            SPECS.pop(spec.name, None)
+            seqio.TaskRegistry.remove(spec.name)
+    names = []
+    for spec in task_specs(card):
+        other = SPECS.get(spec.name)
+        if other is not None and other.card != card.name:
+            raise ValueError(f"task card {card.path}: task name {spec.name!r} is already made by card "
+                             f"{other.card!r}; rename one of the cards")
+        seqio.TaskRegistry.remove(spec.name)
+        seqio.TaskRegistry.add_provider(spec.name, _seqio_task(card, spec))
+        SPECS[spec.name] = spec
+        names.append(spec.name)
+    CARDS[card.name] = card
+    return names
+
+
+def cards_from(card_or_path) -> list[TaskCard]:
+    """TaskCards from a TaskCard, a dict, or a YAML path."""
+    if isinstance(card_or_path, TaskCard):
+        return [card_or_path]
+    if isinstance(card_or_path, dict):
+        return [load_card(spec) for spec in expand_groups(card_or_path)]
+    if isinstance(card_or_path, (str, Path)):
+        return load_card_file(card_or_path)
+    raise TypeError(f"register_task_card takes a dict, a TaskCard or a YAML path, got {type(card_or_path).__name__}")
+
+
+def register_collection() -> list[str]:
+    """Register every card in `tasks/`."""
+    names = []
+    for path in collection_card_files():
+        for card in load_card_file(path):
+            names += register_card(card)
+    return names
+
+
+def unknown_name(kind: str, name: str, known) -> KeyError:
+    """A KeyError for an unknown name, listing close matches."""
+    close = difflib.get_close_matches(name, list(known), n=5, cutoff=0.5)
+    hint = f"; did you mean: {', '.join(close)}?" if close else \
+        "; `flanx tasks list` and `flanx mixtures list` show what is registered"
+    return KeyError(f"unknown {kind} {name!r}{hint}")
+
+
+def get_card(name: str) -> TaskCard:
+    if name not in CARDS:
+        raise unknown_name("task card", name, CARDS)
+    return CARDS[name]
+
+
+def get_spec(name: str) -> TaskSpec:
+    if name not in SPECS:
+        raise unknown_name("task", name, SPECS)
+    return SPECS[name]

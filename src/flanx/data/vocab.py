@@ -1,0 +1,86 @@
+"""Vocabularies: the T5 SentencePiece model and the file-free byte vocabulary.
+
+`get_vocabulary("t5_spm" | "byte")` returns the seqio vocabulary a task uses;
+`length_fn(name)` counts tokens in plain Python (for few-shot budgets and
+`flanx tasks show`) without TensorFlow. The SentencePiece file is
+`$FLANX_SPM_PATH` when set, else `$FLANX_DATA_DIR/t5_spiece/spiece.model`;
+it is opened only when first used, so tasks register without data.
+Both vocabularies reserve 0 = pad, 1 = EOS, 2 = UNK. The T5 model has 32,000
+pieces plus 100 extra ids (32,100; FLAN-T5 pads its embedding to 32,128);
+the byte vocabulary has 3 + 256 = 259 ids.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Callable
+
+from flanx import paths
+
+SPM_PATH_ENV = "FLANX_SPM_PATH"
+SPM_EXTRA_IDS = 100
+BYTE_OFFSET = 3
+
+
+def spm_path(required: bool = True) -> Path:
+    """The T5 SentencePiece model file; MissingDataError when `required` and it is not there."""
+    override = os.environ.get(SPM_PATH_ENV)
+    if override:
+        path = Path(override)
+        if required and not path.is_file():
+            raise paths.MissingDataError(f"{SPM_PATH_ENV}={override} is not a file. Point it at a "
+                                         f"SentencePiece model (e.g. the T5 spiece.model) or unset it")
+        return path
+    if required:
+        return paths.require_dataset("t5_spiece") / "t5_spiece" / "spiece.model"
+    root = paths.data_dir() or Path(os.environ.get(paths.DATA_DIR_ENV) or "FLANX_DATA_DIR-is-unset")
+    return root / "t5_spiece" / "spiece.model"
+
+
+@functools.lru_cache(maxsize=None)
+def _seqio_spm(path: str):
+    import seqio  # noqa: PLC0415 - TensorFlow only when tokenizing
+    return seqio.SentencePieceVocabulary(path, extra_ids=SPM_EXTRA_IDS)
+
+
+@functools.lru_cache(maxsize=None)
+def _seqio_byte():
+    import seqio  # noqa: PLC0415
+    return seqio.ByteVocabulary()
+
+
+def get_vocabulary(name: str, required: bool = True):
+    """The seqio vocabulary named `name` ("t5_spm" or "byte").
+
+    With `required=False` the SentencePiece file is not checked (tasks register
+    before data is present; seqio opens the file only when tokenizing).
+    """
+    if name == "byte":
+        return _seqio_byte()
+    if name == "t5_spm":
+        return _seqio_spm(str(spm_path(required)))
+    raise ValueError(f"unknown vocabulary {name!r}; expected 't5_spm' or 'byte'")
+
+
+@functools.lru_cache(maxsize=None)
+def _spm_processor(path: str):
+    import sentencepiece as spm  # noqa: PLC0415
+    return spm.SentencePieceProcessor(model_file=path)
+
+
+def length_fn(name: str) -> Callable[[str], int]:
+    """Token count of a string under vocabulary `name` (no EOS), in plain Python."""
+    if name == "byte":
+        return lambda text: len(text.encode("utf-8"))
+    if name == "t5_spm":
+        proc = _spm_processor(str(spm_path()))
+        return lambda text: len(proc.encode(text))
+    raise ValueError(f"unknown vocabulary {name!r}; expected 't5_spm' or 'byte'")
+
+
+def encode(name: str, text: str) -> list[int]:
+    """Token ids of `text` (no EOS) in plain Python; equals the seqio vocabulary's encoding."""
+    if name == "byte":
+        return [b + BYTE_OFFSET for b in text.encode("utf-8")]
+    return list(_spm_processor(str(spm_path())).encode(text))
