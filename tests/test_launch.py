@@ -90,6 +90,7 @@ def test_local_runs_processes_and_they_find_each_other(tmp_path):
     for i, r in enumerate(reports):
         assert (r["process_id"], r["num_processes"], r["source"]) == (i, 2, "env")
         assert (r["global_devices"], r["local_devices"], r["gathered_process_ids"]) == (2, 1, [0, 1])
+        assert r["platform"] == "cpu"
         assert r["mesh"] == {"data": 2, "fsdp": 1, "model": 1}
     assert '"process_id": 0' in proc.stdout and '"process_id": 1' not in proc.stdout  # console echoes process 0
 

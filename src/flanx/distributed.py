@@ -442,7 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     gathered = np.asarray(multihost_utils.process_allgather(np.array([info.process_id]))).ravel()
     report = {"process_id": info.process_id, "num_processes": info.num_processes, "source": info.source,
               "coordinator_address": info.coordinator_address, "local_devices": jax.local_device_count(),
-              "global_devices": jax.device_count(), "gathered_process_ids": gathered.tolist()}
+              "global_devices": jax.device_count(), "platform": jax.devices()[0].platform,
+              "gathered_process_ids": gathered.tolist()}
     if "mesh" in opts:
         sizes = dict(zip(MESH_AXES, (int(v) for v in opts["mesh"].split(","))))
         batch = int(opts["batch_size"]) if "batch_size" in opts else None
