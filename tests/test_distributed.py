@@ -241,3 +241,15 @@ def test_primary_helpers_single_process(tmp_path):
     with D.open_output(str(tmp_path / "a" / "b.txt")) as f:
         f.write("x")
     assert (tmp_path / "a" / "b.txt").read_text() == "x"
+
+
+def test_initialize_keyword_form_resolves_like_flags(monkeypatch):
+    for k in list(__import__("os").environ):
+        if k.startswith(("SLURM_", "FLANX_", "TPU_")):
+            monkeypatch.delenv(k)
+    # What flanx.partitioning.initialize_distributed passes when given nothing: one process, jax untouched.
+    assert D.initialize(coordinator_address=None, num_processes=None, process_id=None) == D.ProcessInfo(
+        None, 1, 0, None, "single")
+    assert D.initialize(num_processes=1, process_id=0).source == "flags"
+    with pytest.raises(ValueError, match="--coordinator_address"):
+        D.initialize(num_processes=2, process_id=1)
