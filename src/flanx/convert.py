@@ -1,10 +1,11 @@
 """`python -m flanx.convert` / `flanx convert`: convert checkpoints between Hugging Face, T5X and flanx.
 
     python -m flanx.convert [--from auto|hf|t5x|flanx] --to flanx|hf|t5x INPUT OUTPUT
-        [--model NAME] [--scan_layers true|false] [--merge_lora] [--step N] [--overwrite]
+        [--model NAME | --config FILE] [--scan_layers true|false] [--merge_lora] [--step N] [--overwrite]
 
 INPUT is detected by its files unless --from says otherwise. T5X checkpoints
-carry no model config: name the preset with --model (e.g. flan_t5_base).
+carry no model config: name the preset with --model (e.g. flan_t5_base), or
+give --config FILE (a flanx.json, T5Config fields as JSON, or an HF config.json).
 OUTPUT is a directory: a flanx checkpoint, a Hugging Face model directory, or
 a T5X model dir holding `checkpoint_<step>/`. It is written under a temporary
 name beside OUTPUT and renamed when complete, so an interrupted conversion
@@ -37,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input format (default: detect from the files)")
     p.add_argument("--to", dest="dst_format", required=True, choices=("flanx", "hf", "t5x"), help="output format")
     p.add_argument("--model", help="model preset for inputs without a config (T5X), or to check the input against")
+    p.add_argument("--config", help="instead of --model: a JSON file with the T5Config (a flanx.json, a plain "
+                                     "dict of T5Config fields, or a Hugging Face config.json)")
     p.add_argument("--scan_layers", type=_parse_bool, default=None,
                    help="layer layout of the output (flanx/T5X): true = scanned 'layers', false = 'layers_N'; "
                         "default keeps the input's")
@@ -67,8 +70,30 @@ def _publish(tmp: Path, output: Path) -> None:
         shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
+def load_config_file(path: str | os.PathLike):
+    """T5Config from a flanx.json sidecar, a dict of T5Config fields, or a Hugging Face config.json."""
+    import json
+
+    from flanx.checkpoints import CheckpointError, native
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"--config {path}: cannot read a JSON config ({e})") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"--config {path}: expected a JSON object")
+    if data.get("format") == "flanx":
+        data = data.get("config") or {}
+    elif "model_type" in data or "d_kv" in data:
+        from flanx.checkpoints import hf
+
+        return hf.config_from_hf(data, str(path))
+    return native.config_from_dict(data, source=f"--config {path}")
+
+
 def convert(input_path: str | os.PathLike, output: str | os.PathLike, dst_format: str, *, src_format: str = "auto",
-            model: str | None = None, scan_layers: bool | None = None, step: int | None = None,
+            model: str | None = None, config_file: str | None = None, scan_layers: bool | None = None, step: int | None = None,
             merge_lora: bool = False, overwrite: bool = False) -> Path:
     """Convert `input_path` to `dst_format` at `output`; return `output`."""
     from flanx import checkpoints
@@ -84,9 +109,12 @@ def convert(input_path: str | os.PathLike, output: str | os.PathLike, dst_format
         from flanx.models import get_config
 
         config = get_config(model)
+    if config_file is not None:
+        config = load_config_file(config_file)
     if config is None:
         raise checkpoints.CheckpointError(
-            f"{raw.source} carries no model config; pass --model NAME (e.g. --model flan_t5_base)")
+            f"{raw.source} carries no model config; pass --model NAME (e.g. --model flan_t5_base) "
+            "or --config FILE")
     if scan_layers is None:  # keep the input's layer layout
         scan_layers = checkpoints.is_scanned(raw.params)
     params, config = checkpoints.fit_params(raw.params, config, scan_layers, dtype=None, source=raw.source)
@@ -125,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         out = convert(args.input, args.output, args.dst_format, src_format=args.src_format, model=args.model,
+                      config_file=args.config,
                       scan_layers=args.scan_layers, step=args.step, merge_lora=args.merge_lora,
                       overwrite=args.overwrite)
     except (CheckpointError, ValueError) as e:  # bad input: say what and why, no traceback
