@@ -188,12 +188,15 @@ def load_card(spec: dict, where: str = "<python>") -> TaskCard:
     answer_field = spec.get("answer_field", label_field)
     if has_options and answer_field not in fields:
         raise _err(where, "answer_field", "cards with options name the field holding the correct option")
-    formats = tuple(spec.get("formats") or (FORMATS if has_options else ("zsnoopt", "fsnoopt")))
+    fs = dict(spec.get("fewshot") or {})
+    splits = _split_specs(spec["splits"], where)
+    has_pool = bool(fs.get("exemplars_field")) or fs.get("pool_split", "train") in splits
+    formats = tuple(f for f in (FORMATS if has_options else ("zsnoopt", "fsnoopt")) if has_pool or f.startswith("zs"))
+    formats = tuple(spec.get("formats") or formats)
     for fmt in formats:
         _choice(where, "formats", fmt, FORMATS)
         if fmt.endswith("opt") and not fmt.endswith("noopt") and not has_options:
             raise _err(where, "formats", f"{fmt} needs `options`, `labels` or `options_field`")
-    fs = dict(spec.get("fewshot") or {})
     try:
         fewshot = FewShotConfig(**fs)
     except TypeError as e:
@@ -204,7 +207,6 @@ def load_card(spec: dict, where: str = "<python>") -> TaskCard:
         value = getattr(fewshot, key)
         if value and value not in fields:
             raise _err(where, f"fewshot.{key}", f"{value!r} is not in `fields`")
-    splits = _split_specs(spec["splits"], where)
     if any(f.startswith("fs") for f in formats) and not fewshot.exemplars_field and fewshot.pool_split not in splits:
         raise _err(where, "fewshot.pool_split", f"{fewshot.pool_split!r} is not a split of this card")
     dataset = spec.get("dataset")
@@ -280,6 +282,8 @@ def task_specs(card: TaskCard) -> list[TaskSpec]:
         specs += [TaskSpec(f"{card.name}_template_0to{n - 1}_{fmt}", card.name, tuple(range(n)), fmt)
                   for fmt in card.formats]
     if card.has_options:
+        # Rank classification needs a template whose answer is one of the options (not an inverted one).
         specs += [dataclasses.replace(s, name=f"{s.name}_scoring", scoring=True)
-                  for s in list(specs) if s.fmt.endswith("opt") and not s.fmt.endswith("noopt")]
+                  for s in list(specs) if s.fmt.endswith("opt") and not s.fmt.endswith("noopt")
+                  and not all(card.templates[i].inverted for i in s.template_ids)]
     return specs

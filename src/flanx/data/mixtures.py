@@ -77,6 +77,14 @@ def card_entries(card: TaskCard, rate: ExamplesRate, formats=None) -> list[tuple
     return [(s.name, dataclasses.replace(rate, share=share)) for s in specs]
 
 
+def register_examples_mixture(name: str, card_names: list[str], cap: int | None = 3000,
+                              temperature: float = 1.0, formats=None, description: str = "") -> str:
+    """An examples-proportional mixture over all (or `formats`) training tasks of the given cards."""
+    rate = ExamplesRate(cap, temperature)
+    entries = [e for c in card_names for e in card_entries(tasks.get_card(c), rate, formats)]
+    return register_mixture(name, entries, description)
+
+
 def _select(vocabulary: str, group: str) -> list[TaskCard]:
     return [c for c in tasks.CARDS.values()
             if c.vocabulary == vocabulary and c.group == group and not c.eval_only]
@@ -139,10 +147,10 @@ def register_collection_mixtures() -> list[str]:
             except ValueError:
                 continue  # no cards for it (e.g. a trimmed collection)
         else:
-            entries = [e for c in m["cards"] if c in tasks.CARDS
-                       for e in card_entries(tasks.CARDS[c], ExamplesRate(**rate), m.get("formats"))]
-            if entries:
-                names.append(register_mixture(name, entries, desc))
+            present = [c for c in m["cards"] if c in tasks.CARDS]
+            if present:
+                names.append(register_examples_mixture(name, present, formats=m.get("formats"),
+                                                       description=desc, **rate))
     return names
 
 

@@ -115,7 +115,9 @@ def get_dataset(name: str, task_feature_lengths: Mapping[str, int] | None = None
 
 
 def _decode(value):
-    return value.decode("utf-8") if isinstance(value, bytes) else value
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def get_eval_dataset(task: str, split: str = "validation", feature_lengths: Mapping[str, int] | None = None,

@@ -22,6 +22,7 @@ from flanx.data.cards import TaskCard, TaskSpec
 from flanx.data.templates import assemble_fewshot, is_fewshot, is_opt, render_exemplar
 
 TRAIN_SPLITS = ("train",)
+PREVIEW_POOL = 64
 
 
 def _rng(spec: TaskSpec, split: str, index: int) -> random.Random:
@@ -41,8 +42,8 @@ def _memo(length_fn: Callable[[str], int]) -> Callable[[str], int]:
     return functools.lru_cache(maxsize=200_000)(length_fn)
 
 
-def _fewshot_pool(card: TaskCard) -> tuple[list[dict], dict]:
-    pool = sources.load_rows(card, card.fewshot.pool_split)
+def _fewshot_pool(card: TaskCard, limit: int | None) -> tuple[list[dict], dict]:
+    pool = sources.load_rows(card, card.fewshot.pool_split, limit)
     by_value: dict = {}
     if card.fewshot.match_field:
         for j, row in enumerate(pool):
@@ -69,12 +70,16 @@ def _exemplars(card, spec, split, index, row, tid, with_options, rng, pool, by_v
 
 
 def render_examples(card: TaskCard, spec: TaskSpec, split: str,
-                    length_fn: Callable[[str], int] | None = None) -> list[dict]:
-    """All examples of `spec` on `split` (cached on the card per task and split)."""
+                    length_fn: Callable[[str], int] | None = None, limit: int | None = None) -> list[dict]:
+    """All examples of `spec` on `split` (cached on the card per task and split).
+
+    `limit` renders a preview from the first `limit` rows only (few-shot
+    exemplars then come from the first `PREVIEW_POOL` rows of the pool), uncached.
+    """
     key = ("rendered", spec.name, split)
     if key in card.row_cache:
         return card.row_cache[key]
-    rows = sources.load_rows(card, split)
+    rows = sources.load_rows(card, split, limit)
     template_ids = usable_templates(card, spec, split)
     fewshot = is_fewshot(spec.fmt)
     if fewshot:
@@ -82,7 +87,8 @@ def render_examples(card: TaskCard, spec: TaskSpec, split: str,
             from flanx.data import vocab  # noqa: PLC0415
             length_fn = vocab.length_fn(card.vocabulary)
         length_fn = _memo(length_fn)
-        pool, by_value = ([], {}) if card.fewshot.exemplars_field else _fewshot_pool(card)
+        pool_limit = None if limit is None else max(limit, PREVIEW_POOL)
+        pool, by_value = ([], {}) if card.fewshot.exemplars_field else _fewshot_pool(card, pool_limit)
     out: list[dict] = []
     for i, row in enumerate(rows):
         rng = _rng(spec, split, i)
@@ -105,7 +111,8 @@ def render_examples(card: TaskCard, spec: TaskSpec, split: str,
         for j, option in enumerate(options):
             out.append({"inputs_pretokenized": inp, "targets_pretokenized": option,
                         "idx": [i, j], "is_correct": option == answer})
-    card.row_cache[key] = out
+    if limit is None:
+        card.row_cache[key] = out
     return out
 
 

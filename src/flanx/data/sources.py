@@ -205,8 +205,8 @@ def _read_hf(card, spec: dict) -> Iterator[Record]:
 
 
 def _read_synthetic(card, spec: dict, split: str) -> Iterator[Record]:
-    rows = synthetic.generate(card.source["generator"], spec.get("name", split), spec.get("size"),
-                              int(card.source.get("seed", 0)))
+    rows = synthetic.iter_rows(card.source["generator"], spec.get("name", split), spec.get("size"),
+                               int(card.source.get("seed", 0)))
     for i, row in enumerate(rows):
         yield f"synthetic:{card.source['generator']}/{split}[{i}]", row
 
@@ -292,13 +292,15 @@ def prepare_row(card, split: str, raw: dict) -> dict:
     return row
 
 
-def load_rows(card, split: str) -> list[dict]:
-    """The prepared rows of `split` (cached on the card)."""
+def load_rows(card, split: str, limit: int | None = None) -> list[dict]:
+    """The prepared rows of `split` (cached on the card); `limit` reads only the first rows (uncached)."""
     cache = card.row_cache
     if split in cache:
-        return cache[split]
+        return cache[split] if limit is None else cache[split][:limit]
     rows, skipped, first = [], 0, None
     for origin, rec in read_records(card, split):
+        if limit is not None and len(rows) >= limit:
+            return rows
         try:
             if isinstance(rec, Exception):
                 raise rec

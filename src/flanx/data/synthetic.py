@@ -95,6 +95,11 @@ GENERATORS = {"chat": chat_row, "order_total": order_total_row}
 
 def generate(generator: str, split: str, num_rows: int | None = None, seed: int = 0) -> list[dict[str, str]]:
     """`num_rows` rows (default `SPLIT_SIZES[split]`) of `generator` for `split`."""
+    return list(iter_rows(generator, split, num_rows, seed))
+
+
+def iter_rows(generator: str, split: str, num_rows: int | None = None, seed: int = 0):
+    """The rows of `generate`, lazily (the first k rows do not depend on `num_rows`)."""
     if generator not in GENERATORS:
         raise ValueError(f"unknown synthetic generator {generator!r}; known: {', '.join(sorted(GENERATORS))}")
     if num_rows is None:
@@ -103,4 +108,5 @@ def generate(generator: str, split: str, num_rows: int | None = None, seed: int 
         num_rows = SPLIT_SIZES[split]
     rng = _rng(generator, split, seed)
     make = GENERATORS[generator]
-    return [make(rng) for _ in range(num_rows)]
+    for _ in range(num_rows):
+        yield make(rng)

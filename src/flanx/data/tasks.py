@@ -97,23 +97,31 @@ def _seqio_task(card: TaskCard, spec: TaskSpec) -> seqio.Task:
 
 def register_card(card: TaskCard) -> list[str]:
     """Register (or replace) every task of `card` in seqio; returns the task names."""
-    old = CARDS.get(card.name)
-    if old is not None:
-        for spec in task_specs(old):
-            SPECS.pop(spec.name, None)
-            seqio.TaskRegistry.remove(spec.name)
-    names = []
-    for spec in task_specs(card):
+    specs = task_specs(card)
+    for spec in specs:
         other = SPECS.get(spec.name)
         if other is not None and other.card != card.name:
             raise ValueError(f"task card {card.path}: task name {spec.name!r} is already made by card "
                              f"{other.card!r}; rename one of the cards")
+    if card.name in CARDS:
+        unregister_card(card.name)
+    names = []
+    for spec in specs:
         seqio.TaskRegistry.remove(spec.name)
         seqio.TaskRegistry.add_provider(spec.name, _seqio_task(card, spec))
         SPECS[spec.name] = spec
         names.append(spec.name)
     CARDS[card.name] = card
     return names
+
+
+def unregister_card(name: str) -> None:
+    """Remove a card and its tasks from flanx's registry and seqio (mixtures are left as they are)."""
+    card = get_card(name)
+    for spec in task_specs(card):
+        SPECS.pop(spec.name, None)
+        seqio.TaskRegistry.remove(spec.name)
+    del CARDS[name]
 
 
 def cards_from(card_or_path) -> list[TaskCard]:

@@ -1,0 +1,67 @@
+"""`flanx study forgetting --gin_file=... [--gin.NAME=VALUE ...]`: run or resume a study.
+
+The study is configured by one gin file (`t5x_configs/experiments/*.gin`)
+binding `flanx.StudyConfig` (and `flanx.T5Config` / `flanx.LoraConfig` through
+the model gin files it includes). Re-running the same command resumes: arms
+already evaluated are reused, an interrupted arm resumes from its checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import gin
+
+from flanx import gin_utils
+
+DEFAULT_GIN = "experiments/forgetting_synthetic.gin"
+
+
+def _register() -> None:
+    from flanx.experiments.forgetting import StudyConfig
+
+    gin.external_configurable(StudyConfig, name="StudyConfig", module="flanx")
+
+
+if _register not in gin_utils._EXTRA_REGISTRATIONS:  # noqa: SLF001 - the module's extension point
+    gin_utils._EXTRA_REGISTRATIONS.append(_register)
+
+
+def load_study_config(gin_files: list[str], gin_bindings: list[str]):
+    """Parse gin and build the StudyConfig it describes."""
+    gin.clear_config()
+    gin_utils._REGISTERED = False  # noqa: SLF001 - re-register after clear_config
+    gin_utils.parse_gin(gin_files, gin_bindings, finalize=False)
+    return gin.get_configurable("flanx.StudyConfig")()
+
+
+def run(gin_files: list[str], gin_bindings: list[str]) -> dict:
+    from flanx.experiments.forgetting import run_study
+    from flanx.experiments.report import summarize
+
+    cfg = load_study_config(gin_files, gin_bindings)
+    out = run_study(cfg)
+    summary = summarize(out["results"])
+    print(f"\nstudy {cfg.name}: report {out['files']['report']}")
+    keys = ["target_gain", "held_in_mean", "held_out_mean", "forgetting_held_in", "forgetting_held_out"]
+    print(f"{'arm':<12} " + " ".join(f"{k:>20}" for k in keys))
+    for arm, row in summary.items():
+        print(f"{arm:<12} " + " ".join(f"{row.get(k, float('nan')):>20.4f}" for k in keys))
+    return out
+
+
+def main(argv: list[str]) -> int:
+    files, bindings, rest = gin_utils.split_gin_args(argv)
+    parser = argparse.ArgumentParser(prog="flanx study", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("study", choices=["forgetting"], help="which study to run")
+    parser.add_argument("--out_dir", help="shortcut for --gin.flanx.StudyConfig.out_dir")
+    args = parser.parse_args(rest)
+    if args.out_dir:
+        bindings.append(f"flanx.StudyConfig.out_dir = {args.out_dir!r}")
+    run(files or [DEFAULT_GIN], bindings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,208 @@
+"""Sources: file formats, TFDS (mock data), Hugging Face (in-memory), synthetic, and bad input."""
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from flanx import paths
+from flanx.data import sources, synthetic
+from flanx.data.cards import load_card
+from flanx.data.sources import DataFormatError
+
+NLI_TEMPLATES = [{"input": "{premise} => {hypothesis}?{options}", "target": "{label}"}]
+
+
+def nli_card(tmp_path, kind="jsonl", files=None, **extra):
+    spec = {"name": "nli_test", "source": {"type": kind, "root": str(tmp_path)},
+            "splits": {"train": files or "train.jsonl"},
+            "fields": {"premise": "premise", "hypothesis": "hypothesis", "label": "label"},
+            "labels": {"entailment": "yes", "not_entailment": "no"}, "templates": NLI_TEMPLATES}
+    spec.update(extra)
+    return load_card(spec)
+
+
+def write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_jsonl_rows_fields_and_labels(tmp_path):
+    write(tmp_path / "train.jsonl", '{"premise": "A", "hypothesis": "B", "label": "entailment"}\n\n'
+                                    '{"premise": "C", "hypothesis": "D", "label": "not_entailment", "x": 1}\n')
+    rows = sources.load_rows(nli_card(tmp_path), "train")
+    assert rows == [{"premise": "A", "hypothesis": "B", "label": "yes"},
+                    {"premise": "C", "hypothesis": "D", "label": "no"}]
+
+
+def test_malformed_json_names_file_and_line(tmp_path):
+    f = write(tmp_path / "train.jsonl", '{"premise": "A", "hypothesis": "B", "label": "entailment"}\n{"premise": \n')
+    with pytest.raises(DataFormatError, match=rf"{f}:2: not valid JSON.*on_error: skip"):
+        sources.load_rows(nli_card(tmp_path), "train")
+
+
+def test_missing_field_names_file_line_and_field(tmp_path):
+    f = write(tmp_path / "train.jsonl", '{"premise": "A", "hypothesis": "B", "label": "entailment"}\n'
+                                        '{"premise": "A", "label": "entailment"}\n')
+    with pytest.raises(DataFormatError, match=rf"{f}:2: missing field 'hypothesis'.*task card 'nli_test'"):
+        sources.load_rows(nli_card(tmp_path), "train")
+
+
+def test_unknown_label_names_file_line_field_and_known_labels(tmp_path):
+    f = write(tmp_path / "train.jsonl", '{"premise": "A", "hypothesis": "B", "label": "neutral"}\n')
+    with pytest.raises(DataFormatError, match=rf"{f}:1: field 'label': unknown label 'neutral'.*'entailment'"):
+        sources.load_rows(nli_card(tmp_path), "train")
+
+
+def test_on_error_skip_counts_and_warns(tmp_path, caplog):
+    write(tmp_path / "train.jsonl", '{"premise": "A", "hypothesis": "B", "label": "entailment"}\n'
+                                    'not json\n{"premise": "A", "hypothesis": "B", "label": "maybe"}\n'
+                                    '{"premise": "E", "hypothesis": "F", "label": "not_entailment"}\n')
+    card = nli_card(tmp_path, on_error="skip")
+    flanx_logger = logging.getLogger("flanx")
+    flanx_logger.addHandler(caplog.handler)
+    try:
+        rows = sources.load_rows(card, "train")
+    finally:
+        flanx_logger.removeHandler(caplog.handler)
+    assert [r["premise"] for r in rows] == ["A", "E"]
+    assert card.skipped["train"] == 2
+    assert "skipped 2 malformed row(s), kept 2" in caplog.text and "train.jsonl:2" in caplog.text
+
+
+def test_csv_with_header_multiline_cells_and_bad_column_count(tmp_path):
+    write(tmp_path / "d.csv", 'Class Index,Title,Description\n3,"Fears, pension","line one\nline two"\n'
+                              '4,Space,"About, rockets"\n1,Only two\n')
+    card = load_card({"name": "csv_test", "source": {"type": "csv", "root": str(tmp_path)},
+                      "splits": {"train": "d.csv"}, "fields": {"title": "Title", "text": "Description",
+                                                              "label": "Class Index"},
+                      "labels": {"1": "World", "3": "Business", "4": "Science/Tech"},
+                      "templates": [{"input": "{title}: {text}", "target": "{label}"}]})
+    with pytest.raises(DataFormatError, match=r"d.csv:5: expected 3 columns"):
+        sources.load_rows(card, "train")
+    card.on_error = "skip"
+    rows = sources.load_rows(card, "train")
+    assert rows == [{"title": "Fears, pension", "text": "line one\nline two", "label": "Business"},
+                    {"title": "Space", "text": "About, rockets", "label": "Science/Tech"}]
+
+
+def test_tsv_and_lines_formats(tmp_path):
+    write(tmp_path / "d.tsv", "q\ta\nwho?\tme\n")
+    card = load_card({"name": "tsv_test", "source": {"type": "tsv", "root": str(tmp_path)}, "splits": {"train": "d.tsv"},
+                      "fields": {"q": "q", "a": "a"}, "templates": [{"input": "{q}", "target": "{a}"}]})
+    assert sources.load_rows(card, "train") == [{"q": "who?", "a": "me"}]
+    # TREC-style `COARSE:fine question` lines; a line that does not match names its line number.
+    write(tmp_path / "trec.txt", "NUM:dist How far is it ?\nLOC:city What county ?\nbroken line\n")
+    card = load_card({"name": "trec_test", "source": {"type": "lines", "root": str(tmp_path),
+                                                      "pattern": r"(?P<coarse>[A-Z]+):(?P<fine>\S+) (?P<q>.*)"},
+                      "splits": {"train": "trec.txt"}, "fields": {"q": "q", "label": "coarse"},
+                      "labels": {"NUM": "number", "LOC": "location"},
+                      "templates": [{"input": "{q}", "target": "{label}"}]})
+    with pytest.raises(DataFormatError, match=r"trec.txt:3: line does not match"):
+        sources.load_rows(card, "train")
+    assert sources.load_rows(card, "train", limit=2) == [{"q": "How far is it ?", "label": "number"},
+                                                         {"q": "What county ?", "label": "location"}]
+
+
+def test_take_and_drop_every_make_disjoint_splits(tmp_path):
+    write(tmp_path / "all.jsonl", "".join(json.dumps({"t": str(i)}) + "\n" for i in range(20)))
+    card = load_card({"name": "carve_test", "source": {"type": "jsonl", "root": str(tmp_path)},
+                      "splits": {"train": {"files": "all.jsonl", "drop_every": [8, 0]},
+                                 "validation": {"files": "all.jsonl", "take_every": [8, 0]}},
+                      "fields": {"t": "t"}, "templates": [{"input": "{t}", "target": "{t}"}]})
+    train = [r["t"] for r in sources.load_rows(card, "train")]
+    val = [r["t"] for r in sources.load_rows(card, "validation")]
+    assert val == ["0", "8", "16"] and len(train) == 17 and not set(train) & set(val)
+
+
+def test_missing_files_raise_missing_data_error(tmp_path, monkeypatch):
+    monkeypatch.delenv(paths.DATA_DIR_ENV, raising=False)
+    card = load_card({"name": "rte_missing", "dataset": "rte", "source": {"type": "jsonl"},
+                      "splits": {"train": "classic_cls/rte/train.jsonl"},
+                      "fields": {"p": "premise"}, "templates": [{"input": "{p}", "target": "{p}"}]})
+    with pytest.raises(paths.MissingDataError, match="FLANX_DATA_DIR"):
+        sources.load_rows(card, "train")
+    with pytest.raises(paths.MissingDataError, match="no file matches"):
+        sources.load_rows(nli_card(tmp_path, files="nope/*.jsonl"), "train")
+
+
+def test_row_transforms_gsm8k_t0_mmlu_and_crlf():
+    g = sources.ROW_TRANSFORMS["gsm8k"]({"question": "q", "answer": "48/2 = <<48/2=24>>24 clips.\n#### 1,072"})
+    assert g["rationale"] == "48/2 = 24 clips." and g["final_answer"] == "1072"
+    t = sources.ROW_TRANSFORMS["t0"]({"prompt": " Is it? \n", "completion": " Business<|endoftext|>"})
+    assert t["prompt"] == "Is it?" and t["completion"] == "Business"
+    m = sources.ROW_TRANSFORMS["mmlu"]({"question": "q", "choice0": "a", "choice1": "b", "choice2": "c",
+                                        "choice3": "d", "answer": "2", "subject": "abstract_algebra"})
+    assert m["choices"] == ["a", "b", "c", "d"] and m["answer_text"] == "c" and m["subject_name"] == "abstract algebra"
+    with pytest.raises(DataFormatError, match="expected 0-3"):
+        sources.ROW_TRANSFORMS["mmlu"](dict(m, answer="7"))
+    with pytest.raises(DataFormatError, match="no '####'"):
+        sources.ROW_TRANSFORMS["gsm8k"]({"question": "q", "answer": "no marker"})
+
+
+def test_samsum_style_crlf_becomes_newline(tmp_path):
+    write(tmp_path / "s.jsonl", json.dumps({"dialogue": "A: hi\r\nB: yo", "summary": "greeting"}) + "\n")
+    card = load_card({"name": "crlf_test", "source": {"type": "jsonl", "root": str(tmp_path)}, "splits": {"train": "s.jsonl"},
+                      "fields": {"dialogue": "dialogue", "summary": "summary"},
+                      "templates": [{"input": "{dialogue}", "target": "{summary}"}]})
+    assert sources.load_rows(card, "train")[0]["dialogue"] == "A: hi\nB: yo"
+
+
+def test_bbh_reader_attaches_cot_prompt(tmp_path):
+    (tmp_path / "cot").mkdir()
+    write(tmp_path / "nav.json", json.dumps({"canary": "x", "examples": [{"input": "Go?", "target": "No"}]}))
+    write(tmp_path / "cot" / "nav.txt", "CANARY LINE\n-----\nDecide navigation.\n\nQ: a?\nA: Let's think. So the "
+                                        "answer is Yes.\n\nQ: b?\nA: Let's think. So the answer is No.")
+    card = load_card({"name": "bbh_test", "source": {"type": "bbh", "root": str(tmp_path), "cot_prompts": "cot"},
+                      "splits": {"test": "*.json"},
+                      "fields": {"input": "input", "target": "target", "task": "task", "ex": "cot_exemplars",
+                                 "desc": "cot_description"},
+                      "templates": [{"input": "{input}", "target": "{target}"}]})
+    (row,) = sources.load_rows(card, "test")
+    assert row["task"] == "nav" and row["desc"] == "Decide navigation."
+    assert row["ex"] == ["Q: a?\nA: Let's think. So the answer is Yes.", "Q: b?\nA: Let's think. So the answer is No."]
+
+
+@pytest.mark.slow  # imports TensorFlow Datasets (~10 s cold)
+def test_tfds_source_with_mock_data():
+    tfds = pytest.importorskip("tensorflow_datasets")
+    card = load_card({"name": "tfds_rte", "source": {"type": "tfds", "name": "glue/rte"},
+                      "splits": {"train": {"name": "train"}},
+                      "fields": {"premise": "sentence1", "hypothesis": "sentence2", "label": "label"},
+                      "labels": {"0": "yes", "1": "no"}, "templates": NLI_TEMPLATES})
+    with tfds.testing.mock_data(num_examples=5):
+        rows = sources.load_rows(card, "train")
+    assert len(rows) == 5
+    assert all(isinstance(r["premise"], str) and r["label"] in ("yes", "no") for r in rows)
+
+
+def test_hf_source_in_memory_dataset():
+    datasets = pytest.importorskip("datasets")
+    dd = datasets.DatasetDict({"train": datasets.Dataset.from_dict(
+        {"sentence1": ["a", "b"], "sentence2": ["c", "d"], "label": [0, 1]})})
+    card = load_card({"name": "hf_rte", "source": {"type": "hf", "dataset": dd}, "splits": {"train": {"name": "train"}},
+                      "fields": {"premise": "sentence1", "hypothesis": "sentence2", "label": "label"},
+                      "labels": {0: "yes", 1: "no"}, "templates": NLI_TEMPLATES})
+    assert sources.load_rows(card, "train") == [{"premise": "a", "hypothesis": "c", "label": "yes"},
+                                                {"premise": "b", "hypothesis": "d", "label": "no"}]
+
+
+def test_synthetic_is_deterministic_short_and_balanced():
+    a = synthetic.generate("chat", "train", 500, seed=0)
+    assert a == synthetic.generate("chat", "train", 500, seed=0)
+    assert a != synthetic.generate("chat", "train", 500, seed=1)
+    assert a[:10] != synthetic.generate("chat", "validation", 10, seed=0)
+    assert max(len(r["chat"].encode()) for r in a) <= 150
+    assert max(len(r["summary"].encode()) for r in a) <= 48
+    for r in a:  # the labels are recoverable from the chat itself
+        assert r["order_number"] in r["chat"] and r["customer"] in r["chat"] and r["order_number"] in r["summary"]
+        assert (r["refund"] == "yes") == (r["intent"] == "refund")
+    intents = [r["intent"] for r in a]
+    assert all(60 <= intents.count(i) <= 140 for i in synthetic.INTENTS)
+    assert 200 <= [r["sentiment"] for r in a].count("positive") <= 300
+    totals = synthetic.generate("order_total", "train", 200)
+    assert all(int(r["price_a"]) + int(r["price_b"]) == int(r["total"]) for r in totals)
+    assert len(synthetic.generate("chat", "test")) == synthetic.SPLIT_SIZES["test"]
+    with pytest.raises(ValueError, match="unknown synthetic generator"):
+        synthetic.generate("nope", "train", 1)

@@ -1,0 +1,199 @@
+"""Every registered task renders (synthetic here, real data under needs_data) and tokenizes in seqio."""
+from __future__ import annotations
+
+import collections
+import re
+
+import numpy as np
+import pytest
+import seqio
+
+import flanx.data
+from flanx import paths
+from flanx.data import cards as cards_lib
+from flanx.data import mixtures, pipeline, render, tasks
+from flanx.data.templates import render_options
+
+
+@pytest.fixture(scope="module", autouse=True)
+def registered():
+    flanx.data.register_all()
+
+
+def _check_examples(card, spec, split, examples):
+    assert examples, (spec.name, split)
+    if spec.scoring:
+        by_example = collections.defaultdict(list)
+        for ex in examples:
+            by_example[ex["idx"][0]].append(ex)
+        for group in by_example.values():
+            options = [ex["targets_pretokenized"] for ex in group]
+            assert [ex["idx"][1] for ex in group] == list(range(len(options)))
+            assert sum(ex["is_correct"] for ex in group) >= 1, spec.name
+            assert len({ex["inputs_pretokenized"] for ex in group}) == 1
+            assert render_options(options) in group[0]["inputs_pretokenized"]
+        return
+    for ex in examples:
+        inp, tgt = ex["inputs_pretokenized"], ex["targets_pretokenized"]
+        assert isinstance(inp, str) and isinstance(tgt, str) and inp.strip(), spec.name
+        if spec.fmt.endswith("noopt"):
+            assert "\nOPTIONS:\n- " not in inp or "OPTIONS" in str(card.templates), spec.name
+
+
+def _specs(card):
+    return [s for s in cards_lib.task_specs(card)]
+
+
+def test_every_synthetic_task_renders_with_its_options_and_budget():
+    byte_cards = [c for c in tasks.CARDS.values() if c.vocabulary == "byte" and c.name.startswith("synth_")]
+    assert len(byte_cards) == 7
+    for card in byte_cards:
+        for spec in _specs(card):
+            for split in card.splits:
+                examples = render.render_examples(card, spec, split, limit=40)
+                _check_examples(card, spec, split, examples)
+                if spec.scoring:
+                    continue
+                for ex in examples:
+                    inp, tgt = ex["inputs_pretokenized"], ex["targets_pretokenized"]
+                    if card.options and spec.fmt == "zsopt" and tgt in card.options:
+                        assert inp.endswith("\n\n" + render_options(card.options)), spec.name
+                    if spec.fmt.startswith("zs") and tgt != ex.get("chat"):
+                        # Small enough for the tiny byte-level demo model.
+                        assert len(inp.encode()) <= 240, (spec.name, inp)
+                    if spec.fmt.startswith("fs"):
+                        assert len(inp.encode()) <= card.fewshot.max_input_tokens, spec.name
+                if not any(card.templates[i].inverted for i in spec.template_ids):
+                    assert max(len(ex["targets_pretokenized"].encode()) for ex in examples) <= 48, spec.name
+
+
+def test_synthetic_targets_match_the_chat():
+    card = tasks.get_card("synth_chat_intent")
+    spec = tasks.get_spec("synth_chat_intent_template_0to7_zsopt")
+    examples = render.render_examples(card, spec, "validation")
+    assert len(examples) == 200
+    keyword = {"delivery": ("arrive", "ships", "Where"), "refund": ("refund",), "password": ("password", "log in"),
+               "billing": ("charged", "billed"), "cancel": ("cancel",)}
+    for ex in examples:
+        chat = ex["inputs_pretokenized"].split("OPTIONS")[0]
+        assert any(k in chat for k in keyword[ex["targets_pretokenized"]])
+
+
+def test_template_choice_is_deterministic_uniform_and_eval_skips_inverted():
+    card = tasks.get_card("synth_chat_summary")
+    spec = tasks.get_spec("synth_chat_summary_template_0to9_zsnoopt")
+    train = render.render_examples(card, spec, "train")
+    # Fresh card objects (no cache) render the same text.
+    fresh = cards_lib.load_card_file(paths.tasks_dir() / "synth_chat_summary.yaml")[0]
+    assert render.render_examples(fresh, spec, "train") == train
+    inverted = [ex for ex in train if ex["targets_pretokenized"].startswith("Customer: Hi")]
+    assert 0.07 < len(inverted) / len(train) < 0.13  # 1 of 10 templates
+    first_lines = collections.Counter(ex["inputs_pretokenized"][:12] for ex in train)
+    assert len(first_lines) >= 8
+    for split in ("validation", "test"):
+        evals = render.render_examples(card, spec, split)
+        assert not any(ex["targets_pretokenized"].startswith("Customer:") for ex in evals)
+        assert all(len(ex["targets_pretokenized"]) <= 48 for ex in evals)
+
+
+def test_fewshot_exemplars_come_from_train_and_never_the_example_itself():
+    card = tasks.get_card("synth_chat_order_number")
+    spec = tasks.get_spec("synth_chat_order_number_template_0to7_fsnoopt")
+    train_rows = {r["order_number"] for r in render.sources.load_rows(card, "train")}
+    kept = []
+    for split in ("train", "validation"):
+        for ex in render.render_examples(card, spec, split)[:300]:
+            numbers = [re.search(r"[Oo]rder (\d{5})", line).group(1) for line in ex["inputs_pretokenized"].split("\n")
+                       if line.startswith("Customer: Hi")]
+            own = ex["targets_pretokenized"]
+            assert numbers[-1] == own  # the final chat is the example's own
+            assert own not in numbers[:-1] or split == "validation"
+            assert all(n in train_rows for n in numbers[:-1])
+            kept.append(len(numbers) - 1)
+    assert set(kept) <= {0, 1, 2} and kept.count(2) > 100  # k=2 exemplars usually fit in 480 bytes
+
+
+def test_seqio_tasks_tokenize_with_eos_and_carry_metrics():
+    task = seqio.get_mixture_or_task("synth_order_total_template_0to7_zsnoopt")
+    assert [f.__name__ for f in task.predict_metric_fns] == ["accuracy"]
+    ex = pipeline.get_eval_dataset("synth_order_total_template_0to7_zsnoopt", "test", {"inputs": 64, "targets": 8}, 3)
+    for e in ex:
+        assert list(e["inputs"]) == [b + 3 for b in e["inputs_pretokenized"].encode()][:63] + [1]
+        assert list(e["targets"]) == [b + 3 for b in e["targets_pretokenized"].encode()] + [1]
+    scoring = seqio.get_mixture_or_task("synth_chat_sentiment_template_0to7_zsopt_scoring")
+    assert [f.__name__ for f in scoring.score_metric_fns] == ["rank_classification"]
+    assert scoring.postprocess_fn("positive", example={"idx": [4, 1], "is_correct": True}, is_target=True) == (4, 1, True)
+    summary = seqio.get_mixture_or_task("synth_chat_summary_template_0_zero_shot")
+    assert [f.__name__ for f in summary.predict_metric_fns] == ["rouge"]
+
+
+def test_real_tasks_register_without_data_and_raise_missing_data_when_read(monkeypatch):
+    monkeypatch.delenv(paths.DATA_DIR_ENV, raising=False)
+    monkeypatch.delenv("FLANX_SPM_PATH", raising=False)
+    card = cards_lib.load_card_file(paths.tasks_dir() / "rte.yaml")[0]
+    card.name = "rte_nodata"
+    names = tasks.register_card(card)
+    try:
+        assert "rte_nodata_template_0to8_fsopt_scoring" in seqio.TaskRegistry.names()
+        with pytest.raises(paths.MissingDataError, match="FLANX_DATA_DIR"):
+            pipeline.get_eval_dataset("rte_nodata_template_0_zero_shot", "validation", {"inputs": 64, "targets": 8})
+        with pytest.raises(paths.MissingDataError, match="FLANX_DATA_DIR"):
+            render.render_examples(card, tasks.get_spec(names[0]), "train")
+    finally:
+        tasks.unregister_card("rte_nodata")
+
+
+# ----------------------------------------------------------------------------- real data
+
+FIRST_ROWS = {  # task -> (split, text in the first input, first target), read off the files by hand
+    "rte_template_1_zero_shot": ("train", "Premise: No Weapons of Mass Destruction Found in Iraq Yet.", "no"),
+    "cb_template_1_zero_shot": ("validation", None, None),
+    "sst2_template_4_zero_shot": ("train", "a stirring , funny and finally transporting", "positive"),
+    "trec_template_3_zero_shot": ("test", "Question: How far is it from Denver to Aspen ?", "number"),
+    "agnews_template_4_zero_shot": ("validation", "Title: Fears for T N pension after talks", "Business"),
+    "gsm8k_template_0_zero_shot": ("train", "Natalia sold clips to 48 of her friends", "72"),
+    "gsm8k_cot_template_0_zero_shot": ("train", "Natalia sold clips", "Natalia sold 48/2 = 24 clips in May.\n"
+                                       "Natalia sold 48+24 = 72 clips altogether in April and May.\nSo the answer is 72."),
+    "dialogsum_template_0_zero_shot": ("train", "Summarize the following conversation.\n\n#Person1#: Hi, Mr. Smith.", None),
+    "samsum_template_0_zero_shot": ("train", "Summarize this dialogue:\nAmanda: I baked  cookies. Do you want some?\nJerry",
+                                    "Amanda baked cookies and will bring Jerry some tomorrow."),
+    "mmlu_template_2_zero_shot": ("test", "Answer this abstract algebra question.", None),
+    "t0_ag_news": ("train", "Carlyle Looks Toward Commercial Aerospace", "Business"),
+}
+
+
+@pytest.mark.needs_data
+def test_every_real_task_renders_its_first_examples(data_root):
+    real = [c for c in tasks.CARDS.values() if c.vocabulary == "t5_spm" and c.path.startswith(str(paths.tasks_dir()))]
+    assert len(real) == 11 + 35
+    for card in real:
+        for split in card.splits:
+            for spec in _specs(card):
+                _check_examples(card, spec, split, render.render_examples(card, spec, split, limit=6))
+    for name, (split, text, target) in FIRST_ROWS.items():
+        spec = tasks.get_spec(name)
+        (ex, *_) = render.render_examples(tasks.get_card(spec.card), spec, split, limit=1)
+        if text:
+            assert text in ex["inputs_pretokenized"], name
+        if target:
+            assert ex["targets_pretokenized"] == target, name
+    # DialogSum test targets are `summary1`; BBH few-shot prepends the task's CoT prompt.
+    ds = tasks.get_card("dialogsum")
+    assert render.sources.load_rows(ds, "test", limit=1)[0]["summary"].startswith("Ms. Dawson helps #Person1#")
+    bbh = tasks.get_spec("bbh_template_1_zero_shot")
+    (fs,) = render.render_examples(tasks.get_card("bbh"), tasks.get_spec("bbh_template_0to7_fsnoopt"), "test", limit=1)
+    assert fs["inputs_pretokenized"].startswith("Evaluate the result of a random Boolean expression.\n\nQ: ")
+    assert fs["inputs_pretokenized"].endswith("\nA: Let's think step by step.")
+    assert bbh.fmt == "zsnoopt"
+
+
+@pytest.mark.needs_data
+def test_real_task_counts_and_spm_tokens(data_root):
+    assert render.count_examples(tasks.get_card("rte"), "train") == 2490
+    assert render.count_examples(tasks.get_card("agnews"), "train") == 7600 - 950
+    (ex,) = pipeline.get_eval_dataset("trec_template_3_zero_shot", "test", {"inputs": 512, "targets": 8}, 1)
+    vocab = flanx.data.get_vocabulary("t5_spm")
+    assert vocab.vocab_size == 32100 and ex["inputs"][-1] == 1 and ex["targets"][-1] == 1
+    assert vocab.decode(list(ex["targets"][:-1])) == "number"
+    assert vocab.decode(list(ex["inputs"][:-1])) == " ".join(ex["inputs_pretokenized"].split())
+    assert mixtures.num_train_examples("t0_ag_news") == 1400 - 70
