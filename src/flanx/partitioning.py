@@ -109,6 +109,8 @@ def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh
                     rules=LOGICAL_AXIS_RULES) -> P:
     """PartitionSpec for an array with logical `axes` and `shape` on `mesh`.
 
+    `mesh` needs only `.shape` (axis name -> size), so an abstract mesh works.
+
     A mesh axis is used once per array (first dimension wins); a dimension
     whose size is not divisible by its mesh axes' size stays replicated.
     """
