@@ -18,6 +18,7 @@ adapters into plain T5 kernels for export or fast inference.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import flax.linen as nn
 import jax
@@ -88,7 +89,7 @@ def merge_lora(params, config):
     scale = config.lora.scale
 
     def walk(node):
-        if not isinstance(node, dict):
+        if not isinstance(node, Mapping):
             return node
         if "lora_a" in node or "lora_b" in node:
             missing = [k for k in ("kernel", "lora_a", "lora_b") if k not in node]
@@ -97,4 +98,4 @@ def merge_lora(params, config):
             return _merge_node(node, scale)
         return {k: walk(v) for k, v in node.items()}
 
-    return walk(dict(params))
+    return walk(params)
