@@ -58,33 +58,28 @@ class HostShard:
     local_batch_size: int
 
 
-def mesh_shape(sizes: Mapping[str, int] | Any, num_devices: int) -> tuple[int, int, int]:
-    """Resolve `{data, fsdp, model}` sizes (one may be -1) against `num_devices`."""
+def mesh_shape(sizes: Mapping[str, int] | Any, num_devices: int, global_batch_size: int | None = None,
+               num_processes: int = 1) -> tuple[int, int, int]:
+    """Resolve `{data, fsdp, model}` sizes (one may be -1) against `num_devices`.
+
+    Errors (from `flanx.distributed.validate_mesh`) name the MESH_* / BATCH_SIZE
+    macro to change.
+    """
+    from flanx import distributed
+
     if not isinstance(sizes, Mapping):
         sizes = {a: getattr(sizes, a) for a in MESH_AXES}
-    shape = [int(sizes.get(a, 1)) for a in MESH_AXES]
-    fill = [i for i, s in enumerate(shape) if s == -1]
-    if len(fill) > 1:
-        raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))}: at most one axis may be -1")
-    if any(s == 0 or s < -1 for s in shape):
-        raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))}: sizes must be positive or -1")
-    known = math.prod(s for s in shape if s != -1)
-    if fill:
-        if num_devices % known:
-            raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))}: {num_devices} devices are not "
-                             f"divisible by the fixed axes' product {known}; change the mesh sizes")
-        shape[fill[0]] = num_devices // known
-    if math.prod(shape) != num_devices:
-        raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} devices but "
-                         f"{num_devices} are available; set the sizes so their product is "
-                         f"{num_devices} (or use -1 for one axis)")
-    return tuple(shape)
+    shape = distributed.validate_mesh(dict(sizes), num_devices, global_batch_size, num_processes)
+    return tuple(shape[a] for a in MESH_AXES)
 
 
-def create_mesh(sizes: Mapping[str, int] | Any = None, devices: Sequence[Any] | None = None) -> Mesh:
-    """A `Mesh` with axes (data, fsdp, model) over `devices` (default: all)."""
-    devices = list(jax.devices() if devices is None else devices)
-    shape = mesh_shape(sizes or {"data": -1}, len(devices))
+def create_mesh(sizes: Mapping[str, int] | Any = None, devices: Sequence[Any] | None = None,
+                global_batch_size: int | None = None) -> Mesh:
+    """A `Mesh` with axes (data, fsdp, model) over `devices` (default: all, across processes)."""
+    all_devices = devices is None
+    devices = list(jax.devices() if all_devices else devices)
+    shape = mesh_shape(sizes or {"data": -1}, len(devices), global_batch_size,
+                       jax.process_count() if all_devices else 1)
     try:
         from jax.experimental import mesh_utils
         array = mesh_utils.create_device_mesh(shape, devices)
@@ -225,30 +220,13 @@ def to_global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh, global_ba
 
 
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
-    """Start multi-process JAX once, from arguments or the environment.
+                           process_id: int | None = None):
+    """Start multi-process JAX once (before any computation), from arguments or the environment.
 
-    With no arguments and none in the environment this is a no-op (one
-    process); on TPU VMs and SLURM jax discovers everything itself.
+    Delegates to `flanx.distributed.initialize`: explicit values win, then
+    SLURM / FLANX_* variables / a TPU VM; one process is a no-op.
     """
-    if _distributed_started():
-        return
-    try:
-        from flanx import distributed
-    except ImportError:
-        distributed = None
-    if distributed is not None and hasattr(distributed, "initialize"):
-        distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id)
-        return
-    if coordinator_address is None or num_processes in (None, 1):
-        return
-    # Only the CPU client reads this; without it CPU processes cannot run collectives.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id)
+    from flanx import distributed
 
-
-def _distributed_started() -> bool:
-    from jax._src import distributed as _jd  # jax has no public "is initialized" query
-    return getattr(_jd.global_state, "client", None) is not None
+    return distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                                  process_id=process_id)

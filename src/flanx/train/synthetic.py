@@ -3,8 +3,10 @@
 `SyntheticBatches(shard, inputs_length, targets_length, vocab_size, seed)` is
 an endless, resumable iterator of T5X-style numpy batches for a learnable
 toy task: the target is the first `targets_length - 1` input tokens reversed,
-then EOS. Batch `n` of shard `i` depends only on (seed, n, i), so `state()` /
-`restore(state)` resume exactly and each host's shard differs. Input lengths
+then EOS. Batch `n` is drawn from (seed, n) as a global batch of
+`local_batch_size * num_shards` rows of which shard `i` keeps its slice, so
+`state()` / `restore(state)` resume exactly and 1 host or N hosts see the same
+global batches. Input lengths
 vary per example (padding with 0) so masks and loss weights are exercised.
 
 The real data path is `flanx.data.pipeline.get_dataset`; use this where
@@ -39,11 +41,16 @@ class SyntheticBatches:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng([self.seed, self.position, self.shard.index])
+        # Draw the whole global batch, then keep this shard's rows: the global batch is the
+        # same however many hosts share it.
+        rng = np.random.default_rng([self.seed, self.position])
         self.position += 1
         b, li, lt = self.shard.local_batch_size, self.inputs_length, self.targets_length
-        lengths = rng.integers(max(1, int(li * self.min_input_fraction)), li + 1, size=b)
-        inputs = rng.integers(2, self.vocab_size, size=(b, li)).astype(np.int32)
+        total = b * self.shard.num_shards
+        lengths = rng.integers(max(1, int(li * self.min_input_fraction)), li + 1, size=total)
+        inputs = rng.integers(2, self.vocab_size, size=(total, li)).astype(np.int32)
+        rows = slice(self.shard.index * b, (self.shard.index + 1) * b)
+        lengths, inputs = lengths[rows], inputs[rows]
         inputs[np.arange(li)[None, :] >= lengths[:, None]] = 0
         targets = np.zeros((b, lt), np.int32)
         for r in range(b):

@@ -105,7 +105,7 @@ class _Run:
 
     def __init__(self, cfg, model_config, init_params, init_step, trainable_mask, mesh, apply_fn):
         self.cfg = cfg
-        self.mesh = mesh or partitioning.create_mesh(dataclasses.asdict(cfg.mesh))
+        self.mesh = mesh or partitioning.create_mesh(dataclasses.asdict(cfg.mesh), global_batch_size=cfg.batch_size)
         partitioning.check_batch_size(self.mesh, cfg.batch_size, cfg.num_microbatches)
         self.optimizer = optim.make_optimizer(cfg.optimizer)
         apply_fn = apply_fn or step_lib.model_apply_fn(model_config)
