@@ -10,6 +10,7 @@ encoder-decoder attention) gets two extra parameters beside its `kernel`:
 and computes `x @ kernel + (alpha / rank) * dropout(x) @ lora_a @ lora_b`.
 With `scan_layers` the layer axis sits at position 1 of both, as for kernels.
 
+`add_lora(params, config, rng)` puts fresh adapters on pretrained params.
 The base weights stay frozen: give `trainable_mask(params)` to the optimizer
 (e.g. `optax.masked`), `count_trainable(params)` counts what is trained (works
 on `jax.eval_shape` output too), and `merge_lora(params, config)` folds the
@@ -62,6 +63,35 @@ def count_trainable(params) -> int:
     mask = trainable_mask(params)
     return int(sum(math.prod(leaf.shape) for leaf, m in
                    zip(jax.tree.leaves(params), jax.tree.leaves(mask)) if m))
+
+
+def _only_lora(tree):
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            sub = _only_lora(value)
+            if sub:
+                out[key] = sub
+        elif key in LORA_PARAM_NAMES:
+            out[key] = value
+    return out
+
+
+def _overlay(base, extra):
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _overlay(base.get(key, {}), value) if isinstance(value, Mapping) else value
+    return out
+
+
+def add_lora(params, config, rng):
+    """`params` (plain T5, layout matching config.scan_layers) plus fresh adapters for config.lora."""
+    from flanx.models.network import init_params
+
+    if config.lora is None:
+        raise ValueError("add_lora: config.lora is None; set it, e.g. config.replace(lora=LoraConfig(rank=8))")
+    fresh = jax.jit(lambda r: _only_lora(init_params(config, r)))(rng)  # base init is dead code
+    return _overlay(params, fresh)
 
 
 def _merge_node(node: dict, scale: float) -> dict:
