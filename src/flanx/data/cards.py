@@ -85,6 +85,7 @@ class TaskSpec:
     template_ids: tuple[int, ...]
     fmt: str
     scoring: bool = False
+    per_template: bool = False  # `{card}_template_{i}_zero_shot`: one template, not for mixtures
 
 
 def _err(where: str, key: str, msg: str) -> CardError:
@@ -278,7 +279,8 @@ def task_specs(card: TaskCard) -> list[TaskSpec]:
     else:
         n = len(card.templates)
         zs_fmt = "zsopt" if card.has_options else "zsnoopt"
-        specs = [TaskSpec(f"{card.name}_template_{i}_zero_shot", card.name, (i,), zs_fmt) for i in range(n)]
+        specs = [TaskSpec(f"{card.name}_template_{i}_zero_shot", card.name, (i,), zs_fmt, per_template=True)
+                 for i in range(n)]
         specs += [TaskSpec(f"{card.name}_template_0to{n - 1}_{fmt}", card.name, tuple(range(n)), fmt)
                   for fmt in card.formats]
     if card.has_options:

@@ -68,7 +68,7 @@ def register_mixture(name: str, entries: list[tuple[str, float | ExamplesRate]],
 
 def card_entries(card: TaskCard, rate: ExamplesRate, formats=None) -> list[tuple[str, ExamplesRate]]:
     """A card's training tasks (one per format) with the rate split evenly over them."""
-    specs = [s for s in task_specs(card) if not s.scoring and len(s.template_ids) == len(card.templates)]
+    specs = [s for s in task_specs(card) if not s.scoring and not s.per_template]
     if formats:
         specs = [s for s in specs if s.fmt in formats]
     if not specs:

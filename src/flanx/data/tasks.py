@@ -28,8 +28,16 @@ CARDS: dict[str, TaskCard] = {}
 SPECS: dict[str, TaskSpec] = {}
 
 
+TASK_SHUFFLE_BUFFER = 128  # after tokenizing; the source already shuffles the whole split
+
+
 class FlanxSource(seqio.FunctionDataSource):
-    """A FunctionDataSource whose example counts are read lazily from the card."""
+    """A FunctionDataSource serving a card's rendered examples.
+
+    `num_input_examples` is None on purpose: seqio would then cache the
+    (already in-memory) source, which would freeze the shuffled order of the
+    first epoch. Counts come from `flanx.data.render.count_examples`.
+    """
 
     def __init__(self, card: TaskCard, spec: TaskSpec):
         self._card, self._spec = card, spec
@@ -39,10 +47,8 @@ class FlanxSource(seqio.FunctionDataSource):
 
         super().__init__(dataset_fn=dataset_fn, splits=tuple(card.splits), caching_permitted=False)
 
-    def num_input_examples(self, split: str) -> int | None:
-        if split not in self._card.splits:
-            return None
-        return len(render.render_examples(self._card, self._spec, split))
+    def num_input_examples(self, split: str) -> None:
+        return None
 
 
 def _examples_dataset(card: TaskCard, spec: TaskSpec, split: str, shuffle: bool, seed: int | None):
@@ -51,19 +57,19 @@ def _examples_dataset(card: TaskCard, spec: TaskSpec, split: str, shuffle: bool,
     examples = render.render_examples(card, spec, split)
     if not examples:
         raise ValueError(f"task {spec.name!r} has no examples in split {split!r} (task card {card.path})")
-    order = np.arange(len(examples))
-    if shuffle and seed is not None:
-        # A full permutation by seed (the same on every host, so shards stay disjoint);
-        # seqio's shuffle buffer then mixes further.
-        order = np.random.default_rng(int(seed)).permutation(len(examples))
     columns = {
-        "inputs_pretokenized": tf.constant([examples[i]["inputs_pretokenized"] for i in order], tf.string),
-        "targets_pretokenized": tf.constant([examples[i]["targets_pretokenized"] for i in order], tf.string),
+        "inputs_pretokenized": tf.constant([ex["inputs_pretokenized"] for ex in examples], tf.string),
+        "targets_pretokenized": tf.constant([ex["targets_pretokenized"] for ex in examples], tf.string),
     }
     if spec.scoring:
-        columns["idx"] = tf.constant(np.array([examples[i]["idx"] for i in order], np.int32).reshape(-1, 2))
-        columns["is_correct"] = tf.constant([examples[i]["is_correct"] for i in order], tf.bool)
-    return tf.data.Dataset.from_tensor_slices(columns)
+        columns["idx"] = tf.constant(np.array([ex["idx"] for ex in examples], np.int32).reshape(-1, 2))
+        columns["is_correct"] = tf.constant([ex["is_correct"] for ex in examples], tf.bool)
+    ds = tf.data.Dataset.from_tensor_slices(columns)
+    if shuffle and seed is not None:
+        # A full shuffle of the raw strings (cheap), different every epoch, the same on every
+        # host for a given seed, so `ShardInfo` slices stay disjoint.
+        ds = ds.shuffle(len(examples), seed=int(seed), reshuffle_each_iteration=True)
+    return ds
 
 
 def _copy_pretokenized(ds: tf.data.Dataset) -> tf.data.Dataset:
@@ -92,6 +98,7 @@ def _seqio_task(card: TaskCard, spec: TaskSpec) -> seqio.Task:
                        seqio.preprocessors.append_eos_after_trim],
         postprocess_fn=postprocess,
         metric_fns=metric_fns,
+        shuffle_buffer_size=TASK_SHUFFLE_BUFFER,
     )
 
 
