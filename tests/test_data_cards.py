@@ -9,6 +9,7 @@ import seqio
 import yaml
 
 import flanx.data
+from flanx import paths
 from flanx.data import cards, pipeline, tasks
 from flanx.data.cards import CardError, load_card, load_card_file, task_specs
 
@@ -136,3 +137,11 @@ def test_duplicate_task_names_across_cards_are_refused():
             tasks.register_card(clash)
     finally:
         tasks.unregister_card("dup_a")
+
+
+def test_docs_yaml_card_example_is_a_valid_card():
+    text = (paths.tasks_dir().parent / "docs" / "tasks.md").read_text()
+    block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    c = load_card(yaml.safe_load(block), "docs/tasks.md")
+    assert c.name == "my_nli" and c.options == ["yes", "no"] and c.splits["validation"]["files"] == ["my_nli/dev.jsonl"]
+    assert [s.name for s in task_specs(c)][-1] == "my_nli_template_0to1_fsopt_scoring"

@@ -51,22 +51,29 @@ def _fewshot_pool(card: TaskCard, limit: int | None) -> tuple[list[dict], dict]:
     return pool, by_value
 
 
-def _exemplars(card, spec, split, index, row, tid, with_options, rng, pool, by_value) -> tuple[list[str], str]:
+def _fewshot(card, split, index, row, template, with_options, inp, rng, pool, by_value, length_fn) -> str:
+    """The few-shot input of one example: exemplars from the pool (or the row), within the budget."""
     cfg = card.fewshot
+    # Lengths are sums over pieces (memoized), so a pool row is measured once, not once per use.
+    layout = length_fn(cfg.inputs_prefix) + length_fn(cfg.x_y_delimiter) + length_fn(cfg.targets_prefix)
+    final_len = layout + template.rendered_length(row, card.row_options(row), with_options, length_fn)[0]
     if cfg.exemplars_field:  # pre-rendered exemplars carried by the row (e.g. BBH chain-of-thought prompts)
         prefix = str(row.get(cfg.prefix_field, "")) if cfg.prefix_field else ""
-        return list(row[cfg.exemplars_field])[:cfg.k], prefix
-    candidates = by_value.get(row[cfg.match_field], []) if cfg.match_field else range(len(pool))
-    # Draw one spare so the example itself can be left out of its own exemplars (O(k), not O(pool)).
-    exclude = index if split == cfg.pool_split else -1
-    picked = [j for j in rng.sample(candidates, min(cfg.k + 1, len(candidates))) if j != exclude][:cfg.k]
-    template = card.templates[tid]
-    out = []
-    for j in picked:
-        ex = pool[j]
-        inp, tgt = template.render(ex, card.row_options(ex), with_options)
-        out.append(render_exemplar(inp, tgt, cfg))
-    return out, ""
+        shots = list(row[cfg.exemplars_field])[:cfg.k]
+        lens = [length_fn(s) for s in shots]
+    else:
+        prefix = ""
+        candidates = by_value.get(row[cfg.match_field], []) if cfg.match_field else range(len(pool))
+        # Draw one spare so the example itself can be left out of its own exemplars (O(k), not O(pool)).
+        exclude = index if split == cfg.pool_split else -1
+        picked = [j for j in rng.sample(candidates, min(cfg.k + 1, len(candidates))) if j != exclude][:cfg.k]
+        shots, lens = [], []
+        for j in picked:
+            ex = pool[j]
+            options = card.row_options(ex)
+            shots.append(render_exemplar(*template.render(ex, options, with_options), cfg))
+            lens.append(layout + sum(template.rendered_length(ex, options, with_options, length_fn)))
+    return assemble_fewshot(inp, shots, cfg, length_fn, prefix, lengths=(final_len, lens))[0]
 
 
 def render_examples(card: TaskCard, spec: TaskSpec, split: str,
@@ -98,8 +105,7 @@ def render_examples(card: TaskCard, spec: TaskSpec, split: str,
         with_options = is_opt(spec.fmt) and not template.inverted
         inp, tgt = template.render(row, options, with_options)
         if fewshot:
-            shots, prefix = _exemplars(card, spec, split, i, row, tid, with_options, rng, pool, by_value)
-            inp, _ = assemble_fewshot(inp, shots, card.fewshot, length_fn, prefix)
+            inp = _fewshot(card, split, i, row, template, with_options, inp, rng, pool, by_value, length_fn)
         if not spec.scoring:
             out.append({"inputs_pretokenized": inp, "targets_pretokenized": tgt})
             continue

@@ -73,6 +73,7 @@ def _examples_dataset(card: TaskCard, spec: TaskSpec, split: str, shuffle: bool,
 
 
 def _copy_pretokenized(ds: tf.data.Dataset) -> tf.data.Dataset:
+    @tf.autograph.experimental.do_not_convert  # plain dict copy: skip autograph's per-task conversion cost
     def fn(ex):
         return dict(ex, inputs=ex["inputs_pretokenized"], targets=ex["targets_pretokenized"])
     return ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE)

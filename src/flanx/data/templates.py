@@ -121,6 +121,31 @@ class Template:
         return inp, tgt
 
 
+    def rendered_length(self, row: Mapping[str, object], options: Sequence[str] | None, with_options: bool,
+                        length_fn: Callable[[str], int]) -> tuple[int, int]:
+        """(input, target) lengths of `render(...)` as the sum of the pieces' lengths.
+
+        Each piece (template text, field value, options block) is measured on
+        its own, so with a memoized `length_fn` a row's fields are measured
+        once however many templates and exemplars reuse them.
+        """
+        block = "\n\n" + render_options(options) if (with_options and options) else ""
+
+        def total(parts) -> int:
+            n = 0
+            for kind, value in parts:
+                if kind == "text":
+                    n += length_fn(value)
+                elif value == OPTIONS_FIELD:
+                    n += length_fn(block) if block else 0
+                else:
+                    n += length_fn(str(row[value]))
+            return n
+
+        extra = length_fn(block) if block and not self.has_options_slot else 0
+        return total(self._input_parts) + extra, total(self._target_parts)  # type: ignore[attr-defined]
+
+
 def render_options(options: Sequence[str]) -> str:
     """`OPTIONS:\\n- a\\n- b` (FLAN's exact layout)."""
     return "OPTIONS:\n" + "\n".join(f"- {o}" for o in options)
@@ -176,25 +201,28 @@ def render_exemplar(inp: str, tgt: str, cfg: FewShotConfig) -> str:
 
 
 def assemble_fewshot(final_input: str, exemplars: Sequence[str], cfg: FewShotConfig,
-                     length_fn: Callable[[str], int] = len, prefix: str = "") -> tuple[str, int]:
+                     length_fn: Callable[[str], int] = len, prefix: str = "",
+                     lengths: tuple[int, Sequence[int]] | None = None) -> tuple[str, int]:
     """Join `prefix`, exemplars and the final example; drop trailing exemplars to fit the budget.
 
     Returns (input, number of exemplars kept). The length of the whole input
     is the sum of its parts' lengths (`length_fn` of each piece and of the
-    separators), so each exemplar is measured once however often it is used;
-    for characters and bytes that sum is exact, for SentencePiece it can
-    differ from tokenizing the joined text by a token per join. Exemplars are
-    dropped whole, last first; with none left the input is the zero-shot
-    input in the few-shot layout (after `prefix`, e.g. a task description).
+    separators, or the precomputed `lengths` = (final input, [exemplars]) in
+    the few-shot layout); for characters and bytes that sum is exact, for
+    SentencePiece it can differ from tokenizing the joined text by about a
+    token per join. Exemplars are dropped whole, last first; with none left
+    the input is the zero-shot input in the few-shot layout (after `prefix`,
+    e.g. a task description).
     """
     final = f"{cfg.inputs_prefix}{final_input}{cfg.x_y_delimiter}{cfg.targets_prefix}".rstrip()
     head = [prefix] if prefix else []
     sep_len = length_fn(cfg.example_separator)
-    total = sum(length_fn(p) + sep_len for p in head) + length_fn(final)
+    final_len, ex_lens = lengths if lengths is not None else (length_fn(final), None)
+    total = sum(length_fn(p) + sep_len for p in head) + final_len
     kept: list[str] = []
     # Keeping the longest prefix of exemplars that fits equals dropping the last ones until it fits.
-    for exemplar in exemplars:
-        total += length_fn(exemplar) + sep_len
+    for i, exemplar in enumerate(exemplars):
+        total += (ex_lens[i] if ex_lens is not None else length_fn(exemplar)) + sep_len
         if total > cfg.max_input_tokens:
             break
         kept.append(exemplar)
