@@ -197,3 +197,27 @@ def test_real_task_counts_and_spm_tokens(data_root):
     assert vocab.decode(list(ex["targets"][:-1])) == "number"
     assert vocab.decode(list(ex["inputs"][:-1])) == " ".join(ex["inputs_pretokenized"].split())
     assert mixtures.num_train_examples("t0_ag_news") == 1400 - 70
+
+
+def test_character_budget_drops_whole_exemplars():
+    spec = {"name": "chars_budget", "vocabulary": "byte", "group": "test_group",
+            "source": {"type": "synthetic", "generator": "chat"}, "splits": {"train": {"size": 50}},
+            "fields": {"chat": "chat", "who": "customer"}, "formats": ["fsnoopt"],
+            "fewshot": {"k": 3, "max_input_tokens": 450, "budget_unit": "chars", "example_separator": "\n###\n"},
+            "templates": [{"input": "Who is the customer?\n{chat}", "target": "{who}"}]}
+    card = cards_lib.load_card(spec)
+    task = cards_lib.task_specs(card)[-1]
+    assert task.name == "chars_budget_template_0to0_fsnoopt"
+    rows = render.sources.load_rows(card, "train")
+    kept = []
+    for i, ex in enumerate(render.render_examples(card, task, "train")):
+        inp = ex["inputs_pretokenized"]
+        parts = inp.split("\n###\n")
+        assert parts[-1] == "Who is the customer?\n" + rows[i]["chat"]
+        for shot in parts[:-1]:  # whole exemplars: input, delimiter, the exemplar's own answer
+            chat, who = shot.rsplit("\n", 1)
+            assert who in chat and chat.startswith("Who is the customer?\nCustomer: Hi, I'm " + who)
+        if len(parts) > 1:
+            assert len(inp) <= 450
+        kept.append(len(parts) - 1)
+    assert set(kept) == {1, 2}  # 3 never fit in 450 characters, 2 sometimes do

@@ -90,7 +90,9 @@ def render_examples(card: TaskCard, spec: TaskSpec, split: str,
     template_ids = usable_templates(card, spec, split)
     fewshot = is_fewshot(spec.fmt)
     if fewshot:
-        if length_fn is None:
+        if card.fewshot.budget_unit == "chars":
+            length_fn = len
+        elif length_fn is None:
             from flanx.data import vocab  # noqa: PLC0415
             length_fn = vocab.length_fn(card.vocabulary)
         length_fn = _memo(length_fn)

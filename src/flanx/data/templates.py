@@ -175,7 +175,8 @@ class FewShotConfig:
     example) with `example_separator`; the final example ends with
     `x_y_delimiter + targets_prefix` stripped of trailing spaces, so the model
     continues with the answer. `max_input_tokens` is the budget for the whole
-    input measured by the task's length function (tokens of its vocabulary).
+    input, in tokens of the task's vocabulary, or in characters with
+    `budget_unit: chars`.
     """
 
     k: int = 3
@@ -184,6 +185,7 @@ class FewShotConfig:
     x_y_delimiter: str = "\n"
     example_separator: str = "\n\n"
     max_input_tokens: int = 512
+    budget_unit: str = "tokens"
     pool_split: str = "train"
     match_field: str | None = None
     exemplars_field: str | None = None
@@ -194,6 +196,8 @@ class FewShotConfig:
             raise ValueError(f"fewshot.k must be >= 1, got {self.k}")
         if self.max_input_tokens < 1:
             raise ValueError(f"fewshot.max_input_tokens must be >= 1, got {self.max_input_tokens}")
+        if self.budget_unit not in ("tokens", "chars"):
+            raise ValueError(f"fewshot.budget_unit must be 'tokens' or 'chars', got {self.budget_unit!r}")
 
 
 def render_exemplar(inp: str, tgt: str, cfg: FewShotConfig) -> str:
