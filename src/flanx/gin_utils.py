@@ -6,6 +6,9 @@ mixture, lengths). Those objects are plain Python; this module registers them
 as gin configurables under the `flanx.` namespace, so `models/` and `train/`
 never import gin.
 
+`resolved_macro(NAME, default)` gives a macro's evaluated value (a missing
+required macro fails naming it); `write_config(dir)` saves every binding.
+
 `parse_gin(gin_files, gin_bindings)` resolves `--gin_file` names against the
 working directory and flanx's own `t5x_configs/` (so `--gin_file=models/tiny.gin`
 or `t5x_configs/runs/finetune.gin` both work) and applies `--gin.NAME=VALUE`
@@ -33,6 +36,13 @@ def register_configurables() -> None:
     gin.external_configurable(model_config.T5Config, name="T5Config", module="flanx")
     gin.external_configurable(model_config.LoraConfig, name="LoraConfig", module="flanx")
     gin.external_configurable(model_config.get_config, name="get_config", module="flanx")
+    # Training and decoding knobs (plain dataclasses; the entry points pass the T5X macros in).
+    from flanx.eval.evaluator import DecodeConfig
+    from flanx.train.config import LossConfig, OptimizerConfig
+
+    gin.external_configurable(OptimizerConfig, name="OptimizerConfig", module="flanx")
+    gin.external_configurable(LossConfig, name="LossConfig", module="flanx")
+    gin.external_configurable(DecodeConfig, name="DecodeConfig", module="flanx")
     for hook in _EXTRA_REGISTRATIONS:
         hook()
     _REGISTERED = True
@@ -110,6 +120,59 @@ def macro_value(name: str, default=gin.REQUIRED):
                 f"required gin macro {name} is not set: add `{name} = ...` to a gin file "
                 f"or pass --gin.{name}=VALUE") from None
         return default
+
+
+def _resolve(value, name: str):
+    """Evaluate gin references inside a macro's value (`@flanx.T5Config()`, `%OTHER_MACRO`)."""
+    if isinstance(value, gin.config.ConfigurableReference):  # `%gin.REQUIRED` evaluates to gin.REQUIRED
+        fn = value.scoped_configurable_fn
+        return _resolve(fn() if value.evaluate else fn, name)
+    if isinstance(value, dict):
+        return {k: _resolve(v, name) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_resolve(v, name) for v in value)
+    return value
+
+
+def resolved_macro(name: str, default=gin.REQUIRED, hint: str = ""):
+    """The evaluated value of macro `name`.
+
+    An unset macro gives `default`, or raises naming it when there is none; a
+    macro set to `%gin.REQUIRED` (a run config marking it required) always
+    raises until a later file or `--gin.NAME=VALUE` sets it. `hint` is appended
+    to the message.
+    """
+    try:
+        raw = gin.query_parameter(f"%{name}")
+    except ValueError:  # gin's only complaint here: no such macro
+        raw = _MISSING
+    value = gin.REQUIRED if raw is _MISSING else _resolve(raw, name)
+    marked_required = raw is not _MISSING and value is gin.REQUIRED
+    if value is gin.REQUIRED:
+        if default is gin.REQUIRED or marked_required:
+            raise ValueError(f"required gin macro {name} is not set: add `{name} = ...` to a gin file "
+                             f"or pass --gin.{name}=VALUE" + (f"; {hint}" if hint else ""))
+        return default
+    return value
+
+
+_MISSING = object()
+
+
+def reset() -> None:
+    """Forget all parsed gin state (for running several entry points in one process)."""
+    global _REGISTERED
+    gin.clear_config()
+    _REGISTERED = False
+
+
+def write_config(model_dir: str, filename: str = "config.gin") -> str:
+    """Write every parsed gin binding and macro (`gin.config_str()`) to MODEL_DIR."""
+    os.makedirs(model_dir, exist_ok=True)
+    out = os.path.join(model_dir, filename)
+    with open(out, "w") as f:
+        f.write(gin.config_str())
+    return out
 
 
 def write_operative_config(model_dir: str, filename: str = "config.gin") -> str:

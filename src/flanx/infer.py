@@ -1,0 +1,104 @@
+"""Inference: decode a task's examples (or your own prompts) and write JSONL.
+
+    python -m flanx.infer --gin_file=runs/infer.gin --gin.CHECKPOINT_PATH=... \\
+        --gin.MIXTURE_OR_TASK_NAME=dialogsum_template_0to9_zsnoopt --gin.INFER_OUTPUT_DIR=out/
+
+writes `INFER_OUTPUT_DIR/<task>-<split>.jsonl`, one line per example:
+
+    {"inputs": "...", "prediction": "...", "targets": "...", "score": -12.3}
+
+`targets` appears for task examples, `score` (the model's log-likelihood of
+its prediction, summed over tokens incl. EOS) with `WITH_SCORES = True`.
+With `INFER_INPUT_FILE` (JSONL with an `inputs` field, or plain text lines)
+the prompts come from that file instead, tokenized with `VOCABULARY`.
+
+Plain Python: `predict(params, model_config, examples, vocabulary, decode,
+feature_lengths, with_scores)` -> list of records; `write_jsonl(path, records)`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from flanx.eval.evaluator import DecodeConfig, decode_tokens, score_batch, trim_at_eos
+
+
+def read_prompts(path: str, vocabulary, inputs_length: int) -> list[dict]:
+    """Examples from a JSONL (`inputs` field) or plain-text file, tokenized and EOS-terminated."""
+    examples = []
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            if path.endswith((".jsonl", ".json")):
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{lineno}: not valid JSON ({e})") from None
+                if "inputs" not in row:
+                    raise ValueError(f"{path}:{lineno}: no \"inputs\" field (has {sorted(row)})")
+                text = str(row["inputs"])
+            else:
+                text = line.rstrip("\n")
+            ids = list(vocabulary.encode(text))[:inputs_length - 1] + [1]
+            examples.append({"inputs": np.asarray(ids, np.int32), "inputs_pretokenized": text})
+    if not examples:
+        raise ValueError(f"{path}: no prompts found")
+    return examples
+
+
+def predict(params, model_config, examples: Sequence[Mapping], vocabulary, decode: DecodeConfig = DecodeConfig(),
+            feature_lengths: Mapping[str, int] | None = None, with_scores: bool = False) -> list[dict]:
+    """Decode `examples` (dicts with token ids `inputs`, optional `*_pretokenized` text) -> records."""
+    lengths = dict(feature_lengths or {})
+    in_len = lengths.get("inputs") or max(len(ex["inputs"]) for ex in examples)
+    out_len = decode.max_decode_length or lengths.get("targets") or 128
+    records = []
+    for start in range(0, len(examples), decode.batch_size):
+        chunk = examples[start:start + decode.batch_size]
+        enc = np.zeros((len(chunk), in_len), np.int32)
+        for i, ex in enumerate(chunk):
+            ids = np.asarray(ex["inputs"], np.int32)[:in_len]
+            enc[i, :len(ids)] = ids
+        tokens, _ = decode_tokens(params, model_config, enc, decode, out_len, start)
+        preds = [trim_at_eos(row) for row in tokens]
+        scores = None
+        if with_scores:
+            tgt = np.zeros((len(chunk), out_len), np.int32)
+            for i, ids in enumerate(preds):
+                ids = ids[:out_len - 1] + [1]
+                tgt[i, :len(ids)] = ids
+            dec_in = np.zeros_like(tgt)
+            dec_in[:, 1:] = tgt[:, :-1]
+            scores = score_batch(params, model_config, {
+                "encoder_input_tokens": enc, "decoder_input_tokens": dec_in, "decoder_target_tokens": tgt,
+                "decoder_loss_weights": (tgt > 0).astype(np.int32)}, decode.batch_size)
+        for i, ex in enumerate(chunk):
+            rec = {"inputs": ex.get("inputs_pretokenized") or vocabulary.decode(list(map(int, ex["inputs"]))),
+                   "prediction": vocabulary.decode(preds[i])}
+            if "targets_pretokenized" in ex:
+                rec["targets"] = ex["targets_pretokenized"]
+            if scores is not None:
+                rec["score"] = float(scores[i])
+            records.append(rec)
+    return records
+
+
+def write_jsonl(path: str, records: Sequence[Mapping]) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        for rec in records:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+if __name__ == "__main__":
+    from flanx import entrypoints
+
+    sys.exit(entrypoints.infer(sys.argv[1:]))

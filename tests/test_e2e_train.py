@@ -1,0 +1,109 @@
+"""End to end through the command line: fine-tune from a converted checkpoint, resume, eval, infer."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from flanx.train.writers import read_metrics
+
+TASK = "synth_chat_intent_template_0to7_zsopt"
+SCORING = TASK + "_scoring"
+LENGTHS = "{'inputs': 256, 'targets': 16}"
+
+
+def _env(tmp_path):
+    return dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
+                JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+
+
+def _cli(tmp_path, module, *args, ok=True):
+    proc = subprocess.run([sys.executable, "-m", module, *args], env=_env(tmp_path), capture_output=True,
+                          text=True, timeout=400)
+    if ok:
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    return proc
+
+
+def test_import_train_and_partitioning_without_tensorflow():
+    code = ("import sys, flanx.train, flanx.train.trainer, flanx.train.checkpointing, flanx.partitioning; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'seqio')); "
+            "print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+
+
+def test_missing_required_macros_fail_at_start_naming_them(tmp_path):
+    proc = _cli(tmp_path, "flanx.train", "--gin_file=models/tiny.gin", "--gin_file=runs/finetune.gin",
+                "--gin.TRAIN_STEPS=10", ok=False)
+    assert proc.returncode != 0
+    assert "required gin macro(s) not set: MODEL_DIR, MIXTURE_OR_TASK_NAME, INITIAL_CHECKPOINT_PATH" in proc.stderr
+    proc = _cli(tmp_path, "flanx.train", "--gin_file=runs/pretrain.gin", "--gin.MODEL_DIR='x'",
+                "--gin.MIXTURE_OR_TASK_NAME='t'", "--gin.TRAIN_STEPS=1", ok=False)
+    assert "MODEL_CONFIG" in proc.stderr and "models/" in proc.stderr
+
+
+@pytest.mark.slow
+def test_finetune_resume_eval_infer(tmp_path):
+    import jax
+
+    from flanx.checkpoints.t5x import export_t5x
+    from flanx.models import get_config, init_params
+
+    # A "public" checkpoint at step 100, converted to T5X's layout.
+    params = jax.tree.map(np.asarray, init_params(get_config("tiny"), jax.random.PRNGKey(0)))
+    export_t5x(params, tmp_path / "base", step=100)
+    model_dir = tmp_path / "model"
+    train_args = ["--gin_file=models/tiny.gin", "--gin_file=runs/finetune.gin",
+                  f"--gin.MODEL_DIR='{model_dir}'", f"--gin.MIXTURE_OR_TASK_NAME='{TASK}'",
+                  f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}", "--gin.BATCH_SIZE=8",
+                  f"--gin.INITIAL_CHECKPOINT_PATH='{tmp_path / 'base'}'", "--gin.CHECKPOINT_PERIOD=8",
+                  "--gin.LOG_EVERY=4", "--gin.DROPOUT_RATE=0.0", "--gin.LEARNING_RATE=0.003",
+                  f"--gin.EVAL_MIXTURES=['{SCORING}', '{TASK}']", "--gin.EVAL_EXAMPLES=8"]
+
+    # TRAIN_STEPS is absolute: 100 -> 116 trains 16 steps.
+    first = _cli(tmp_path, "flanx.train", *train_args, "--gin.TRAIN_STEPS=116")
+    assert first["step"] == 116 and first["resumed_from"] is None
+    rows = read_metrics(str(model_dir), "train")
+    assert [r["step"] for r in rows] == [104, 108, 112, 116]
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.5, [r["loss"] for r in rows]
+    assert all(r["learning_rate"] == pytest.approx(0.003) and r["tokens_per_s"] > 0 for r in rows)
+    assert sorted(os.listdir(model_dir / "checkpoints")) == ["104", "112", "116"]  # absolute multiples + end
+    config_gin = (model_dir / "config.gin").read_text()
+    assert "TRAIN_STEPS = 116" in config_gin and f"MIXTURE_OR_TASK_NAME = '{TASK}'" in config_gin
+
+    # Re-running with more steps resumes from MODEL_DIR (not the initial checkpoint).
+    second = _cli(tmp_path, "flanx.train", *train_args, "--gin.TRAIN_STEPS=120")
+    assert second["resumed_from"] == 116 and second["step"] == 120
+    (step, in_training), = second["evals"]
+    assert step == 120 and set(in_training) == {SCORING, TASK}
+    assert 0.0 <= in_training[SCORING]["rank_accuracy"] <= 1.0
+
+    # Standalone eval of the final checkpoint gives the in-training numbers.
+    ev = _cli(tmp_path, "flanx.eval", "--gin_file=runs/eval.gin", f"--gin.CHECKPOINT_PATH='{model_dir}'",
+              f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'eval'}'", f"--gin.MIXTURE_OR_TASK_NAME=['{SCORING}', '{TASK}']",
+              "--gin.EVAL_EXAMPLES=8", f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}")
+    assert ev["step"] == 120 and ev["results"] == in_training
+    assert read_metrics(str(tmp_path / "eval"), "eval")[0][TASK] == in_training[TASK]
+
+    # Inference: JSONL with inputs / prediction / targets / score.
+    out = _cli(tmp_path, "flanx.infer", "--gin_file=runs/infer.gin", f"--gin.CHECKPOINT_PATH='{model_dir}'",
+               f"--gin.INFER_OUTPUT_DIR='{tmp_path / 'infer'}'", f"--gin.MIXTURE_OR_TASK_NAME='{TASK}'",
+               "--gin.INFER_EXAMPLES=6", "--gin.WITH_SCORES=True", f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}")
+    lines = [json.loads(x) for x in open(out["output"])]
+    assert len(lines) == 6 and all(set(r) == {"inputs", "prediction", "targets", "score"} for r in lines)
+    assert all(r["score"] < 0 and r["inputs"] for r in lines)
+    # The same prompts from a file give the same predictions.
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"inputs": r["inputs"]}) + "\n" for r in lines))
+    out2 = _cli(tmp_path, "flanx.infer", "--gin_file=runs/infer.gin", f"--gin.CHECKPOINT_PATH='{model_dir}'",
+                f"--gin.INFER_OUTPUT_DIR='{tmp_path / 'infer'}'", f"--gin.INFER_INPUT_FILE='{prompts}'",
+                "--gin.VOCABULARY='byte'", f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}")
+    again = [json.loads(x) for x in open(out2["output"])]
+    assert [r["prediction"] for r in again] == [r["prediction"] for r in lines]
