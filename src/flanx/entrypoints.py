@@ -48,7 +48,6 @@ def _start(argv: list[str], command: str) -> None:
     if not files:
         raise SystemExit(f"flanx {command}: pass at least one --gin_file (e.g. runs/{command}.gin and a model)")
     distributed.initialize(distributed.resolve(dist_flags))
-    setup_logging()
     gin_utils.reset()
     gin_utils.parse_gin(files, bindings, finalize=False)
 
@@ -145,6 +144,8 @@ def train(argv: list[str]) -> int:
     _require("MODEL_CONFIG", "MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "TRAIN_STEPS",
              "BATCH_SIZE", maybe=("INITIAL_CHECKPOINT_PATH",))
     model_config, cfg = _train_configs()
+    import jax
+    distributed.setup_process_logging(cfg.model_dir, jax.process_index())  # MODEL_DIR/logs/process_{i}.log
     name = m("MIXTURE_OR_TASK_NAME")
     lengths = dict(m("TASK_FEATURE_LENGTHS"))
     pack, shuffle = bool(m("PACK", True)), bool(m("SHUFFLE", True))
@@ -185,6 +186,7 @@ def eval(argv: list[str]) -> int:  # noqa: A001 - the command's name
     """`python -m flanx.eval`: evaluate a checkpoint on tasks/mixtures with seqio's Evaluator."""
     _start(argv, "eval")
     _require("CHECKPOINT_PATH", "EVAL_OUTPUT_DIR", "MIXTURE_OR_TASK_NAME")
+    setup_logging()
     from flanx.eval.evaluator import evaluate
     from flanx.train.writers import MetricsWriter
 
@@ -212,6 +214,7 @@ def infer(argv: list[str]) -> int:
     """`python -m flanx.infer`: decode a task split (or INFER_INPUT_FILE) to JSONL."""
     _start(argv, "infer")
     _require("CHECKPOINT_PATH", "INFER_OUTPUT_DIR", maybe=("MIXTURE_OR_TASK_NAME", "INFER_INPUT_FILE"))
+    setup_logging()
     from flanx import infer as infer_lib
 
     path, out_dir = str(m("CHECKPOINT_PATH")), str(m("INFER_OUTPUT_DIR"))
