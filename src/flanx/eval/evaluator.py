@@ -63,8 +63,10 @@ def _to_device(x: np.ndarray, params) -> Any:
 
 
 def _host(x) -> np.ndarray:
+    """The whole value of a (possibly multi-process, sharded) array on this host."""
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        return np.asarray(x.addressable_shards[0].data)
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
 
 

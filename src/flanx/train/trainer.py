@@ -120,6 +120,11 @@ class _Run:
                                          init_params)
         mask = _trainable_mask(model_config, params_shapes, trainable_mask)
         self.trainable = step_lib.trainable_paths(mask)
+        if getattr(model_config, "lora", None) is not None and cfg.optimizer.name == "adafactor" \
+                and cfg.optimizer.multiply_by_parameter_scale:
+            logger.warning("LoRA with Adafactor's parameter scaling: lora_b starts at zero, so its steps are "
+                           "learning_rate * 1e-3 and the adapters barely move. Use OptimizerConfig("
+                           "multiply_by_parameter_scale=False) or name='adamw' for LoRA.")
 
         # Shardings for the whole state, derived from the parameters' logical axes.
         p_specs = partitioning.param_specs(axes, params_shapes, self.mesh)
