@@ -121,20 +121,19 @@ def _initial_params(path: str | None, model_config, model_dir: str, train_steps:
     ckpt.close()
     if resuming or not path:
         return None, 0
+    from flanx.checkpoints import load_params
+
     base_config = model_config.replace(lora=None) if model_config.lora is not None else model_config
-    params, _, step = _load(path, base_config)
+    params, _, step = load_params(path, base_config)  # host numpy; the trainer lays it out on the mesh
     step = int(step or 0)
     if train_steps <= step:
         raise ValueError(f"TRAIN_STEPS={train_steps} is not beyond the initial checkpoint's step {step} "
                          f"({path}); TRAIN_STEPS is absolute (T5X): set TRAIN_STEPS={step} + the steps to train")
     if model_config.lora is not None:  # fresh adapters on the loaded base weights
         import jax
-        from flax import traverse_util
 
-        from flanx.models import init_params
-        full = traverse_util.flatten_dict(init_params(model_config, jax.random.PRNGKey(int(m("RANDOM_SEED", 0)))))
-        full.update(traverse_util.flatten_dict(params))
-        params = traverse_util.unflatten_dict(full)
+        from flanx.models import lora
+        params = jax.device_get(lora.add_lora(params, model_config, jax.random.PRNGKey(int(m("RANDOM_SEED", 0)))))
     return params, step
 
 
