@@ -56,10 +56,11 @@ def test_mixtures_show_prints_the_rate_rule_shares(capsys):
         parts = line.split()
         if parts and parts[0] in rows:
             printed[parts[0]] = (int(parts[1]), float(parts[3].rstrip("%")) / 100, float(parts[4]))
-    assert set(printed) == set(rows) and len(rows) == 12
-    # Independently: 4 cards x 4000 rows, cap 3000; intent/sentiment split over 4 formats, the others over 2.
+    assert set(printed) == set(rows) and len(rows) == 6
+    # Independently: 4 cards x 4000 rows, cap 3000, zero-shot formats only: intent/sentiment split
+    # over zsopt and zsnoopt, the others have zsnoopt alone.
     for task, (n, share, per_epoch) in printed.items():
-        formats = 4 if ("intent" in task or "sentiment" in task) else 2
+        formats = 2 if ("intent" in task or "sentiment" in task) else 1
         assert n == 4000 and share == pytest.approx(1 / 4 / formats, abs=5e-5)
         assert per_epoch == pytest.approx(16000 / 4 / formats, abs=0.5)
     code, _, err = run(capsys, "mixtures", "show", "synth_multitsk")

@@ -103,7 +103,7 @@ def test_fewshot_exemplars_come_from_train_and_never_the_example_itself():
     kept = []
     for split in ("train", "validation"):
         for ex in render.render_examples(card, spec, split)[:300]:
-            numbers = [re.search(r"[Oo]rder (\d{5})", line).group(1) for line in ex["inputs_pretokenized"].split("\n")
+            numbers = [re.search(r"[Oo]rder (\d{4})", line).group(1) for line in ex["inputs_pretokenized"].split("\n")
                        if line.startswith("Customer: Hi")]
             own = ex["targets_pretokenized"]
             assert numbers[-1] == own  # the final chat is the example's own

@@ -91,8 +91,9 @@ def _select(vocabulary: str, group: str) -> list[TaskCard]:
 
 
 def register_flan2022(name: str, vocabulary: str, group: str = "held_in", cap: int | None = 3000,
-                      temperature: float = 1.0, weights: dict | None = None, description: str = "") -> str:
-    """A Flan 2022-style nested mixture over the cards of `group` using `vocabulary`."""
+                      temperature: float = 1.0, weights: dict | None = None, description: str = "",
+                      formats=None) -> str:
+    """A Flan 2022-style nested mixture over the cards of `group` using `vocabulary` (optionally only `formats`)."""
     weights = dict(weights or FLAN2022_WEIGHTS)
     rate = ExamplesRate(cap, temperature)
     top = []
@@ -100,7 +101,7 @@ def register_flan2022(name: str, vocabulary: str, group: str = "held_in", cap: i
         cards = [c for c in _select(vocabulary, group) if c.submixture == sub]
         if not cards or not weights.get(sub):
             continue
-        entries = [e for c in sorted(cards, key=lambda c: c.name) for e in card_entries(c, rate)]
+        entries = [e for c in sorted(cards, key=lambda c: c.name) for e in card_entries(c, rate, formats)]
         register_mixture(f"{name}_{sub}", entries, f"the {sub!r} submixture of {name}")
         top.append((f"{name}_{sub}", float(weights[sub])))
     if not top:
@@ -143,7 +144,8 @@ def register_collection_mixtures() -> list[str]:
         if m.get("kind") == "flan2022":
             try:
                 names.append(register_flan2022(name, m["vocabulary"], m.get("group", "held_in"),
-                                               weights=weights, description=desc, **rate))
+                                               weights=weights, description=desc, formats=m.get("formats"),
+                                               **rate))
             except ValueError:
                 continue  # no cards for it (e.g. a trimmed collection)
         else:

@@ -7,11 +7,11 @@ the same arguments give the same rows in the same order on any machine.
 Generators (task cards pick fields from their rows):
 
 - `chat`: a three-turn chat between a customer and an agent about one of five
-  intents (delivery, refund, password, billing, cancel), always naming an
-  order number, ending with a happy or unhappy customer line. Fields: `chat`,
+  intents (delivery, refund, password, billing, cancel), always naming a
+  4-digit order number, ending with a happy or unhappy customer line. Fields: `chat`,
   `summary` (at most 48 bytes, built from the same slots), `intent`,
   `order_number`, `customer`, `sentiment`, `refund` (yes/no).
-- `order_total`: a one-line purchase with two prices in whole dollars.
+- `order_total`: a one-line purchase with two prices of 1 to 5 dollars.
   Fields: `item_a`, `price_a`, `item_b`, `price_b`, `total`.
 
 The material is small and strongly patterned so that a tiny byte-level model
@@ -62,7 +62,7 @@ def _rng(generator: str, split: str, seed: int) -> random.Random:
 def chat_row(rng: random.Random) -> dict[str, str]:
     name = rng.choice(CUSTOMERS)
     intent = rng.choice(INTENTS)
-    order = str(rng.randrange(10000, 100000))
+    order = str(rng.randrange(1000, 10000))
     slots = {"o": order, "n": name, "d": rng.choice(DAYS), "k": str(rng.randrange(2, 8)),
              "a": str(rng.randrange(5, 60))}
     asks, replies, summary = _SCRIPTS[intent]
@@ -85,7 +85,7 @@ def chat_row(rng: random.Random) -> dict[str, str]:
 
 def order_total_row(rng: random.Random) -> dict[str, str]:
     item_a, item_b = rng.sample(ITEMS, 2)
-    price_a, price_b = rng.randrange(1, 10), rng.randrange(1, 10)
+    price_a, price_b = rng.randrange(1, 6), rng.randrange(1, 6)
     return {"item_a": item_a, "price_a": str(price_a), "item_b": item_b, "price_b": str(price_b),
             "total": str(price_a + price_b)}
 
