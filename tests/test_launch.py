@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from launch import common, local, slurm, tpu_pod
@@ -294,3 +295,49 @@ def test_tpu_env_expands_on_the_worker_and_worker_setup_runs_before_training(cle
     out = subprocess.run(["bash", "-c", f"{rendered} printenv FLANX_DATA_DIR ODD"], env={"HOME": "/h", "PATH": "/usr/bin:/bin"},
                          capture_output=True, text=True, check=True).stdout
     assert out == '/h/flanx_data\na"b`c\n'
+
+
+# ------------------------------------------------------------------ the trainer through the launcher
+
+TRAIN_ARGS = ["--gin_file=models/tiny.gin", "--gin_file=runs/pretrain.gin",
+              "--gin.MIXTURE_OR_TASK_NAME='synth_chat_summary_template_0_zero_shot'",
+              "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 32}", "--gin.TRAIN_STEPS=3",
+              "--gin.BATCH_SIZE=4", "--gin.LOG_EVERY=1", "--gin.CHECKPOINT_PERIOD=100", "--gin.SHUFFLE=False"]
+
+
+def _has_train_entry_point() -> bool:
+    import importlib.util
+    return all(importlib.util.find_spec(m) is not None for m in ("flanx.entrypoints", "flanx.train.__main__"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_train_entry_point(), reason="`python -m flanx.train` (flanx.entrypoints) is missing")
+def test_two_process_training_through_local_launcher_matches_one(tmp_path):
+    """`launch/local.py` + `python -m flanx.train`: 2 CPU processes give the 1-process losses (1e-5)."""
+    runs = {n: tmp_path / f"p{n}" for n in (1, 2)}
+    launches = {n: subprocess.Popen([sys.executable, str(REPO / "launch" / "local.py"), f"--num_processes={n}",
+                                     f"--model_dir={d}", *TRAIN_ARGS], env=CLEAN_ENV, cwd=tmp_path,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                for n, d in runs.items()}
+    outputs = {}
+    try:
+        for n, p in launches.items():
+            outputs[n] = p.communicate(timeout=600)[0]
+    finally:
+        for p in launches.values():
+            if p.poll() is None:
+                p.kill()
+    for n, p in launches.items():
+        assert p.returncode == 0, outputs[n][-3000:]
+
+    def train_losses(model_dir):
+        records = [json.loads(l) for l in (model_dir / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], r["loss"]) for r in records if r["kind"] == "train"]
+
+    one, two = train_losses(runs[1]), train_losses(runs[2])
+    # One record per step: only process 0 writes metrics.jsonl.
+    assert [s for s, _ in one] == [s for s, _ in two] == [1, 2, 3]
+    np.testing.assert_allclose([l for _, l in two], [l for _, l in one], atol=1e-5, rtol=0)
+    assert one[0][1] - one[-1][1] > 0.1  # it trained
+    assert sorted(p.name for p in (runs[2] / "logs").glob("process_*.out")) == ["process_0.out", "process_1.out"]
+    assert (runs[2] / "operative_config.gin").is_file()
