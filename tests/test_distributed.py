@@ -213,25 +213,29 @@ def test_process_log_paths(tmp_path, monkeypatch):
     assert D.is_remote("gs://b/x") and not D.is_remote("/tmp/gs:/x")
 
 
-def test_setup_process_logging_writes_per_process_file(tmp_path, capsys):
-    root = logging.getLogger()
-    before = list(root.handlers)
-    try:
-        path = D.setup_process_logging(str(tmp_path), 1)
-        logging.getLogger("flanx.test").info("only in the file")
-        logging.getLogger("flanx.test").warning("file and console")
-        for h in root.handlers:
-            h.flush()
-        text = Path(path).read_text()
-        assert path == str(tmp_path / "logs" / "process_1.log")
-        assert "[p1] INFO flanx.test: only in the file" in text and "file and console" in text
-        err = capsys.readouterr().err
-        assert "file and console" in err and "only in the file" not in err  # non-primary console: warnings only
-    finally:
-        for h in list(root.handlers):
-            if h not in before:
-                root.removeHandler(h)
-                h.close()
+LOGGING_PROBE = """
+import logging, sys
+from flanx import distributed, progress
+progress.setup_logging()  # the entry points' console logger for `flanx` (does not propagate)
+print(distributed.setup_process_logging(sys.argv[1], int(sys.argv[2])))
+logging.getLogger("flanx.train").info("trainer info")
+logging.getLogger("orbax.lib").info("library info")
+logging.getLogger("flanx.train").warning("trainer warning")
+"""
+
+
+@pytest.mark.parametrize("process_id", [0, 1])
+def test_setup_process_logging_writes_per_process_file(tmp_path, process_id):
+    proc = subprocess.run([sys.executable, "-c", LOGGING_PROBE, str(tmp_path), str(process_id)],
+                          capture_output=True, text=True, timeout=60, check=True)
+    path = proc.stdout.strip()
+    assert path == str(tmp_path / "logs" / f"process_{process_id}.log")
+    text = Path(path).read_text()
+    for line in ("INFO flanx.train: trainer info", "INFO orbax.lib: library info",
+                 "WARNING flanx.train: trainer warning"):
+        assert f"[p{process_id}] {line}" in text
+    assert "trainer warning" in proc.stderr and "library info" not in proc.stderr
+    assert ("trainer info" in proc.stderr) == (process_id == 0)  # other processes: warnings only
 
 
 def test_primary_helpers_single_process(tmp_path):

@@ -389,27 +389,34 @@ def process_log_path(model_dir: str, process_id: int) -> str:
 
 
 def setup_process_logging(model_dir: str, process_id: int, level: int = logging.INFO) -> str:
-    """Log every record to this process's file; only process 0 prints INFO to the console.
+    """Log every record at `level`+ to this process's file; only process 0 shows INFO on the console.
 
-    With a remote MODEL_DIR the local file is copied to MODEL_DIR/logs/ when the process exits.
+    The file handler goes on the root logger and on the `flanx` logger when that one does not
+    propagate (flanx.progress configures it so); other processes' console handlers there drop to
+    WARNING. With a remote MODEL_DIR the local file is copied to MODEL_DIR/logs/ at exit.
     Returns the local log file path.
     """
     path = process_log_path(model_dir, process_id)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    root = logging.getLogger()
-    root.setLevel(min(root.level or level, level))
     fmt = logging.Formatter(f"%(asctime)s [p{process_id}] %(levelname)s %(name)s: %(message)s")
-    for h in list(root.handlers):
-        if getattr(h, "_flanx_process_log", False):
-            root.removeHandler(h)
-            h.close()
     file_handler = logging.FileHandler(path, mode="a")
-    console = logging.StreamHandler()
-    console.setLevel(level if process_id == 0 else logging.WARNING)
+    console = logging.StreamHandler()  # library warnings still reach the console
+    console.setLevel(logging.WARNING)
     for h in (file_handler, console):
         h.setFormatter(fmt)
         h._flanx_process_log = True
-        root.addHandler(h)
+    root, flanx_logger = logging.getLogger(), logging.getLogger("flanx")
+    for lg in [root] + ([flanx_logger] if not flanx_logger.propagate else []):
+        for h in [h for h in lg.handlers if getattr(h, "_flanx_process_log", False)]:
+            lg.removeHandler(h)
+        if lg.level == logging.NOTSET or lg.level > level:
+            lg.setLevel(level)
+        if process_id != 0:
+            for h in lg.handlers:
+                if type(h) is logging.StreamHandler:
+                    h.setLevel(max(h.level, logging.WARNING))
+        lg.addHandler(file_handler)
+    root.addHandler(console)
     if is_remote(model_dir):
         import atexit
         atexit.register(_upload_log, path, f"{model_dir.rstrip('/')}/logs/{os.path.basename(path)}")
