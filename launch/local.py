@@ -199,11 +199,12 @@ def _stop(procs, grace_s: float = 10.0) -> None:
 def main(argv: list[str]) -> int:
     opts, rest = build_parser().parse_known_args(argv)
     train = common.split_train_args(rest, opts.model_dir)
+    if opts.module == "flanx.train":
+        common.require_model_dir(train)
     if opts.port is None:
         opts.port = free_port()
     plans = process_plans(opts, train, dict(os.environ))
     if opts.module == "flanx.train":
-        common.require_model_dir(train)
         devices = (opts.num_processes * opts.cpu_devices_per_process if opts.platform == "cpu"
                    else sum(len(env["CUDA_VISIBLE_DEVICES"].split(",")) for env, _, _ in plans))
         common.preflight_mesh(train, devices, opts.num_processes)
