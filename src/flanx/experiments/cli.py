@@ -40,6 +40,9 @@ def run(gin_files: list[str], gin_bindings: list[str]) -> dict:
     from flanx.experiments.report import summarize
 
     cfg = load_study_config(gin_files, gin_bindings)
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)  # seqio's per-batch length notices
     out = run_study(cfg)
     summary = summarize(out["results"])
     print(f"\nstudy {cfg.name}: report {out['files']['report']}")
