@@ -1,0 +1,216 @@
+"""Decoding throughput: flanx (`flanx.models.decoding`) against Hugging Face
+`transformers` `generate` (PyTorch, CPU) on the same weights.
+
+    python -m benchmarks.hf_decode_bench --models tiny,t5_1_1_small --new_tokens 64
+
+- weights: flanx `init_params(preset)` exported with `export_hf`; flanx reads
+  them back with `import_hf`, transformers with `from_pretrained`;
+- inputs: random token ids, `--inputs_length` (512) long, no padding;
+- cases: greedy and beam search (4 beams), batch 1 and 8; every case
+  generates exactly `--new_tokens` tokens per row: the end-of-sequence id is
+  set to an id outside the vocabulary on both sides, so no row stops early
+  and both sides do the same number of decoder steps;
+- both sides use a KV cache (flanx: `decoding.greedy_decode` / `beam_search`,
+  jitted; transformers: `generate(use_cache=True)` under `inference_mode`,
+  `torch.set_num_threads(2)`);
+- each side runs in its own process; after the first (compiling) call and
+  `--warmup` rounds, calls alternate between the sides and the median of
+  `--repeats` is reported.
+
+tokens/s = batch * new_tokens / seconds (beam search counts the returned
+sequence, not the hypotheses). `greedy_agreement` is the fraction of greedy
+tokens on which both sides agree (1.0 = identical output).
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import common
+
+SIDES = ("flanx", "torch", "torch_1t")  # torch_1t: eager torch at 1 thread
+METHODS = ("greedy", "beam4")
+BATCHES = (1, 8)
+
+
+def case_names(methods=METHODS, batches=BATCHES) -> list[str]:
+    return [f"{m}_b{b}" for m in methods for b in batches]
+
+
+def _parse_case(case: str) -> tuple[str, int]:
+    method, batch = case.rsplit("_b", 1)
+    return method, int(batch)
+
+
+def prepare(model: str, max_batch: int, inputs_length: int, workdir: Path, seed: int = 0) -> tuple[Path, Path]:
+    """Write the shared Hugging Face weights and the encoder inputs; returns (model_dir, inputs_path)."""
+    import jax
+
+    from flanx.checkpoints.hf import export_hf
+    from flanx.models import get_config, init_params
+
+    config = get_config(model)
+    params = jax.device_get(init_params(config, jax.random.PRNGKey(seed)))
+    model_dir = export_hf(params, config, workdir / f"{model}_hf")
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(2, config.vocab_size, (max_batch, inputs_length)).astype(np.int32)
+    tokens[:, -1] = 1
+    path = common.save_batch(workdir / f"{model}_inputs.npz", {"encoder_input_tokens": tokens})
+    return model_dir, path
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+def _flanx_worker(model_dir: str, inputs_path: str, cases: list[str], new_tokens: int) -> None:
+    import jax
+    import jax.numpy as jnp
+
+    from flanx.checkpoints.hf import import_hf
+    from flanx.models import decoding
+
+    params, config = import_hf(model_dir)
+    params = jax.device_put(params)
+    tokens = common.load_batch(Path(inputs_path))["encoder_input_tokens"]
+    never = config.vocab_size  # an end-of-sequence id no step can produce
+    outputs = {}
+
+    def make(case):
+        method, batch = _parse_case(case)
+        enc = jnp.asarray(tokens[:batch])
+
+        def call():
+            if method == "greedy":
+                out = decoding.greedy_decode(params, config, enc, max_decode_length=new_tokens, eos_id=never)
+            else:
+                out, _ = decoding.beam_search(params, config, enc, num_beams=int(method[4:]),
+                                              max_decode_length=new_tokens, eos_id=never)
+                out = out[:, 0]
+            outputs[case] = np.asarray(out)  # blocks until done
+        return call
+
+    common.serve({c: make(c) for c in cases}, lambda: {
+        "outputs": {c: o.tolist() for c, o in outputs.items()}, "peak_rss_mib": common.peak_rss_mib()})
+
+
+def _torch_worker(model_dir: str, inputs_path: str, cases: list[str], new_tokens: int, threads: int) -> None:
+    import torch
+    from transformers import T5ForConditionalGeneration
+
+    torch.set_num_threads(threads)
+    model = T5ForConditionalGeneration.from_pretrained(model_dir).eval()
+    tokens = torch.from_numpy(common.load_batch(Path(inputs_path))["encoder_input_tokens"]).long()
+    never = model.config.vocab_size
+    outputs = {}
+
+    def make(case):
+        method, batch = _parse_case(case)
+        enc = tokens[:batch]
+        beams = 1 if method == "greedy" else int(method[4:])
+
+        def call():
+            with torch.inference_mode():
+                out = model.generate(input_ids=enc, attention_mask=torch.ones_like(enc), do_sample=False,
+                                     num_beams=beams, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                     eos_token_id=never, use_cache=True)
+            outputs[case] = out[:, 1:].numpy()  # drop the decoder start token
+        return call
+
+    common.serve({c: make(c) for c in cases}, lambda: {
+        "outputs": {c: o.tolist() for c, o in outputs.items()}, "peak_rss_mib": common.peak_rss_mib(),
+        "threads": torch.get_num_threads()})
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def agreement(a, b) -> float | None:
+    """Fraction of equal tokens between two [B, T] outputs (None when shapes differ)."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape or a.size == 0:
+        return None
+    return float(np.mean(a == b))
+
+
+def run(models=("tiny", "t5_1_1_small"), inputs_length: int = 512, new_tokens: int = 64,
+        methods=METHODS, batches=BATCHES, warmup: int = 1, repeats: int = 3, threads: int = 2,
+        timeout: float = 900, sides=SIDES, write: bool = True) -> dict:
+    cases = case_names(methods, batches)
+    rows, summary = [], []
+    with tempfile.TemporaryDirectory(prefix="flanx_decode_bench_") as tmp:
+        for model in models:
+            model_dir, inputs_path = prepare(model, max(batches), inputs_length, Path(tmp))
+            base = ["--model_dir", str(model_dir), "--inputs_path", str(inputs_path), "--cases", ",".join(cases),
+                    "--new_tokens", str(new_tokens), "--threads", str(threads)]
+            specs = {side: ("benchmarks.hf_decode_bench", ["--side", side] + base) for side in sides}
+            print(f"decode {model}: inputs {inputs_length}, {new_tokens} new tokens", flush=True)
+            res = common.interleaved(specs, cases, warmup, repeats, timeout, run_timeout=timeout)
+            for case in cases:
+                method, batch = _parse_case(case)
+                rates = {side: None for side in SIDES}
+                for side in sides:
+                    r = res[side]
+                    ok = r["status"] == "ok"
+                    stats = r["cases"][case] if ok else {}
+                    rate = batch * new_tokens / stats["median_s"] if ok else None
+                    rates[side] = rate
+                    rows.append({"model": model, "method": method, "batch": batch, "side": side,
+                                 "status": r["status"], "reason": r.get("reason"),
+                                 "first_call_s": r.get("first", {}).get(case), **stats, "tokens_per_s": rate,
+                                 "peak_rss_mib": r.get("peak_rss_mib")})
+                same = None
+                if res["flanx"]["status"] == "ok" and res.get("torch", {}).get("status") == "ok":
+                    same = agreement(res["flanx"]["outputs"].get(case), res["torch"]["outputs"].get(case))
+                best = max(rates["torch"] or 0, rates["torch_1t"] or 0) or None
+                summary.append({"model": model, "method": method, "batch": batch,
+                                "flanx_tokens_per_s": rates["flanx"], "torch_tokens_per_s": rates["torch"],
+                                "torch_1t_tokens_per_s": rates["torch_1t"],
+                                "ratio": common.ratio(rates["flanx"], rates["torch"]),
+                                "ratio_vs_best": common.ratio(rates["flanx"], best), "agreement": same})
+    text = common.table(summary, ["model", "method", "batch", "flanx_tokens_per_s", "torch_tokens_per_s",
+                                  "torch_1t_tokens_per_s", "ratio", "ratio_vs_best", "agreement"],
+                        f"Decoding (CPU, inputs {inputs_length}, {new_tokens} new tokens): flanx vs transformers")
+    print(text, flush=True)
+    failures = sorted({f"{r['model']} {r['side']}: {r['reason']}" for r in rows if r["status"] != "ok"})
+    if failures:
+        print("failed: " + "; ".join(failures), flush=True)
+    payload = {"rows": rows, "summary": summary, "table": text, "settings": {
+        "inputs_length": inputs_length, "new_tokens": new_tokens, "warmup": warmup, "repeats": repeats,
+        "torch_threads": threads}}
+    if write:
+        payload["path"] = str(common.write_result("decode_vs_hf", payload))
+    return payload
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default="tiny,t5_1_1_small")
+    p.add_argument("--inputs_length", type=int, default=512)
+    p.add_argument("--new_tokens", type=int, default=64)
+    p.add_argument("--methods", default=",".join(METHODS), help="greedy, beamK (K beams)")
+    p.add_argument("--batches", default=",".join(map(str, BATCHES)))
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
+    p.add_argument("--model_dir", help=argparse.SUPPRESS)
+    p.add_argument("--inputs_path", help=argparse.SUPPRESS)
+    p.add_argument("--cases", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.worker:
+        cases = a.cases.split(",")
+        if a.side == "flanx":
+            _flanx_worker(a.model_dir, a.inputs_path, cases, a.new_tokens)
+        else:
+            _torch_worker(a.model_dir, a.inputs_path, cases, a.new_tokens, 1 if a.side == "torch_1t" else a.threads)
+        return
+    run(tuple(a.models.split(",")), a.inputs_length, a.new_tokens, tuple(a.methods.split(",")),
+        tuple(int(b) for b in a.batches.split(",")), a.warmup, a.repeats, a.threads)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""`make bench`: every CPU benchmark in one run, side by side, with the targets checked.
+
+    python -m benchmarks.run_all                      # the full CPU set (about 10-15 minutes on 2 cores)
+    python -m benchmarks.run_all --only train,decode  # a subset
+    python -m benchmarks.run_all --toy                # seconds: tiny model, short sequences (smoke run)
+
+In order:
+1. training step, flanx vs transformers (eager and torch.compile), `tiny`
+   and `t5_1_1_small`, batch 8 x 512/128 packed (`benchmarks.hf_train_bench`);
+2. decoding, greedy and beam 4 at batch 1 and 8, flanx vs transformers
+   `generate` (`benchmarks.hf_decode_bench`);
+3. the data pipeline (dialogue and FLAN-style mixtures) against the train
+   step's consumption measured in 1 (`benchmarks.pipeline_vs_train`).
+
+Each prints its table and writes `benchmarks/results/<name>.json`; this
+module then prints all tables again with the targets (`TARGETS`) marked met
+or missed, and writes `results/summary.json` and `results/summary.md`.
+The GPU MFU benchmark is separate: `benchmarks/mfu.py` / `benchmarks/gpu_check.sh`.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+from benchmarks import common
+
+# target name -> (threshold, what is compared)
+TARGETS = {
+    "train": (1.5, "flanx / best eager transformers (2 or 1 torch threads) training tokens/s, per model"),
+    "decode": (2.0, "flanx / best transformers (2 or 1 torch threads) greedy tokens/s, per model and batch"),
+    "data": (5.0, "pipeline batches/s / train steps/s, each mixture against each measured model"),
+}
+FULL = {"models": ("tiny", "t5_1_1_small"), "batch_size": 8, "inputs_length": 512, "targets_length": 128,
+        "new_tokens": 64, "repeats": 3, "warmup": 1, "train_warmup": 0, "window_batches": 100, "windows": 3,
+        "compile_timeout": 420, "train_sides": ("flanx", "torch", "torch_1t", "torch_compile"),
+        "decode_sides": ("flanx", "torch", "torch_1t"), "real_data": None}
+# --toy: no torch.compile (it takes minutes even for tiny) and the synthetic mixtures.
+TOY = {"models": ("tiny",), "batch_size": 2, "inputs_length": 64, "targets_length": 16, "new_tokens": 8,
+       "repeats": 2, "warmup": 0, "train_warmup": 0, "window_batches": 5, "windows": 2, "compile_timeout": 300,
+       "train_sides": ("flanx", "torch"), "decode_sides": ("flanx", "torch"), "real_data": False}
+
+
+def check_targets(train: dict | None, decode: dict | None, data: dict | None) -> list[dict]:
+    """One row per measured comparison: value, threshold, met (None when a side failed)."""
+    rows = []
+
+    def add(target, subject, value):
+        threshold = TARGETS[target][0]
+        rows.append({"target": target, "subject": subject, "value": value, "threshold": threshold,
+                     "met": None if value is None else value >= threshold})
+
+    if train:
+        for r in train["rows"]:
+            if r["side"] == "flanx":
+                add("train", f"{r['model']} batch {r['batch']} {r['lengths']}", r.get("vs_best_eager"))
+    if decode:
+        for r in decode["summary"]:
+            if r["method"] == "greedy":
+                add("decode", f"{r['model']} greedy batch {r['batch']}", r.get("ratio_vs_best"))
+    if data:
+        for r in data["rows"]:
+            for key in sorted(k for k in r if k.startswith("vs_train_")):
+                add("data", f"{r['name']} vs {key[len('vs_train_'):]} train step", r.get(key))
+    return rows
+
+
+def train_steps_per_s(train: dict | None) -> dict[str, float]:
+    """{model: flanx train steps/s} from the training benchmark's rows."""
+    out = {}
+    for r in (train or {}).get("rows", []):
+        if r["side"] == "flanx" and r.get("median_s"):
+            out[r["model"]] = 1.0 / r["median_s"]
+    return out
+
+
+def run(settings: dict, only=("train", "decode", "data")) -> dict:
+    from benchmarks import hf_decode_bench, hf_train_bench, pipeline_vs_train
+
+    start = time.perf_counter()
+    s = settings
+    train = decode = data = None
+    timings = {}
+    if "train" in only:
+        t0 = time.perf_counter()
+        train = hf_train_bench.run(s["models"], s["batch_size"], s["inputs_length"], s["targets_length"],
+                                   s["train_warmup"], s["repeats"], s["train_sides"],
+                                   compile_timeout=s["compile_timeout"])
+        timings["train_s"] = time.perf_counter() - t0
+    if "decode" in only:
+        t0 = time.perf_counter()
+        decode = hf_decode_bench.run(s["models"], s["inputs_length"], s["new_tokens"], warmup=s["warmup"],
+                                     repeats=s["repeats"], sides=s["decode_sides"])
+        timings["decode_s"] = time.perf_counter() - t0
+    if "data" in only:
+        t0 = time.perf_counter()
+        data = pipeline_vs_train.run(train_steps_per_s(train), s["batch_size"], s["inputs_length"],
+                                     s["targets_length"], s["window_batches"], s["windows"], s["real_data"])
+        timings["data_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - start
+    targets = check_targets(train, decode, data)
+    target_table = common.table(
+        [{**t, "met": {True: "yes", False: "NO", None: "n/a"}[t["met"]]} for t in targets],
+        ["target", "subject", "value", "threshold", "met"], "Targets (measured side by side in this run)")
+    sections = [p["table"] for p in (train, decode, data) if p] + [target_table]
+    report = "\n\n".join(sections)
+    print("\n" + "=" * 30 + " flanx benchmarks " + "=" * 30 + "\n\n" + report, flush=True)
+    print(f"\ntotal {timings['total_s']:.0f} s; JSON in {common.RESULTS_DIR}", flush=True)
+    payload = {"settings": {k: list(v) if isinstance(v, tuple) else v for k, v in s.items()},
+               "targets": targets, "timings": timings, "report": report,
+               "results": {n: p.get("path") for n, p in (("train", train), ("decode", decode), ("data", data))
+                           if p}}
+    payload["path"] = str(common.write_result("summary", payload))
+    common.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    info = common.machine_info()
+    (common.RESULTS_DIR / "summary.md").write_text(
+        f"<!-- {info.get('time')} {info.get('cpu_model', '')} x{info.get('cpu_count')} "
+        f"commit {info.get('git_commit', '?')} -->\n\n{report}\n")
+    return payload
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--toy", action="store_true", help="tiny model, short sequences: a smoke run in seconds")
+    p.add_argument("--only", default="train,decode,data", help="comma list of train, decode, data")
+    p.add_argument("--models", help="override the models, e.g. tiny")
+    p.add_argument("--repeats", type=int)
+    p.add_argument("--compile_timeout", type=float, help="seconds allowed for torch.compile's first step")
+    p.add_argument("--no_compile", action="store_true", help="skip the torch.compile side")
+    a = p.parse_args(argv)
+    settings = dict(TOY if a.toy else FULL)
+    if a.models:
+        settings["models"] = tuple(a.models.split(","))
+    if a.repeats:
+        settings["repeats"] = a.repeats
+    if a.compile_timeout:
+        settings["compile_timeout"] = a.compile_timeout
+    if a.no_compile:
+        settings["train_sides"] = tuple(x for x in settings["train_sides"] if x != "torch_compile")
+    run(settings, tuple(a.only.split(",")))
+
+
+if __name__ == "__main__":
+    main()
