@@ -43,6 +43,7 @@ def card(**overrides):
     ({"metrics": ["bleu"]}, r"metrics: 'bleu' is not one of"),
     ({"on_error": "ignore"}, r"on_error: 'ignore' is not one of"),
     ({"splits": {"train": {"files": "x", "every": 3}}}, r"splits.train: unknown key"),
+    ({"labels": {"refund": True, "other": False}}, r"labels: YAML read an unquoted yes/no"),
 ])
 def test_card_errors_name_card_and_key(overrides, match):
     with pytest.raises(CardError, match=match):

@@ -170,6 +170,12 @@ def load_card(spec: dict, where: str = "<python>") -> TaskCard:
         if missing:
             raise _err(where, f"templates[{i}]", f"uses field(s) {', '.join(sorted(missing))} not in `fields`")
     labels = spec.get("labels")
+    for key in ("labels", "options"):
+        values = spec.get(key)
+        values = values.values() if isinstance(values, dict) else (values or [])
+        if any(isinstance(v, bool) for v in values):
+            raise _err(where, key, "YAML read an unquoted yes/no/true/false as a boolean; quote answer texts, "
+                                   "e.g. \"yes\"")
     if labels is not None:
         if not isinstance(labels, dict) or not labels:
             raise _err(where, "labels", "expected a mapping raw label -> answer text")
