@@ -13,6 +13,7 @@ unknown.
 from __future__ import annotations
 
 import difflib
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,16 @@ SPECS: dict[str, TaskSpec] = {}
 
 
 TASK_SHUFFLE_BUFFER = 128  # after tokenizing; the source already shuffles the whole split
+
+
+class _QuietUncachedWarning(logging.Filter):
+    """seqio warns that FunctionDataSources shuffle poorly; flanx's shuffle the whole split per epoch."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Using an uncached FunctionDataset for training")
+
+
+logging.getLogger("absl").addFilter(_QuietUncachedWarning())
 
 
 class FlanxSource(seqio.FunctionDataSource):
