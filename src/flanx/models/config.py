@@ -16,6 +16,7 @@ field; a test keeps them equal to these presets.
 from __future__ import annotations
 
 import dataclasses
+import operator
 from typing import Optional
 
 ACTIVATIONS = ("gelu", "relu", "silu", "linear")
@@ -36,7 +37,7 @@ class LoraConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "targets", tuple(self.targets))
-        if self.rank <= 0:
+        if not isinstance(self.rank, int) or self.rank <= 0:
             raise ValueError(f"LoraConfig.rank must be positive, got {self.rank}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"LoraConfig.dropout must be in [0, 1), got {self.dropout}")
@@ -88,8 +89,13 @@ class T5Config:
                      "num_encoder_layers", "num_decoder_layers",
                      "relative_attention_num_buckets", "relative_attention_max_distance"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"T5Config.{name} must be a positive int, got {value!r}")
+            try:
+                value = operator.index(value)  # numpy ints pass, floats fail
+            except TypeError:
+                value = None
+            if value is None or isinstance(getattr(self, name), bool) or value <= 0:
+                raise ValueError(f"T5Config.{name} must be a positive int, got {getattr(self, name)!r}")
+            object.__setattr__(self, name, int(value))
         bad = [a for a in self.mlp_activations if a not in ACTIVATIONS]
         if bad or not self.mlp_activations:
             raise ValueError(f"T5Config.mlp_activations {self.mlp_activations!r}: "
