@@ -8,7 +8,10 @@ fed one packed 512/128 batch (`common.packed_batch`) over and over, no
 checkpoints. Each model runs in its own process (`--worker`), so compile
 caches and peak RSS are its own. The first `--warmup` steps (compilation)
 are excluded: the clock runs from the batch request of step `warmup + 1` to
-the end of `train()` (which blocks on the last step's metrics).
+the end of `train()` (which blocks on the last step's metrics). Besides wall
+time the worker reports its own CPU time per step (all threads), which a
+machine shared with other jobs distorts less: on an idle machine wall time
+approaches CPU time / cores used.
 
 tokens/s counts token slots, batch * (inputs_length + targets_length) per
 step, padding included (the convention of benchmarks/hf_train_bench.py).
@@ -27,13 +30,14 @@ class _TimedBatches:
     """Yields one fixed batch forever and remembers when each step asked for it."""
 
     def __init__(self, batch):
-        self.batch, self.requested = batch, []
+        self.batch, self.requested, self.cpu = batch, [], []
 
     def __iter__(self):
         return self
 
     def __next__(self):
         self.requested.append(time.perf_counter())
+        self.cpu.append(time.process_time())
         return self.batch
 
 
@@ -53,14 +57,16 @@ def _worker(model: str, batch_size: int, inputs_length: int, targets_length: int
                       optimizer=OptimizerConfig(name="adafactor", learning_rate=1e-3, schedule="constant"))
     start = time.perf_counter()
     result = trainer.train(cfg, config, lambda shard: data)
-    end = time.perf_counter()
+    end, end_cpu = time.perf_counter(), time.process_time()
     timed = end - data.requested[warmup]
+    cpu = end_cpu - data.cpu[warmup]
     slots = common.slot_tokens(batch)
     n_params = sum(x.size for x in jax.tree.leaves(result.params))
     common.emit({
         "model": model, "params_m": n_params / 1e6, "batch_size": batch_size,
         "lengths": f"{inputs_length}/{targets_length}", "steps_timed": steps,
         "s_per_step": timed / steps, "tokens_per_s": slots * steps / timed,
+        "cpu_s_per_step": cpu / steps, "tokens_per_cpu_s": slots * steps / cpu,
         "first_steps_s": data.requested[warmup] - start, "loss_first": result.losses[1],
         "loss_last": result.losses[warmup + steps], "peak_rss_mib": common.peak_rss_mib(),
         "backend": jax.default_backend(), "devices": jax.device_count(),
@@ -77,6 +83,7 @@ def run(models=("tiny", "t5_1_1_small"), batch_size: int = 8, inputs_length: int
                 "--remat", remat, "--dtype", dtype, "--microbatches", str(microbatches)] + (["--scan"] if scan else [])
         rows.append({"model": model, **common.run_worker("benchmarks.train_bench", args, timeout)})
     print(common.table(rows, ["model", "status", "params_m", "lengths", "batch_size", "s_per_step", "tokens_per_s",
+                              "cpu_s_per_step", "tokens_per_cpu_s",
                               "first_steps_s", "loss_first", "loss_last", "peak_rss_mib", "backend"],
                        title="flanx trainer throughput (Adafactor, packed batch, token slots/s)"))
     if write:
