@@ -99,17 +99,21 @@ def test_template_choice_is_deterministic_uniform_and_eval_skips_inverted():
 def test_fewshot_exemplars_come_from_train_and_never_the_example_itself():
     card = tasks.get_card("synth_chat_order_number")
     spec = tasks.get_spec("synth_chat_order_number_template_0to7_fsnoopt")
-    train_rows = {r["order_number"] for r in render.sources.load_rows(card, "train")}
+    # A chat's first line (customer, request, order number) identifies its row; a few rows repeat.
+    train_lines = collections.Counter(r["chat"].split("\n")[0] for r in render.sources.load_rows(card, "train"))
     kept = []
     for split in ("train", "validation"):
-        for ex in render.render_examples(card, spec, split)[:300]:
-            numbers = [re.search(r"[Oo]rder (\d{4})", line).group(1) for line in ex["inputs_pretokenized"].split("\n")
-                       if line.startswith("Customer: Hi")]
-            own = ex["targets_pretokenized"]
-            assert numbers[-1] == own  # the final chat is the example's own
-            assert own not in numbers[:-1] or split == "validation"
-            assert all(n in train_rows for n in numbers[:-1])
-            kept.append(len(numbers) - 1)
+        rows = render.sources.load_rows(card, split)
+        for ex, row in zip(render.render_examples(card, spec, split)[:300], rows):
+            lines = [line for line in ex["inputs_pretokenized"].split("\n") if line.startswith("Customer: Hi")]
+            own = row["chat"].split("\n")[0]
+            assert lines[-1] == own and ex["targets_pretokenized"] == row["order_number"]
+            assert all(line in train_lines for line in lines[:-1])
+            if split == "train":
+                assert own not in lines[:-1] or train_lines[own] > 1
+            for line in lines[:-1]:  # each exemplar ends with its own answer, then the separator
+                assert "\n" + re.search(r"[Oo]rder (\d{3})", line).group(1) + "\n\n" in ex["inputs_pretokenized"]
+            kept.append(len(lines) - 1)
     assert set(kept) <= {0, 1, 2} and kept.count(2) > 100  # k=2 exemplars usually fit in 480 bytes
 
 
