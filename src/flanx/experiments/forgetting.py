@@ -55,12 +55,12 @@ class StudyConfig:
     # Base: a checkpoint, or trained here on base_mixture.
     base_checkpoint: str | None = None
     base_mixture: str = "synth_multitask"
-    base_steps: int = 1200
-    base_learning_rate: float = 3e-3
+    base_steps: int = 600
+    base_learning_rate: float = 1e-2
     # Arms.
     target_task: str = "synth_chat_summary_template_0to9_zsnoopt"
     arms: tuple = ARMS
-    arm_steps: int = 300
+    arm_steps: int = 200
     arm_learning_rate: float = 1e-3
     lora: LoraConfig = field(default_factory=lambda: LoraConfig(rank=8, alpha=16.0, dropout=0.0))
     lora_learning_rate: float = 3e-3
@@ -69,7 +69,7 @@ class StudyConfig:
     lora_optimizer: str = "adamw"
     replay_ratio: float = 0.5
     # Shared training settings.
-    batch_size: int = 32
+    batch_size: int = 16
     task_feature_lengths: dict = field(default_factory=lambda: {"inputs": 256, "targets": 64})
     pack: bool = True
     seed: int = 0
