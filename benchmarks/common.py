@@ -129,6 +129,23 @@ def slot_tokens(batch: Mapping[str, np.ndarray]) -> int:
 # ----------------------------------------------------------------------------- workers
 
 
+def pin_cores(n: int | None) -> None:
+    """Restrict this process to `n` of its CPUs (the last ones); call before importing jax or torch."""
+    if n:
+        cpus = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, set(cpus[-n:]))
+
+
+def side_cores(side: str) -> int | None:
+    """Sides named `*_1c` run on one core (see `pin_cores`); others use the whole machine."""
+    return 1 if side.endswith("_1c") else None
+
+
+def baseline_side(side: str) -> str:
+    """The transformers side a side is compared with: the one with the same cores."""
+    return "torch_1c" if side.endswith("_1c") else "torch"
+
+
 def _worker_env(env: Mapping[str, str] | None) -> dict:
     full = {**os.environ, **(env or {})}
     full["PYTHONPATH"] = os.pathsep.join(

@@ -33,8 +33,8 @@ from pathlib import Path
 from benchmarks import common
 
 LEARNING_RATE = 1e-3
-SIDES = ("flanx", "torch", "torch_1t", "torch_compile")
-TORCH_SIDES = ("torch", "torch_1t")  # eager torch at --threads (2) and at 1 thread
+# `*_1c`: pinned to one core (torch with 1 thread); the others use the machine (torch: --threads).
+SIDES = ("flanx", "torch", "flanx_1c", "torch_1c", "torch_compile")
 
 
 def prepare(model: str, batch_size: int, inputs_length: int, targets_length: int, workdir: Path,
@@ -142,8 +142,6 @@ def run(models=("tiny", "t5_1_1_small"), batch_size: int = 8, inputs_length: int
             limits = {side: compile_timeout if side == "torch_compile" else timeout for side in sides}
             print(f"train {model}: batch {batch_size} x {inputs_length}/{targets_length}", flush=True)
             per_side = common.interleaved(specs, ["step"], warmup, repeats, limits, run_timeout=timeout)
-            base = _tokens_per_s(per_side.get("torch", {}))
-            best = max((_tokens_per_s(per_side.get(t, {})) or 0 for t in TORCH_SIDES), default=0) or None
             for side in sides:
                 res = per_side[side]
                 row = {"model": model, "side": side, "batch": batch_size,
@@ -153,11 +151,12 @@ def run(models=("tiny", "t5_1_1_small"), batch_size: int = 8, inputs_length: int
                            "peak_rss_mib", "loss_first", "loss_last", "setup_s")}}
                 if res["status"] == "ok":
                     row.update(res["cases"]["step"])
-                row["vs_torch"] = common.ratio(row["tokens_per_s"], base)
-                row["vs_best_eager"] = common.ratio(row["tokens_per_s"], best)
+                row["cores"] = common.side_cores(side) or "all"
+                row["vs_torch"] = common.ratio(row["tokens_per_s"],
+                                               _tokens_per_s(per_side.get(common.baseline_side(side), {})))
                 rows.append(row)
-    columns = ["model", "side", "batch", "lengths", "status", "first_step_s", "median_s", "tokens_per_s",
-               "peak_rss_mib", "loss_first", "vs_torch", "vs_best_eager"]
+    columns = ["model", "side", "cores", "batch", "lengths", "status", "first_step_s", "median_s", "tokens_per_s",
+               "peak_rss_mib", "loss_first", "vs_torch"]
     text = common.table(rows, columns, "Training step (CPU): flanx vs transformers")
     print(text, flush=True)
     failures = [f"{r['model']} {r['side']}: {r['reason']}" for r in rows if r["status"] != "ok"]
@@ -197,11 +196,12 @@ def main(argv=None) -> None:
     p.add_argument("--batch_path", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.worker:
-        if a.side == "flanx":
+        cores = common.side_cores(a.side)
+        common.pin_cores(cores)
+        if a.side.startswith("flanx"):
             _flanx_worker(a.model_dir, a.batch_path, a.scan)
         else:
-            threads = 1 if a.side == "torch_1t" else a.threads
-            _torch_worker(a.model_dir, a.batch_path, threads, a.side == "torch_compile")
+            _torch_worker(a.model_dir, a.batch_path, cores or a.threads, a.side == "torch_compile")
         return
     run(tuple(a.models.split(",")), a.batch_size, a.inputs_length, a.targets_length, a.warmup, a.repeats,
         tuple(a.sides.split(",")), a.threads, compile_timeout=a.compile_timeout, scan=a.scan)

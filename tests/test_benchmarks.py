@@ -3,6 +3,7 @@ script on CPU without TensorFlow, worker failures, targets, and a toy `run_all`.
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -106,7 +107,7 @@ def test_mfu_script_on_cpu_imports_no_tensorflow(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.mfu", "--model", "tiny", "--batch_size", "2", "--inputs_length", "32",
          "--targets_length", "16", "--warmup", "1", "--steps", "2", "--windows", "2", "--peak_tflops", "0.5",
-         "--scan_layers", "true", "--remat", "dots_saveable", "--out", str(out)],
+         "--scan_layers", "false", "--remat", "dots_saveable", "--out", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=300,
         env={**__import__("os").environ, "PYTHONPATH": f"{REPO}:{REPO / 'src'}"})
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -116,7 +117,7 @@ def test_mfu_script_on_cpu_imports_no_tensorflow(tmp_path):
     assert r["achieved_tflops"] == pytest.approx(r["model_flops_per_step"] / r["step_s"] / 1e12)
     assert r["mfu"] == pytest.approx(r["achieved_tflops"] / 0.5)
     assert r["tokens_per_s"] == pytest.approx(2 * 48 / r["step_s"])
-    assert r["step_s"] == pytest.approx(sorted(r["window_step_s"])[1])
+    assert r["step_s"] == pytest.approx(statistics.median(r["window_step_s"]))
     # dots_saveable keeps matmul outputs: nothing but non-matmul work is recomputed
     assert r["executed_dot_flops_per_step"] == r["model_flops_per_step"]
     assert np.isfinite(r["loss"]) and "flanx train step MFU" in proc.stdout
@@ -131,16 +132,16 @@ def test_worker_failure_is_reported_with_the_error(tmp_path):
 
 
 def test_targets_are_checked_against_the_thresholds():
-    train = {"rows": [{"side": "flanx", "model": "tiny", "batch": 8, "lengths": "512/128", "vs_best_eager": 1.4,
+    train = {"rows": [{"side": "flanx", "model": "tiny", "batch": 8, "lengths": "512/128", "vs_torch": 1.4,
                        "median_s": 0.5},
                       {"side": "torch", "model": "tiny", "batch": 8, "lengths": "512/128", "median_s": 0.7}]}
-    decode = {"summary": [{"model": "tiny", "method": "greedy", "batch": 1, "ratio_vs_best": 2.5},
-                          {"model": "tiny", "method": "beam4", "batch": 1, "ratio_vs_best": 0.1},
-                          {"model": "tiny", "method": "greedy", "batch": 8, "ratio_vs_best": None}]}
+    decode = {"summary": [{"model": "tiny", "method": "greedy", "batch": 1, "ratio": 2.5, "ratio_1c": 1.9},
+                          {"model": "tiny", "method": "beam4", "batch": 1, "ratio": 0.1},
+                          {"model": "tiny", "method": "greedy", "batch": 8, "ratio": None}]}
     data = {"rows": [{"name": "mix", "vs_train_tiny": 6.0}]}
     rows = run_all.check_targets(train, decode, data)
-    assert [(r["target"], r["met"]) for r in rows] == [("train", False), ("decode", True), ("decode", None),
-                                                       ("data", True)]
+    assert [(r["target"], r["met"]) for r in rows] == [("train", False), ("decode", True), ("decode", False),
+                                                       ("decode", None), ("data", True)]
     assert run_all.train_steps_per_s(train) == {"tiny": 2.0}
 
 
@@ -157,7 +158,8 @@ def test_run_all_toy_runs_every_benchmark(tmp_path, monkeypatch):
     assert flanx_row["tokens_per_s"] == pytest.approx(2 * 80 / flanx_row["median_s"])
     # same weights and the same unpadded inputs: greedy and beam outputs agree token for token
     decode = json.loads((tmp_path / "decode_vs_hf.json").read_text())
-    assert [r["agreement"] for r in decode["summary"]] == [1.0] * 4
+    assert [(r["method"], r["batch"], r["agreement"]) for r in decode["summary"]] == [("greedy", 2, 1.0),
+                                                                                      ("beam4", 2, 1.0)]
     data = json.loads((tmp_path / "data_vs_train.json").read_text())
     assert [r["name"] for r in data["rows"]] == ["synth_chat_summary_mix", "synth_multitask"]
     for r in data["rows"]:

@@ -1,0 +1,121 @@
+"""Where a flanx train step spends its time: forward, backward, optimizer, packing masks.
+
+    python -m benchmarks.profile_step --model t5_1_1_small --batch_size 8 [--trace_dir /tmp/trace]
+
+Times (medians over `--repeats`, after a warm-up call) jitted pieces of the
+train step on one packed batch (`common.packed_batch`):
+
+- `forward`: logits only;  `forward_loss`: logits + T5X loss (z-loss);
+- `grad`: loss and gradients (`jax.value_and_grad`);
+- `step`: the full `make_train_step` step (gradients + Adafactor update);
+- `optimizer`: the Adafactor update alone, on parameter-shaped gradients;
+- `grad_unpacked`: `grad` on the same tokens without segment ids / positions
+  (what packing-aware attention masks and per-row relative position biases cost).
+
+For each piece XLA's cost analysis gives FLOPs and bytes accessed, so the
+achieved GFLOP/s shows whether a piece is compute- or memory-bound.
+`--trace_dir` also records a `jax.profiler` trace of a few full steps
+(open with TensorBoard / xprof); `--dump_hlo DIR` writes the step's optimized HLO.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from benchmarks import common
+
+PACKING = ("encoder_segment_ids", "decoder_segment_ids", "encoder_positions", "decoder_positions")
+
+
+def profile(model: str, batch_size: int, inputs_length: int, targets_length: int, repeats: int = 3,
+            scan: bool = False, dtype: str = "float32", trace_dir: str | None = None,
+            dump_hlo: str | None = None) -> list[dict]:
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from flanx.models import get_config, init_params
+    from flanx.train import losses, optim, step as step_lib
+    from flanx.train.config import LossConfig, OptimizerConfig
+
+    config = get_config(model, scan_layers=scan, dtype=dtype)
+    params = init_params(config, jax.random.PRNGKey(0))
+    batch = {k: jnp.asarray(v) for k, v in
+             common.packed_batch(batch_size, inputs_length, targets_length, config.vocab_size).items()}
+    unpacked = {k: v for k, v in batch.items() if k not in PACKING}
+    apply = step_lib.model_apply_fn(config)
+    rng = jax.random.PRNGKey(1)
+    opt_cfg = OptimizerConfig(learning_rate=1e-3)
+    opt = optim.make_optimizer(opt_cfg)
+    train_step = step_lib.make_train_step(apply, opt, optim.make_schedule(opt_cfg), LossConfig())
+    state = step_lib.init_state(params, opt, None, 0)
+
+    def loss_fn(p, b):
+        logits = apply(p, b, rng, config.dropout_rate > 0)
+        weights = losses.loss_weights(b, "per_token")
+        sums = losses.weighted_sums(logits, b, weights, 1e-4, 0.0)
+        return sums["loss_sum"] / losses.normalizing_factor(b, "per_token")
+
+    def update(grads, opt_state, p):
+        updates, opt_state = opt.update(grads, opt_state, p)
+        return optax.apply_updates(p, updates), opt_state
+
+    pieces = {
+        "forward": (jax.jit(lambda p, b: apply(p, b, rng, False)), (params, batch)),
+        "forward_loss": (jax.jit(loss_fn), (params, batch)),
+        "grad": (jax.jit(jax.value_and_grad(loss_fn)), (params, batch)),
+        "grad_unpacked": (jax.jit(jax.value_and_grad(loss_fn)), (params, unpacked)),
+        "optimizer": (jax.jit(update), (params, state.opt_state, params)),
+        "step": (jax.jit(train_step), (state, batch)),
+    }
+    rows = []
+    for name, (fn, args) in pieces.items():
+        compiled = fn.lower(*args).compile()
+        cost = compiled.cost_analysis()
+        cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
+        times = common.time_repeats(lambda: jax.block_until_ready(compiled(*args)), 1, repeats)
+        med = common.summarize(times)["median_s"]
+        flops, nbytes = cost.get("flops"), cost.get("bytes accessed")
+        rows.append({"piece": name, "median_s": med, "xla_gflops": flops / 1e9 if flops else None,
+                     "gflop_per_s": flops / med / 1e9 if flops else None,
+                     "gbytes": nbytes / 1e9 if nbytes else None})
+        if name == "step" and dump_hlo:
+            Path(dump_hlo).mkdir(parents=True, exist_ok=True)
+            (Path(dump_hlo) / "train_step.hlo.txt").write_text(compiled.as_text())
+    step_s = next(r["median_s"] for r in rows if r["piece"] == "step")
+    for r in rows:
+        r["share_of_step"] = r["median_s"] / step_s
+    if trace_dir:
+        step = jax.jit(train_step)
+        jax.block_until_ready(step(state, batch))
+        with jax.profiler.trace(trace_dir):
+            for _ in range(2):
+                jax.block_until_ready(step(state, batch))
+    return rows
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="t5_1_1_small")
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--inputs_length", type=int, default=512)
+    p.add_argument("--targets_length", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--scan", action="store_true")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--trace_dir")
+    p.add_argument("--dump_hlo")
+    p.add_argument("--json", help="also write the rows here")
+    a = p.parse_args(argv)
+    rows = profile(a.model, a.batch_size, a.inputs_length, a.targets_length, a.repeats, a.scan, a.dtype,
+                   a.trace_dir, a.dump_hlo)
+    print(common.table(rows, ["piece", "median_s", "share_of_step", "xla_gflops", "gflop_per_s", "gbytes"],
+                       f"flanx train step profile: {a.model}, batch {a.batch_size} x "
+                       f"{a.inputs_length}/{a.targets_length}, {a.dtype}"), flush=True)
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
