@@ -7,8 +7,9 @@ step with Adafactor as T5X runs it, host batch -> device, metric fetches),
 fed one packed 512/128 batch (`common.packed_batch`) over and over, no
 checkpoints. Each model runs in its own process (`--worker`), so compile
 caches and peak RSS are its own. The first `--warmup` steps (compilation)
-are excluded: the clock runs from the batch request of step `warmup + 1` to
-the end of `train()` (which blocks on the last step's metrics). Besides wall
+are excluded: the clock runs from the batch request of step `warmup + 1`
+(the trainer has just fetched step `warmup`'s metrics, so nothing earlier is
+still running) to the end of `train()` (which blocks on the last step). Besides wall
 time the worker reports its own CPU time per step (all threads), which a
 machine shared with other jobs distorts less: on an idle machine wall time
 approaches CPU time / cores used.
@@ -52,8 +53,10 @@ def _worker(model: str, batch_size: int, inputs_length: int, targets_length: int
     config = get_config(model, scan_layers=scan, remat_policy=remat, dtype=dtype)
     batch = common.packed_batch(batch_size, inputs_length, targets_length, config.vocab_size, seed=0)
     data = _TimedBatches(batch)
+    # log_every=warmup: the trainer fetches metrics (blocks) at step `warmup`, so no warm-up step is
+    # still running when the clock starts at the next batch request.
     cfg = TrainConfig(train_steps=warmup + steps, batch_size=batch_size, num_microbatches=microbatches,
-                      log_every=warmup + steps,
+                      log_every=max(warmup, 1),
                       optimizer=OptimizerConfig(name="adafactor", learning_rate=1e-3, schedule="constant"))
     start = time.perf_counter()
     result = trainer.train(cfg, config, lambda shard: data)
