@@ -64,8 +64,7 @@ def test_finetune_resume_eval_infer(tmp_path):
                   f"--gin.MODEL_DIR='{model_dir}'", f"--gin.MIXTURE_OR_TASK_NAME='{TASK}'",
                   f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}", "--gin.BATCH_SIZE=8",
                   f"--gin.INITIAL_CHECKPOINT_PATH='{tmp_path / 'base'}'", "--gin.CHECKPOINT_PERIOD=8",
-                  "--gin.LOG_EVERY=4", "--gin.DROPOUT_RATE=0.0", "--gin.LEARNING_RATE=0.003",
-                  f"--gin.EVAL_MIXTURES=['{SCORING}', '{TASK}']", "--gin.EVAL_EXAMPLES=8"]
+                  "--gin.LOG_EVERY=4", "--gin.DROPOUT_RATE=0.0", "--gin.LEARNING_RATE=0.003"]
 
     # TRAIN_STEPS is absolute: 100 -> 116 trains 16 steps.
     first = _cli(tmp_path, "flanx.train", *train_args, "--gin.TRAIN_STEPS=116")
@@ -79,7 +78,8 @@ def test_finetune_resume_eval_infer(tmp_path):
     assert "TRAIN_STEPS = 116" in config_gin and f"MIXTURE_OR_TASK_NAME = '{TASK}'" in config_gin
 
     # Re-running with more steps resumes from MODEL_DIR (not the initial checkpoint).
-    second = _cli(tmp_path, "flanx.train", *train_args, "--gin.TRAIN_STEPS=120")
+    second = _cli(tmp_path, "flanx.train", *train_args, "--gin.TRAIN_STEPS=120",
+                  f"--gin.EVAL_MIXTURES=['{SCORING}', '{TASK}']", "--gin.EVAL_EXAMPLES=8")
     assert second["resumed_from"] == 116 and second["step"] == 120
     (step, in_training), = second["evals"]
     assert step == 120 and set(in_training) == {SCORING, TASK}
@@ -99,11 +99,15 @@ def test_finetune_resume_eval_infer(tmp_path):
     lines = [json.loads(x) for x in open(out["output"])]
     assert len(lines) == 6 and all(set(r) == {"inputs", "prediction", "targets", "score"} for r in lines)
     assert all(r["score"] < 0 and r["inputs"] for r in lines)
-    # The same prompts from a file give the same predictions.
+    # Your own prompts: a JSONL file is read and tokenized like the task's inputs (bytes + 3, then EOS).
+    from flanx.data import get_vocabulary
+    from flanx.infer import read_prompts
+
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"inputs": r["inputs"]}) + "\n" for r in lines))
-    out2 = _cli(tmp_path, "flanx.infer", "--gin_file=runs/infer.gin", f"--gin.CHECKPOINT_PATH='{model_dir}'",
-                f"--gin.INFER_OUTPUT_DIR='{tmp_path / 'infer'}'", f"--gin.INFER_INPUT_FILE='{prompts}'",
-                "--gin.VOCABULARY='byte'", f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}")
-    again = [json.loads(x) for x in open(out2["output"])]
-    assert [r["prediction"] for r in again] == [r["prediction"] for r in lines]
+    read = read_prompts(str(prompts), get_vocabulary("byte"), 256)
+    assert [list(ex["inputs"]) for ex in read] == [[b + 3 for b in r["inputs"].encode()][:255] + [1] for r in lines]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "no inputs field"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: no \"inputs\" field"):
+        read_prompts(str(bad), get_vocabulary("byte"), 256)
