@@ -61,7 +61,8 @@ def test_lora_trains_only_adapters_and_loss_decreases(tmp_path):
 
 @pytest.mark.slow
 def test_full_finetune_learns_synthetic_task_and_logs(tmp_path):
-    cfg = TrainConfig(train_steps=60, batch_size=8, log_every=20, model_dir=str(tmp_path), checkpoint_period=30,
+    cfg = TrainConfig(train_steps=60, batch_size=8, log_every=20, model_dir=str(tmp_path), checkpoint_period=20,
+                      keep_checkpoints=2,
                       optimizer=OptimizerConfig(learning_rate=0.01, schedule="linear", warmup_steps=5))
     data = lambda shard: SyntheticBatches(shard, 24, 12, vocab_size=32)  # noqa: E731
     res = trainer.train(cfg, TINY, data)
@@ -74,7 +75,7 @@ def test_full_finetune_learns_synthetic_task_and_logs(tmp_path):
     for r in rows:  # the logged rate is the schedule's rate of the step that produced the line
         assert r["learning_rate"] == pytest.approx(float(sched(r["step"] - 1)), rel=1e-5)
         assert r["tokens_per_s"] > 0 and np.isfinite(r["loss"])
-    assert Checkpointer(str(tmp_path / "checkpoints")).all_steps() == [30, 60]
+    assert Checkpointer(str(tmp_path / "checkpoints")).all_steps() == [40, 60]  # saved 20, 40, 60; keep 2
     assert (tmp_path / "tb" / "train").is_dir() and (tmp_path / "flanx.json").is_file()
 
 
