@@ -56,13 +56,12 @@ def test_mixtures_show_prints_the_rate_rule_shares(capsys):
         parts = line.split()
         if parts and parts[0] in rows:
             printed[parts[0]] = (int(parts[1]), float(parts[3].rstrip("%")) / 100, float(parts[4]))
-    assert set(printed) == set(rows) and len(rows) == 6
-    # Independently: 4 cards x 4000 rows, cap 3000, zero-shot formats only: intent/sentiment split
-    # over zsopt and zsnoopt, the others have zsnoopt alone.
+    assert set(printed) == set(rows) and len(rows) == 4
+    # Independently: 4 cards x 4000 rows, cap 3000 for all, one zero-shot format each -> equal shares.
+    assert {t.rsplit("_", 1)[1] for t in printed} == {"zsopt", "zsnoopt"}
+    assert [t for t in printed if t.endswith("zsopt")] == [t for t in printed if "intent" in t or "sentiment" in t]
     for task, (n, share, per_epoch) in printed.items():
-        formats = 2 if ("intent" in task or "sentiment" in task) else 1
-        assert n == 4000 and share == pytest.approx(1 / 4 / formats, abs=5e-5)
-        assert per_epoch == pytest.approx(16000 / 4 / formats, abs=0.5)
+        assert n == 4000 and share == pytest.approx(0.25, abs=5e-5) and per_epoch == pytest.approx(4000, abs=0.5)
     code, _, err = run(capsys, "mixtures", "show", "synth_multitsk")
     assert code == 2 and "synth_multitask" in err
     code, out, _ = run(capsys, "mixtures", "list")

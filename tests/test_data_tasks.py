@@ -112,7 +112,7 @@ def test_fewshot_exemplars_come_from_train_and_never_the_example_itself():
             if split == "train":
                 assert own not in lines[:-1] or train_lines[own] > 1
             for line in lines[:-1]:  # each exemplar ends with its own answer, then the separator
-                assert "\n" + re.search(r"[Oo]rder (\d{3})", line).group(1) + "\n\n" in ex["inputs_pretokenized"]
+                assert "\n" + re.search(r"[Oo]rder (\d{2})", line).group(1) + "\n\n" in ex["inputs_pretokenized"]
             kept.append(len(lines) - 1)
     assert set(kept) <= {0, 1, 2} and kept.count(2) > 100  # k=2 exemplars usually fit in 480 bytes
 

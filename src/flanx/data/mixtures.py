@@ -67,10 +67,16 @@ def register_mixture(name: str, entries: list[tuple[str, float | ExamplesRate]],
 
 
 def card_entries(card: TaskCard, rate: ExamplesRate, formats=None) -> list[tuple[str, ExamplesRate]]:
-    """A card's training tasks (one per format) with the rate split evenly over them."""
+    """A card's training tasks (one per format) with the rate split evenly over them.
+
+    `formats` may name formats (`zsopt`, ...) or `zs` / `fs`: the card's own
+    zero-/few-shot format, with options when the card has them.
+    """
     specs = [s for s in task_specs(card) if not s.scoring and not s.per_template]
     if formats:
-        specs = [s for s in specs if s.fmt in formats]
+        opt = "opt" if card.has_options else "noopt"
+        wanted = {f"{f}{opt}" if f in ("zs", "fs") else f for f in formats}
+        specs = [s for s in specs if s.fmt in wanted]
     if not specs:
         raise ValueError(f"task card {card.name!r} has none of the formats {formats}")
     share = rate.share / len(specs)

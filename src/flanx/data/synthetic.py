@@ -8,7 +8,7 @@ Generators (task cards pick fields from their rows):
 
 - `chat`: a three-turn chat between a customer and an agent about one of five
   intents (delivery, refund, password, billing, cancel), always naming a
-  3-digit order number, ending with a happy or unhappy customer line. Fields: `chat`,
+  2-digit order number, ending with a happy or unhappy customer line. Fields: `chat`,
   `summary` (at most 48 bytes, built from the same slots), `intent`,
   `order_number`, `customer`, `sentiment`, `refund` (yes/no).
 - `order_total`: a one-line purchase with two prices of 1 to 5 dollars.
@@ -62,7 +62,7 @@ def _rng(generator: str, split: str, seed: int) -> random.Random:
 def chat_row(rng: random.Random) -> dict[str, str]:
     name = rng.choice(CUSTOMERS)
     intent = rng.choice(INTENTS)
-    order = str(rng.randrange(100, 1000))
+    order = str(rng.randrange(10, 100))
     slots = {"o": order, "n": name, "d": rng.choice(DAYS), "k": str(rng.randrange(2, 8)),
              "a": str(rng.randrange(5, 60))}
     asks, replies, summary = _SCRIPTS[intent]
