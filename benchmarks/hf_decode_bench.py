@@ -6,7 +6,8 @@
 - weights: flanx `init_params(preset)` exported with `export_hf`; flanx reads
   them back with `import_hf`, transformers with `from_pretrained`;
 - inputs: random token ids, `--inputs_length` (512) long, no padding;
-- cases: greedy and beam search (4 beams), batch 1 and 8; every case
+- cases: greedy and beam search (4 beams), batch 1 and 8 (the one-core
+  pair, `flanx_1c` / `torch_1c`, runs greedy only); every case
   generates exactly `--new_tokens` tokens per row: the end-of-sequence id is
   set to an id outside the vocabulary on both sides, so no row stops early
   and both sides do the same number of decoder steps;
@@ -138,22 +139,32 @@ def agreement(a, b) -> float | None:
 
 def run(models=("tiny", "t5_1_1_small"), inputs_length: int = 512, new_tokens: int = 64,
         methods=METHODS, batches=BATCHES, warmup: int = 1, repeats: int = 3, threads: int = 2,
-        timeout: float = 900, sides=SIDES, write: bool = True) -> dict:
+        timeout: float = 900, sides=SIDES, one_core_methods=("greedy",), write: bool = True) -> dict:
+    """Both side pairs for every model; the one-core pair runs only `one_core_methods`."""
     cases = case_names(methods, batches)
     rows, summary = [], []
     with tempfile.TemporaryDirectory(prefix="flanx_decode_bench_") as tmp:
         for model in models:
             model_dir, inputs_path = prepare(model, max(batches), inputs_length, Path(tmp))
-            base = ["--model_dir", str(model_dir), "--inputs_path", str(inputs_path), "--cases", ",".join(cases),
-                    "--new_tokens", str(new_tokens), "--threads", str(threads)]
-            specs = {side: ("benchmarks.hf_decode_bench", ["--side", side] + base) for side in sides}
             print(f"decode {model}: inputs {inputs_length}, {new_tokens} new tokens", flush=True)
-            res = common.interleaved(specs, cases, warmup, repeats, timeout, run_timeout=timeout)
+            res = {}
+            for group in (tuple(s for s in sides if not common.side_cores(s)),
+                          tuple(s for s in sides if common.side_cores(s))):
+                group_cases = [c for c in cases if not common.side_cores(group[0]) or
+                               _parse_case(c)[0] in one_core_methods] if group else []
+                if not group_cases:
+                    continue
+                base = ["--model_dir", str(model_dir), "--inputs_path", str(inputs_path),
+                        "--cases", ",".join(group_cases), "--new_tokens", str(new_tokens), "--threads", str(threads)]
+                specs = {side: ("benchmarks.hf_decode_bench", ["--side", side] + base) for side in group}
+                res.update(common.interleaved(specs, group_cases, warmup, repeats, timeout, run_timeout=timeout))
             for case in cases:
                 method, batch = _parse_case(case)
                 rates = {side: None for side in SIDES}
                 for side in sides:
                     r = res[side]
+                    if r["status"] == "ok" and case not in r["cases"]:
+                        continue  # not run on this side
                     ok = r["status"] == "ok"
                     stats = r["cases"][case] if ok else {}
                     rate = batch * new_tokens / stats["median_s"] if ok else None

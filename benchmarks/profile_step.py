@@ -14,13 +14,19 @@ train step on one packed batch (`common.packed_batch`):
 
 For each piece XLA's cost analysis gives FLOPs and bytes accessed, so the
 achieved GFLOP/s shows whether a piece is compute- or memory-bound.
-`--trace_dir` also records a `jax.profiler` trace of a few full steps
-(open with TensorBoard / xprof); `--dump_hlo DIR` writes the step's optimized HLO.
+
+`--trace_dir DIR` also records a `jax.profiler` trace of one full step and
+attributes each XLA op's time (from the trace) to a part of the model via the
+op's `op_name` metadata in the optimized HLO: dense matmuls, attention
+einsums, attention softmax / mask / bias, norms, MLP activations, the
+optimizer and the rest (reading the trace uses TensorFlow's xplane proto; CPU
+traces only). `--dump_hlo DIR` writes the step's optimized HLO.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from benchmarks import common
@@ -87,12 +93,60 @@ def profile(model: str, batch_size: int, inputs_length: int, targets_length: int
     for r in rows:
         r["share_of_step"] = r["median_s"] / step_s
     if trace_dir:
-        step = jax.jit(train_step)
-        jax.block_until_ready(step(state, batch))
+        compiled = jax.jit(train_step).lower(state, batch).compile()
+        jax.block_until_ready(compiled(state, batch))
         with jax.profiler.trace(trace_dir):
-            for _ in range(2):
-                jax.block_until_ready(step(state, batch))
+            jax.block_until_ready(compiled(state, batch))
+        Path(trace_dir, "train_step.hlo.txt").write_text(compiled.as_text())
     return rows
+
+
+def _category(op_name: str) -> str:
+    """Which part of the train step an HLO op's `op_name` belongs to."""
+    backward = "transpose(" in op_name
+    path = re.sub(r"jit\([^)]*\)/|transpose\(|jvp\(|\)", "", op_name)
+    module, _, prim = path.rpartition("/")
+    if "vmap(" in op_name or "dot_product_attention" in op_name:
+        part = "attention einsums" if prim == "dot_general" else "attention softmax/mask/bias"
+    elif re.search(r"/(query|key|value|out|wi|wi_\d|wo|logits_dense)$", module) and prim in ("dot_general", "transpose"):
+        part = "dense matmuls (incl. logits)"
+    elif "relpos_bias" in module:
+        part = "relative position bias"
+    elif "_norm" in module:
+        part = "RMS norms"
+    elif module.endswith("/mlp"):
+        part = "MLP activation and gating"
+    elif "Transformer" not in op_name:
+        part = "optimizer, loss and the rest"
+    else:
+        part = "residuals, embedding, other model ops"
+    return f"{part} ({'backward' if backward else 'forward'})" if "Transformer" in op_name else part
+
+
+def attribute_trace(trace_dir: str) -> list[dict]:
+    """Seconds per model part in the trace written by `profile(trace_dir=...)`."""
+    import glob
+
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2  # the trace format (TensorFlow ships it)
+
+    space = xplane_pb2.XSpace()
+    space.ParseFromString(Path(glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True)[-1]).read_bytes())
+    plane = next(p for p in space.planes if p.name == "/host:CPU")
+    names = {k: v.name for k, v in plane.event_metadata.items()}
+    op_names = dict(re.findall(r'^\s*(?:ROOT )?%([\w.\-]+) = .*?op_name="([^"]*)"',
+                               Path(trace_dir, "train_step.hlo.txt").read_text(), re.M))
+    seconds: dict[str, float] = {}
+    for line in plane.lines:
+        if not line.name.startswith("tf_XLAEigen"):  # XLA's op threads
+            continue
+        for event in line.events:
+            name = names.get(event.metadata_id, "")
+            if name.startswith(("ThunkExecutor", "end:")):
+                continue
+            part = _category(op_names[name]) if name in op_names else "unattributed"
+            seconds[part] = seconds.get(part, 0.0) + event.duration_ps / 1e12
+    total = sum(seconds.values()) or 1.0
+    return [{"part": k, "seconds": v, "share": v / total} for k, v in sorted(seconds.items(), key=lambda kv: -kv[1])]
 
 
 def main(argv=None) -> None:
@@ -113,8 +167,12 @@ def main(argv=None) -> None:
     print(common.table(rows, ["piece", "median_s", "share_of_step", "xla_gflops", "gflop_per_s", "gbytes"],
                        f"flanx train step profile: {a.model}, batch {a.batch_size} x "
                        f"{a.inputs_length}/{a.targets_length}, {a.dtype}"), flush=True)
+    parts = []
+    if a.trace_dir:
+        parts = attribute_trace(a.trace_dir)
+        print(common.table(parts, ["part", "seconds", "share"], "one train step, time by model part (XLA ops)"))
     if a.json:
-        Path(a.json).write_text(json.dumps(rows, indent=2))
+        Path(a.json).write_text(json.dumps({"pieces": rows, "parts": parts}, indent=2))
 
 
 if __name__ == "__main__":

@@ -31,14 +31,16 @@ TARGETS = {
     "data": (5.0, "pipeline batches/s / train steps/s, each mixture against each measured model"),
 }
 FULL = {"models": ("tiny", "t5_1_1_small"), "batch_size": 8, "inputs_length": 512, "targets_length": 128,
-        "new_tokens": 64, "repeats": 3, "warmup": 1, "train_warmup": 0, "window_batches": 100, "windows": 3,
+        "new_tokens": 64, "repeats": 3, "warmup": 0, "train_warmup": 0, "window_batches": 100, "windows": 3,
         "compile_timeout": 420, "train_sides": ("flanx", "torch", "flanx_1c", "torch_1c", "torch_compile"),
-        "decode_sides": ("flanx", "torch", "flanx_1c", "torch_1c"), "decode_batches": (1, 8), "real_data": None}
+        "decode_sides": ("flanx", "torch", "flanx_1c", "torch_1c"), "decode_batches": (1, 8), "real_data": None,
+        # torch.compile's first t5_1_1_small step took 1,046 s here (docs/performance.md): tiny only by default
+        "compile_models": ("tiny",)}
 # --toy: no torch.compile (it takes minutes even for tiny) and the synthetic mixtures.
 TOY = {"models": ("tiny",), "batch_size": 2, "inputs_length": 64, "targets_length": 16, "new_tokens": 8,
        "repeats": 2, "warmup": 0, "train_warmup": 0, "window_batches": 5, "windows": 2, "compile_timeout": 300,
        "train_sides": ("flanx", "torch"), "decode_sides": ("flanx", "torch"), "decode_batches": (2,),
-       "real_data": False}
+       "real_data": False, "compile_models": ()}
 
 
 def check_targets(train: dict | None, decode: dict | None, data: dict | None) -> list[dict]:
@@ -88,7 +90,7 @@ def run(settings: dict, only=("train", "decode", "data")) -> dict:
         t0 = time.perf_counter()
         train = hf_train_bench.run(s["models"], s["batch_size"], s["inputs_length"], s["targets_length"],
                                    s["train_warmup"], s["repeats"], s["train_sides"],
-                                   compile_timeout=s["compile_timeout"])
+                                   compile_timeout=s["compile_timeout"], compile_models=s["compile_models"])
         timings["train_s"] = time.perf_counter() - t0
     if "decode" in only:
         t0 = time.perf_counter()
@@ -131,6 +133,7 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int)
     p.add_argument("--compile_timeout", type=float, help="seconds allowed for torch.compile's first step")
     p.add_argument("--no_compile", action="store_true", help="skip the torch.compile side")
+    p.add_argument("--compile_models", help="models to run torch.compile for (default: tiny)")
     a = p.parse_args(argv)
     settings = dict(TOY if a.toy else FULL)
     if a.models:
@@ -139,6 +142,8 @@ def main(argv=None) -> None:
         settings["repeats"] = a.repeats
     if a.compile_timeout:
         settings["compile_timeout"] = a.compile_timeout
+    if a.compile_models:
+        settings["compile_models"] = tuple(a.compile_models.split(","))
     if a.no_compile:
         settings["train_sides"] = tuple(x for x in settings["train_sides"] if x != "torch_compile")
     run(settings, tuple(a.only.split(",")))
