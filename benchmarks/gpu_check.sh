@@ -5,13 +5,16 @@
 #
 # Needs jax with CUDA, flax, optax and numpy; flanx need not be installed (PYTHONPATH=src), and
 # TensorFlow, seqio and gin are not used. Runs benchmarks/mfu.py for t5_1_1_large and t5_1_1_base
-# at 512/128, packed synthetic batches, bf16 activations, with scan and remat choices, most
+# at 512/128, packed synthetic batches, bf16 activations, with scan and remat choices and two
+# attention experiments (one relative position bias for all rows; cuDNN fused attention), most
 # important first; each run is its own process with a time limit, and no new run starts once
 # BUDGET_S seconds (default 390) have passed. Batch sizes are for ~78 GiB (H100 80GB); a run that
 # runs out of memory halves its batch and retries (mfu.py --oom_retries).
 #
 # TOY=1 runs two tiny configurations instead (a CPU dry run of the script itself).
-# Writes to $OUT: mfu.jsonl (one JSON result per run), table.md, <run>.log, devices.txt, nvidia-smi.txt.
+# Writes to $OUT: mfu.jsonl (one JSON result per run), table.md, <run>.log, devices.txt, nvidia-smi.txt,
+# trace_large/ (jax.profiler trace of one t5_1_1_large step + its HLO). Split that trace by model
+# part on a machine with TensorFlow: python -m benchmarks.profile_step --attribute <OUT>/trace_large
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/results/gpu}"
@@ -51,20 +54,25 @@ run() {
 
 if [[ "${TOY:-0}" == 1 ]]; then  # CPU dry run of this script: toy sizes, made-up 1 TFLOP/s peak
     run toy_scan_dots 240 --model tiny --batch_size 2 --inputs_length 32 --targets_length 16 --steps 1 \
-        --windows 2 --warmup 1 --peak_tflops 1 --scan_layers true --remat dots_saveable
+        --windows 2 --warmup 1 --peak_tflops 1 --scan_layers true --remat dots_saveable --trace_dir "$OUT/trace_toy"
     run toy_noscan 240 --model tiny --batch_size 2 --inputs_length 32 --targets_length 16 --steps 1 \
-        --windows 2 --warmup 1 --peak_tflops 1 --scan_layers false --remat full --no_dot_count
+        --windows 2 --warmup 1 --peak_tflops 1 --scan_layers false --remat full --no_dot_count --no_positions
     "$PY" -m benchmarks.mfu --summarize "$OUT/mfu.jsonl" | tee "$OUT/table.md"
     exit 0
 fi
 
-run large_scan_dots   150 --model t5_1_1_large --batch_size 48  --scan_layers true  --remat dots_saveable
-run large_scan_none   120 --model t5_1_1_large --batch_size 32  --scan_layers true  --remat none
-run large_scan_full   120 --model t5_1_1_large --batch_size 128 --scan_layers true  --remat full
-run base_scan_none    90  --model t5_1_1_base  --batch_size 64  --scan_layers true  --remat none
-run large_noscan_dots 150 --model t5_1_1_large --batch_size 48  --scan_layers false --remat dots_saveable --no_dot_count
-run base_noscan_none  90  --model t5_1_1_base  --batch_size 64  --scan_layers false --remat none --no_dot_count
-run base_scan_dots    90  --model t5_1_1_base  --batch_size 128 --scan_layers true  --remat dots_saveable
+# 1. the measured baseline (16% MFU on H100, docs/performance.md), with a profile of one step
+run large_dots        150 --model t5_1_1_large --batch_size 48  --remat dots_saveable --trace_dir "$OUT/trace_large"
+# 2. one relative position bias for all rows (same logits): no per-row [B, heads, T, S] bias and its scatter
+run large_dots_nopos  120 --model t5_1_1_large --batch_size 48  --remat dots_saveable --no_positions
+# 3. cuDNN fused attention (experiment: bias cast to bf16)
+run large_dots_cudnn  120 --model t5_1_1_large --batch_size 48  --remat dots_saveable --no_positions --attention cudnn
+# 4. remat choices
+run large_none        120 --model t5_1_1_large --batch_size 32  --remat none --no_positions
+run large_full        120 --model t5_1_1_large --batch_size 96  --remat full --no_positions
+run base_none         90  --model t5_1_1_base  --batch_size 64  --remat none --no_positions
+run large_noscan_dots 150 --model t5_1_1_large --batch_size 48  --remat dots_saveable --no_positions \
+    --scan_layers false --no_dot_count
 
 "$PY" -m benchmarks.mfu --summarize "$OUT/mfu.jsonl" | tee "$OUT/table.md"
 echo "total $(( $(date +%s) - START ))s; results in $OUT"

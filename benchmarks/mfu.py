@@ -43,6 +43,7 @@ gives the step time.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import os
@@ -105,9 +106,33 @@ def dot_flops(closed_jaxpr) -> int:
     return total
 
 
+def use_cudnn_attention() -> None:
+    """Route every `jax.nn.dot_product_attention` call of this process to cuDNN's fused kernel.
+
+    An experiment, not a flanx option: q/k/v must be bf16 (`--dtype bfloat16`);
+    the relative position bias is cast to bf16 for the kernel.
+    """
+    import jax
+
+    xla_attention = jax.nn.dot_product_attention
+
+    def cudnn_attention(query, key, value, bias=None, mask=None, **kwargs):
+        kwargs["implementation"] = "cudnn"
+        bias = None if bias is None else bias.astype(query.dtype)
+        return xla_attention(query, key, value, bias=bias, mask=mask, **kwargs)
+
+    jax.nn.dot_product_attention = cudnn_attention
+
+
 def build(model: str, batch_size: int, inputs_length: int, targets_length: int, dtype: str, scan_layers: bool,
-          remat: str, dropout: float, seed: int = 0):
-    """(config, jitted step, state, device batch, step fn) for one configuration."""
+          remat: str, dropout: float, seed: int = 0, positions: bool = True):
+    """(config, jitted step, state, device batch, step fn, host batch) for one configuration.
+
+    `positions=False` drops `encoder_positions` / `decoder_positions` from the
+    batch: relative position biases then come from row offsets, shared by all
+    rows. Within a packed segment `key - query` is the same either way and
+    attention across segments is masked, so the logits are identical.
+    """
     import jax
 
     from flanx.models import get_config, init_params
@@ -122,20 +147,30 @@ def build(model: str, batch_size: int, inputs_length: int, targets_length: int, 
     init = jax.jit(lambda key: step_lib.init_state(init_params(config, key), optimizer, None, seed))
     state = init(jax.random.PRNGKey(seed))
     batch = common.packed_batch(batch_size, inputs_length, targets_length, config.vocab_size, seed)
+    if not positions:
+        batch = {k: v for k, v in batch.items() if not k.endswith("_positions")}
     return config, jax.jit(fn, donate_argnums=(0,)), state, jax.device_put(batch), fn, batch
 
 
 def measure(model: str = "t5_1_1_base", batch_size: int = 32, inputs_length: int = 512, targets_length: int = 128,
             dtype: str = "bfloat16", scan_layers: bool = True, remat: str = "none", dropout: float = 0.0,
             warmup: int = 2, steps: int = 5, windows: int = 3, peak: float | None = None,
-            count_dots: bool = True) -> dict:
-    """Compile, time and account one configuration; returns the result dict (see `main`)."""
+            count_dots: bool = True, positions: bool = True, attention: str = "xla",
+            trace_dir: str | None = None) -> dict:
+    """Compile, time and account one configuration; returns the result dict (see `main`).
+
+    `trace_dir`: also record a `jax.profiler` trace of one more step there,
+    with the compiled HLO (`train_step.hlo.txt.gz`) so that
+    `benchmarks.profile_step.attribute_trace` can split its time by model part.
+    """
     import jax
 
+    if attention == "cudnn":
+        use_cudnn_attention()
     device = jax.devices()[0]
     t0 = time.perf_counter()
     config, step, state, batch, fn, host_batch = build(model, batch_size, inputs_length, targets_length, dtype,
-                                                       scan_layers, remat, dropout)
+                                                       scan_layers, remat, dropout, positions=positions)
     executed = dot_flops(jax.make_jaxpr(fn)(state, batch)) if count_dots else None
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
@@ -152,6 +187,13 @@ def measure(model: str = "t5_1_1_base", batch_size: int = 32, inputs_length: int
         jax.block_until_ready(metrics)
         window_s.append((time.perf_counter() - start) / steps)
     step_s = statistics.median(window_s)
+    if trace_dir:
+        os.makedirs(trace_dir, exist_ok=True)
+        with gzip.open(os.path.join(trace_dir, "train_step.hlo.txt.gz"), "wt") as f:
+            f.write(compiled.as_text())
+        with jax.profiler.trace(trace_dir):
+            state, metrics = compiled(state, batch)
+            jax.block_until_ready(metrics)
     flops = model_flops(config, inputs_length, targets_length, batch_size)
     peak = peak if peak is not None else peak_tflops(device.device_kind)
     achieved = flops["step"] / step_s / 1e12
@@ -159,7 +201,7 @@ def measure(model: str = "t5_1_1_base", batch_size: int = 32, inputs_length: int
     result = {
         "model": model, "batch_size": batch_size, "inputs_length": inputs_length,
         "targets_length": targets_length, "dtype": dtype, "scan_layers": scan_layers, "remat": remat,
-        "dropout": dropout, "device_kind": device.device_kind, "platform": device.platform,
+        "dropout": dropout, "positions": positions, "attention": attention, "device_kind": device.device_kind, "platform": device.platform,
         "num_params": int(sum(x.size for x in jax.tree.leaves(state.params))),
         "compile_s": compile_s, "step_s": step_s, "window_step_s": window_s,
         "sequences_per_s": batch_size / step_s, "examples_per_s": examples / step_s,
@@ -217,7 +259,8 @@ def run(args) -> dict:
         try:
             result = measure(args.model, batch, args.inputs_length, args.targets_length, args.dtype,
                              args.scan_layers, args.remat, args.dropout, args.warmup, args.steps, args.windows,
-                             args.peak_tflops, not args.no_dot_count)
+                             args.peak_tflops, not args.no_dot_count, not args.no_positions, args.attention,
+                             args.trace_dir)
             result.update(status="ok", requested_batch_size=args.batch_size)
             return result
         except Exception as e:  # noqa: BLE001 - report every failure as a result row
@@ -227,12 +270,14 @@ def run(args) -> dict:
                 continue
             return {"status": "failed", "reason": f"{type(e).__name__}: {str(e)[:500]}", "model": args.model,
                     "batch_size": batch, "requested_batch_size": args.batch_size, "scan_layers": args.scan_layers,
-                    "remat": args.remat, "dtype": args.dtype}
+                    "remat": args.remat, "dtype": args.dtype, "positions": not args.no_positions,
+                    "attention": args.attention}
     raise AssertionError("unreachable")
 
 
-COLUMNS = ["model", "batch_size", "scan_layers", "remat", "dtype", "dropout", "status", "compile_s", "step_s",
-           "sequences_per_s", "tokens_per_s", "achieved_tflops", "mfu", "hfu", "peak_memory_gib"]
+COLUMNS = ["model", "batch_size", "scan_layers", "remat", "dtype", "dropout", "positions", "attention", "status",
+           "compile_s", "step_s", "sequences_per_s", "tokens_per_s", "achieved_tflops", "mfu", "hfu",
+           "peak_memory_gib"]
 
 
 def _bool(text: str) -> bool:
@@ -259,6 +304,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--peak_tflops", type=float, default=None, help="override the device's bf16 peak")
     p.add_argument("--oom_retries", type=int, default=2, help="halve the batch this often on out-of-memory")
     p.add_argument("--no_dot_count", action="store_true", help="skip counting dot FLOPs in the jaxpr")
+    p.add_argument("--no_positions", action="store_true",
+                   help="drop *_positions from the batch: one relative position bias for all rows (same logits)")
+    p.add_argument("--attention", default="xla", choices=("xla", "cudnn"),
+                   help="experiment: cuDNN fused attention for every attention call (bf16 only)")
+    p.add_argument("--trace_dir", help="record a jax.profiler trace of one step (+ its HLO) here")
     p.add_argument("--out", default=None, help="append the result as one JSON line to this file")
     p.add_argument("--summarize", metavar="JSONL", help="only print the table of the results in this file")
     return p

@@ -25,6 +25,7 @@ traces only). `--dump_hlo DIR` writes the step's optimized HLO.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import re
 from pathlib import Path
@@ -123,28 +124,57 @@ def _category(op_name: str) -> str:
     return f"{part} ({'backward' if backward else 'forward'})" if "Transformer" in op_name else part
 
 
+def _hlo_text(trace_dir: str) -> str:
+    for name in ("train_step.hlo.txt", "train_step.hlo.txt.gz"):
+        path = Path(trace_dir, name)
+        if path.is_file():
+            return gzip.decompress(path.read_bytes()).decode() if name.endswith(".gz") else path.read_text()
+    raise FileNotFoundError(f"{trace_dir}: no train_step.hlo.txt(.gz) beside the trace")
+
+
+def _op_events(space):
+    """(HLO op name, seconds) for every XLA op event: CPU op threads or GPU kernels."""
+    for plane in space.planes:
+        names = {k: v.name for k, v in plane.event_metadata.items()}
+        stat_names = {k: v.name for k, v in plane.stat_metadata.items()}
+        if plane.name == "/host:CPU":
+            for line in plane.lines:
+                if line.name.startswith("tf_XLAEigen"):  # XLA's op threads
+                    for event in line.events:
+                        name = names.get(event.metadata_id, "")
+                        if not name.startswith(("ThunkExecutor", "end:")):
+                            yield name, event.duration_ps / 1e12
+        elif plane.name.startswith("/device:GPU"):
+            for line in plane.lines:
+                if not line.name.startswith("Stream"):
+                    continue
+                for event in line.events:
+                    op = names.get(event.metadata_id, "")
+                    for stat in list(event.stats) + list(plane.event_metadata[event.metadata_id].stats):
+                        if stat_names.get(stat.metadata_id) == "hlo_op":
+                            op = stat.str_value or stat_names.get(stat.ref_value, op)
+                    yield op, event.duration_ps / 1e12
+
+
 def attribute_trace(trace_dir: str) -> list[dict]:
-    """Seconds per model part in the trace written by `profile(trace_dir=...)`."""
+    """Seconds per model part in a trace from `profile(trace_dir=...)` or `mfu.py --trace_dir`."""
     import glob
 
     from tensorflow.tsl.profiler.protobuf import xplane_pb2  # the trace format (TensorFlow ships it)
 
     space = xplane_pb2.XSpace()
     space.ParseFromString(Path(glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True)[-1]).read_bytes())
-    plane = next(p for p in space.planes if p.name == "/host:CPU")
-    names = {k: v.name for k, v in plane.event_metadata.items()}
-    op_names = dict(re.findall(r'^\s*(?:ROOT )?%([\w.\-]+) = .*?op_name="([^"]*)"',
-                               Path(trace_dir, "train_step.hlo.txt").read_text(), re.M))
+    hlo = _hlo_text(trace_dir)
+    op_names = dict(re.findall(r'^\s*(?:ROOT )?%([\w.\-]+) = .*?op_name="([^"]*)"', hlo, re.M))
+    # loops and calls enclose their bodies' ops, which the trace also records one by one
+    containers = set(re.findall(r'^\s*(?:ROOT )?%([\w.\-]+) = (?:\(.*?\)|\S+) (?:while|call|conditional)\(',
+                                hlo, re.M))
     seconds: dict[str, float] = {}
-    for line in plane.lines:
-        if not line.name.startswith("tf_XLAEigen"):  # XLA's op threads
+    for name, duration in _op_events(space):
+        if name in containers:
             continue
-        for event in line.events:
-            name = names.get(event.metadata_id, "")
-            if name.startswith(("ThunkExecutor", "end:")):
-                continue
-            part = _category(op_names[name]) if name in op_names else "unattributed"
-            seconds[part] = seconds.get(part, 0.0) + event.duration_ps / 1e12
+        part = _category(op_names[name]) if name in op_names else "unattributed"
+        seconds[part] = seconds.get(part, 0.0) + duration
     total = sum(seconds.values()) or 1.0
     return [{"part": k, "seconds": v, "share": v / total} for k, v in sorted(seconds.items(), key=lambda kv: -kv[1])]
 
@@ -161,7 +191,13 @@ def main(argv=None) -> None:
     p.add_argument("--trace_dir")
     p.add_argument("--dump_hlo")
     p.add_argument("--json", help="also write the rows here")
+    p.add_argument("--attribute", metavar="TRACE_DIR", help="only split an existing trace (e.g. from mfu.py "
+                   "--trace_dir on a GPU) by model part")
     a = p.parse_args(argv)
+    if a.attribute:
+        print(common.table(attribute_trace(a.attribute), ["part", "seconds", "share"],
+                           f"{a.attribute}: time by model part (XLA ops)"))
+        return
     rows = profile(a.model, a.batch_size, a.inputs_length, a.targets_length, a.repeats, a.scan, a.dtype,
                    a.trace_dir, a.dump_hlo)
     print(common.table(rows, ["piece", "median_s", "share_of_step", "xla_gflops", "gflop_per_s", "gbytes"],

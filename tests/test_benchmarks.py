@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import common, mfu, run_all
+from benchmarks import common, mfu, profile_step, run_all
 from flanx.models import get_config, init_params
 from flanx.train import optim, step as step_lib
 from flanx.train.config import LossConfig, OptimizerConfig
@@ -107,7 +107,8 @@ def test_mfu_script_on_cpu_imports_no_tensorflow(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.mfu", "--model", "tiny", "--batch_size", "2", "--inputs_length", "32",
          "--targets_length", "16", "--warmup", "1", "--steps", "2", "--windows", "2", "--peak_tflops", "0.5",
-         "--scan_layers", "false", "--remat", "dots_saveable", "--out", str(out)],
+         "--scan_layers", "false", "--remat", "dots_saveable", "--trace_dir", str(tmp_path / "trace"),
+         "--out", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=300,
         env={**__import__("os").environ, "PYTHONPATH": f"{REPO}:{REPO / 'src'}"})
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -121,6 +122,26 @@ def test_mfu_script_on_cpu_imports_no_tensorflow(tmp_path):
     # dots_saveable keeps matmul outputs: nothing but non-matmul work is recomputed
     assert r["executed_dot_flops_per_step"] == r["model_flops_per_step"]
     assert np.isfinite(r["loss"]) and "flanx train step MFU" in proc.stdout
+    parts = profile_step.attribute_trace(str(tmp_path / "trace"))
+    assert sum(p["share"] for p in parts) == pytest.approx(1.0)
+    shares = {p["part"]: p["share"] for p in parts}
+    assert shares["dense matmuls (incl. logits) (backward)"] > 0 and shares["attention einsums (forward)"] > 0
+
+
+@pytest.mark.slow
+def test_dropping_positions_keeps_packed_logits():
+    """Why `mfu.py --no_positions` measures the same computation: relative positions are
+    shift-invariant within a packed segment, and attention across segments is masked."""
+    params = init_params(ODD, jax.random.PRNGKey(0))
+    batch = _batch(ODD, batch_size=3, li=40, lt=12)
+    model_apply = step_lib.model_apply_fn(ODD)
+    apply = jax.jit(lambda p, b: model_apply(p, b, None, False))
+    with_positions = np.asarray(apply(params, batch))
+    without = np.asarray(apply(params, {k: v for k, v in batch.items() if not k.endswith("_positions")}))
+    real = np.asarray(batch["decoder_target_tokens"]) > 0
+    assert np.array_equal(with_positions[real], without[real])
+    flat = dict(batch, decoder_positions=batch["decoder_positions"] * 0)  # positions do matter when they differ
+    assert not np.allclose(np.asarray(apply(params, flat))[real], with_positions[real])
 
 
 def test_worker_failure_is_reported_with_the_error(tmp_path):
