@@ -13,6 +13,11 @@ machine without TensorFlow, seqio, gin or torch.
   its own process (clean peak RSS, its own thread settings) and return the
   JSON it printed on a line starting with `RESULT `; a crash or a timeout
   comes back as `{"status": "failed", "reason": ...}`.
+- `interleaved(specs, cases, warmup, repeats, ...)` with `serve(...)` on the
+  worker side: several sides in their own processes, set up one after
+  another, then timed call by call in alternation (fair on a noisy machine);
+  `pin_cores(n)` / `side_cores(side)` / `baseline_side(side)` for the
+  one-core (`*_1c`) sides.
 - `table(rows, columns)`, `write_result(name, payload)`, `machine_info()`.
 """
 from __future__ import annotations

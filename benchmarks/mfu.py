@@ -38,7 +38,8 @@ MFU = model_flops / step_time / peak, with the peak dense bf16 TFLOP/s of the
 device taken from `PEAK_TFLOPS` by `jax.devices()[0].device_kind` (or
 `--peak_tflops`). Timing: compile, `--warmup` steps, then `--windows` windows
 of `--steps` steps each (blocking at the end of a window); the median window
-gives the step time.
+gives the step time. `compile_s` is the whole set-up: initialisation, tracing
+(and the jaxpr dot count) and XLA compilation.
 """
 from __future__ import annotations
 
