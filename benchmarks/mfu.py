@@ -108,21 +108,22 @@ def dot_flops(closed_jaxpr) -> int:
 
 
 def use_cudnn_attention() -> None:
-    """Route every `jax.nn.dot_product_attention` call of this process to cuDNN's fused kernel.
+    """Route flanx's attention (`flanx.models.layers.dot_product_attention`) in this process
+    to cuDNN's fused kernel through `jax.nn.dot_product_attention`.
 
     An experiment, not a flanx option: q/k/v must be bf16 (`--dtype bfloat16`);
-    the relative position bias is cast to bf16 for the kernel.
+    the additive bias (relative positions plus the folded mask) is cast to bf16
+    for the kernel.
     """
     import jax
 
-    xla_attention = jax.nn.dot_product_attention
+    from flanx.models import layers
 
-    def cudnn_attention(query, key, value, bias=None, mask=None, **kwargs):
-        kwargs["implementation"] = "cudnn"
-        bias = None if bias is None else bias.astype(query.dtype)
-        return xla_attention(query, key, value, bias=bias, mask=mask, **kwargs)
+    def cudnn_attention(query, key, value, bias):
+        return jax.nn.dot_product_attention(query, key, value, bias=bias.astype(query.dtype),
+                                            scale=1.0, implementation="cudnn")
 
-    jax.nn.dot_product_attention = cudnn_attention
+    layers.dot_product_attention = cudnn_attention
 
 
 def build(model: str, batch_size: int, inputs_length: int, targets_length: int, dtype: str, scan_layers: bool,

@@ -107,7 +107,7 @@ def _category(op_name: str) -> str:
     backward = "transpose(" in op_name
     path = re.sub(r"jit\([^)]*\)/|transpose\(|jvp\(|\)", "", op_name)
     module, _, prim = path.rpartition("/")
-    if "vmap(" in op_name or "dot_product_attention" in op_name:
+    if re.search(r"attention(/[a-z,]+->[a-z]+)?$", module) or "dot_product_attention" in op_name:
         part = "attention einsums" if prim == "dot_general" else "attention softmax/mask/bias"
     elif re.search(r"/(query|key|value|out|wi|wi_\d|wo|logits_dense)$", module) and prim in ("dot_general", "transpose"):
         part = "dense matmuls (incl. logits)"

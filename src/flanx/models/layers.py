@@ -6,8 +6,10 @@ Conventions (see docs/architecture.md): parameters are float32 and created
 with their T5X logical axis names; activations run in `config.dtype`; dense
 kernels are 2-D `[in, out]` with attention heads joined; no biases anywhere.
 T5 does not scale attention logits by 1/sqrt(head_dim) (that factor lives in
-the query initialisation), so attention uses `jax.nn.dot_product_attention`
-with `scale=1.0`, the relative position bias as `bias` and a boolean `mask`.
+the query initialisation). Each stack folds its boolean mask (padding,
+causality, packing segments) into the relative position bias once
+(`attention_bias`), so every layer's attention is `softmax(q.k + bias) v`
+with a single additive bias (`dot_product_attention`).
 """
 from __future__ import annotations
 
@@ -46,11 +48,16 @@ class Dense(nn.Module):
     def __call__(self, x):
         kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, self.axes),
                             (x.shape[-1], self.features), jnp.float32)
-        y = x @ kernel.astype(x.dtype)
+        # A 2-D [rows, in] @ [in, out] matmul: its gradients are plain transposed GEMMs. Left
+        # 3-D, XLA's CPU backend contracts over (batch, length) in the kernel gradient through
+        # transposing copies fused into the elementwise producers (1.5x slower MLP forward +
+        # backward here). On accelerators the reshape is free.
+        rows = x.reshape(-1, x.shape[-1])
+        y = rows @ kernel.astype(x.dtype)
         lora = self.config.lora
         if lora is not None and self.name in lora.targets:
-            y = y + lora_lib.lora_delta(self, x, self.features, self.axes, lora, self.deterministic)
-        return y
+            y = y + lora_lib.lora_delta(self, rows, self.features, self.axes, lora, self.deterministic)
+        return y.reshape(x.shape[:-1] + (self.features,))
 
 
 class Embed(nn.Module):
@@ -68,7 +75,9 @@ class Embed(nn.Module):
         return jnp.take(self.embedding, tokens, axis=0).astype(activation_dtype(self.config))
 
     def attend(self, x):
-        return x @ self.embedding.T.astype(x.dtype)
+        rows = x.reshape(-1, x.shape[-1])
+        logits = rows @ self.embedding.T.astype(x.dtype)
+        return logits.reshape(x.shape[:-1] + (logits.shape[-1],))
 
 
 class RMSNorm(nn.Module):
@@ -126,13 +135,38 @@ class RelativePositionBias(nn.Module):
         return jnp.transpose(jnp.take(table.T, bucket, axis=0), (0, 3, 1, 2))
 
 
+MASKED = -1.0e9  # finite: a fully masked (padding) row stays finite, as in T5X
+
+
+def attention_bias(mask, bias=None):
+    """One float32 additive bias from a boolean `mask` [B|1, 1, T, S] and an optional
+    relative position `bias` [B|1, heads, T, S]: 0 / MASKED where the mask allows / forbids."""
+    masked = jnp.where(mask, 0.0, MASKED).astype(jnp.float32)
+    return masked if bias is None else bias.astype(jnp.float32) + masked
+
+
+def dot_product_attention(q, k, v, bias):
+    """`softmax(q.k + bias) v` per head, unscaled. q [B, T, heads, d], k/v [B, S, heads, d],
+    bias float32 broadcastable to [B, heads, T, S]. Logits and softmax are float32, the
+    output has q's dtype.
+
+    A plain einsum / softmax / einsum chain (what `jax.nn.dot_product_attention` does on
+    its XLA path, minus the separate mask select, which `attention_bias` folded in).
+    """
+    logits = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32) + bias
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("bnts,bsnh->btnh", probs, v)
+
+
 class Attention(nn.Module):
     """Multi-head attention with joined-head `query/key/value/out` kernels.
 
-    decode=True keeps a cache: self-attention writes this step's key/value at
-    `decode_position` into `cached_key/cached_value [B, cache_length, heads*head_dim]`
-    (the cache length is the key length of `mask`); encoder-decoder attention
-    projects the encoder output once into `cross_key/cross_value` and reuses it.
+    decode=True keeps a cache, laid out for the per-step matmuls so that a step
+    reads it in place (as T5X does): keys as `[B, heads, head_dim, length]`,
+    values as `[B, heads, length, head_dim]`. Self-attention writes this step's
+    key/value at `decode_position` into `cached_key/cached_value` (the cache
+    length is the key length of `bias`); encoder-decoder attention projects the
+    encoder output once into `cross_key/cross_value` and reuses it.
     """
 
     config: T5Config
@@ -141,7 +175,9 @@ class Attention(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x, kv, bias, mask, decode_position=None):
+    def __call__(self, x, kv, bias, decode_position=None):
+        """`bias`: the stack's float32 additive bias from `attention_bias` (its key length
+        is the cache length when decoding)."""
         cfg = self.config
         heads, head_dim, inner = cfg.num_heads, cfg.head_dim, cfg.inner_dim
 
@@ -153,30 +189,49 @@ class Attention(nn.Module):
         query = dense("query", inner, ("embed", "joined_kv"), 1.0 / head_dim)
         key = dense("key", inner, ("embed", "joined_kv"), 1.0)
         value = dense("value", inner, ("embed", "joined_kv"), 1.0)
-        q = query(x)
-        if self.decode and self.cross:
-            k = self.variable("cache", "cross_key", lambda: key(kv)).value
-            v = self.variable("cache", "cross_value", lambda: value(kv)).value
-        elif self.decode:
-            k, v = key(x), value(x)
-            shape = (x.shape[0], mask.shape[-1], inner)
-            cached_k = self.variable("cache", "cached_key", jnp.zeros, shape, k.dtype)
-            cached_v = self.variable("cache", "cached_value", jnp.zeros, shape, v.dtype)
-            cached_k.value = lax.dynamic_update_slice(cached_k.value, k, (0, decode_position, 0))
-            cached_v.value = lax.dynamic_update_slice(cached_v.value, v, (0, decode_position, 0))
-            k, v = cached_k.value, cached_v.value
-        else:
-            k, v = key(kv), value(kv)
 
         def split(t):
             return t.reshape(t.shape[:2] + (heads, head_dim))
 
-        q = nn.with_logical_constraint(split(q), ("batch", "length", "heads", "kv"))
-        k = nn.with_logical_constraint(split(k), ("batch", "length", "heads", "kv"))
-        v = nn.with_logical_constraint(split(v), ("batch", "length", "heads", "kv"))
-        out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=1.0)
+        q = nn.with_logical_constraint(split(query(x)), ("batch", "length", "heads", "kv"))
+        if self.decode:
+            out = self._cached_attention(q, x, kv, key, value, bias, decode_position, split)
+        else:
+            k = nn.with_logical_constraint(split(key(kv)), ("batch", "length", "heads", "kv"))
+            v = nn.with_logical_constraint(split(value(kv)), ("batch", "length", "heads", "kv"))
+            out = dot_product_attention(q, k, v, bias)
         out = out.reshape(out.shape[:2] + (inner,))
         return dense("out", cfg.d_model, ("joined_kv", "embed"), 1.0)(out)
+
+    def _cached_attention(self, q, x, kv, key, value, bias, decode_position, split):
+        """One decoding step against the cache: q [B, 1, heads, d] -> [B, 1, heads, d]."""
+        key_axes, value_axes = ("batch", "heads", "kv", "length"), ("batch", "heads", "length", "kv")
+
+        def keys(t):  # [B, L, inner] -> [B, heads, d, L]
+            return nn.with_logical_constraint(jnp.transpose(split(t), (0, 2, 3, 1)), key_axes)
+
+        def values(t):  # [B, L, inner] -> [B, heads, L, d]
+            return nn.with_logical_constraint(jnp.transpose(split(t), (0, 2, 1, 3)), value_axes)
+
+        if self.cross:
+            k = self.variable("cache", "cross_key", lambda: keys(key(kv))).value
+            v = self.variable("cache", "cross_value", lambda: values(value(kv))).value
+        else:
+            cfg, length = self.config, bias.shape[-1]
+            dtype = activation_dtype(cfg)
+            shape_k = (x.shape[0], cfg.num_heads, cfg.head_dim, length)
+            shape_v = (x.shape[0], cfg.num_heads, length, cfg.head_dim)
+            cached_k = self.variable("cache", "cached_key", jnp.zeros, shape_k, dtype)
+            cached_v = self.variable("cache", "cached_value", jnp.zeros, shape_v, dtype)
+            cached_k.value = lax.dynamic_update_slice(
+                cached_k.value, keys(key(x)).astype(dtype), (0, 0, 0, decode_position))
+            cached_v.value = lax.dynamic_update_slice(
+                cached_v.value, values(value(x)).astype(dtype), (0, 0, decode_position, 0))
+            k, v = cached_k.value, cached_v.value
+        q = jnp.transpose(q, (0, 2, 1, 3))  # [B, heads, 1, d]
+        logits = jnp.einsum("bnth,bnhs->bnts", q, k, preferred_element_type=jnp.float32) + bias
+        probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+        return jnp.transpose(jnp.einsum("bnts,bnsh->bnth", probs, v), (0, 2, 1, 3))
 
 
 _ACTIVATIONS = {
@@ -222,10 +277,10 @@ class EncoderLayer(nn.Module):
     scanned: bool = False
 
     @nn.compact
-    def __call__(self, x, bias, mask):
+    def __call__(self, x, bias):
         cfg, det = self.config, self.deterministic
         h = RMSNorm(cfg, name="pre_attention_layer_norm")(x)
-        h = Attention(cfg, deterministic=det, name="attention")(h, h, bias, mask)
+        h = Attention(cfg, deterministic=det, name="attention")(h, h, bias)
         x = _residual(self, x, h)
         h = Mlp(cfg, deterministic=det, name="mlp")(RMSNorm(cfg, name="pre_mlp_layer_norm")(x))
         x = _residual(self, x, h)
@@ -241,15 +296,15 @@ class DecoderLayer(nn.Module):
     scanned: bool = False
 
     @nn.compact
-    def __call__(self, x, self_bias, self_mask, encoded, cross_mask, decode_position=None):
+    def __call__(self, x, self_bias, encoded, cross_bias, decode_position=None):
         cfg, det = self.config, self.deterministic
         h = RMSNorm(cfg, name="pre_self_attention_layer_norm")(x)
         h = Attention(cfg, decode=self.decode, deterministic=det, name="self_attention")(
-            h, h, self_bias, self_mask, decode_position)
+            h, h, self_bias, decode_position)
         x = _residual(self, x, h)
         h = RMSNorm(cfg, name="pre_cross_attention_layer_norm")(x)
         h = Attention(cfg, cross=True, decode=self.decode, deterministic=det,
-                      name="encoder_decoder_attention")(h, encoded, None, cross_mask)
+                      name="encoder_decoder_attention")(h, encoded, cross_bias)
         x = _residual(self, x, h)
         h = Mlp(cfg, deterministic=det, name="mlp")(RMSNorm(cfg, name="pre_mlp_layer_norm")(x))
         x = _residual(self, x, h)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from flanx.models.config import T5Config
 from flanx.models.layers import (DecoderLayer, Dense, Embed, EncoderLayer, RMSNorm,
-                                 RelativePositionBias)
+                                 RelativePositionBias, attention_bias)
 
 _REMAT_POLICIES = {
     "full": None,
@@ -73,7 +73,8 @@ class Encoder(nn.Module):
         x = self.shared_embedding(tokens)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=det)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        x = _stack(EncoderLayer, cfg, cfg.num_encoder_layers, 2, deterministic=det)(x, bias, mask)
+        bias = attention_bias(mask, bias)
+        x = _stack(EncoderLayer, cfg, cfg.num_encoder_layers, 1, deterministic=det)(x, bias)
         x = RMSNorm(cfg, name="encoder_norm")(x)
         return nn.Dropout(cfg.dropout_rate)(x, deterministic=det)
 
@@ -110,8 +111,10 @@ class Decoder(nn.Module):
         x = self.shared_embedding(tokens)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=det)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-        x = _stack(DecoderLayer, cfg, cfg.num_decoder_layers, 5, deterministic=det,
-                   decode=decode)(x, self_bias, self_mask, encoded, cross_mask, decode_position)
+        self_bias = attention_bias(self_mask, self_bias)
+        cross_bias = attention_bias(cross_mask)
+        x = _stack(DecoderLayer, cfg, cfg.num_decoder_layers, 4, deterministic=det,
+                   decode=decode)(x, self_bias, encoded, cross_bias, decode_position)
         x = RMSNorm(cfg, name="decoder_norm")(x)
         x = nn.Dropout(cfg.dropout_rate)(x, deterministic=det)
         if cfg.logits_via_embedding:
