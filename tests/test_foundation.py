@@ -88,6 +88,28 @@ def test_missing_gin_file_lists_run_configs():
         gin_utils.resolve_gin_file("nope.gin")
 
 
+def test_gin_include_search_logs_no_false_errors(tmp_path, monkeypatch, caplog):
+    """An `include 'models/tiny.gin'` resolved through flanx's search path is not an error;
+    a really missing include still fails naming the file."""
+    import gin
+
+    monkeypatch.chdir(tmp_path)
+    good = tmp_path / "good.gin"
+    good.write_text("include 'models/tiny.gin'\n")
+    gin.clear_config()
+    try:
+        with caplog.at_level("INFO"):
+            gin_utils.parse_gin([str(good)], finalize=False)
+        assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+        bad = tmp_path / "bad.gin"
+        bad.write_text("include 'models/no_such_model.gin'\n")
+        gin.clear_config()
+        with pytest.raises(ValueError, match="bad.gin.*no_such_model"):
+            gin_utils.parse_gin([str(bad)], finalize=False)
+    finally:
+        gin.clear_config()
+
+
 def test_makefile_and_ci_call_the_readme_test_command():
     readme = (REPO / "README.md").read_text()
     opening = readme[: readme.index("## Map of the repo")]

@@ -16,6 +16,7 @@ overrides after the files, as T5X does.
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -88,9 +89,18 @@ def split_gin_args(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
     return files, bindings, rest
 
 
+def _drop_gin_search_misses(record: logging.LogRecord) -> bool:
+    """gin logs `ERROR Path not found: X` for every search location an `include` misses before
+    the one that has it; flanx's own errors name a file that is really missing."""
+    return not (record.levelno == logging.ERROR and record.msg == "Path not found: %s")
+
+
 def parse_gin(gin_files: list[str], gin_bindings: list[str] = (), finalize: bool = True) -> None:
     """Register configurables, parse files then bindings. Errors name the file/binding."""
     register_configurables()
+    root_logger = logging.getLogger()
+    if _drop_gin_search_misses not in root_logger.filters:
+        root_logger.addFilter(_drop_gin_search_misses)
     search_root = str(paths.configs_dir())
     if search_root not in gin.config._LOCATION_PREFIXES:  # noqa: SLF001 - gin has no public getter
         gin.add_config_file_search_path(search_root)
