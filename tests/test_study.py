@@ -40,6 +40,23 @@ def test_unknown_study_task_lists_close_matches(tmp_path):
         Study(cfg).eval_tasks()
 
 
+def test_study_refuses_to_resume_a_directory_with_other_settings(tmp_path):
+    from flanx.experiments.forgetting import STUDY_CONFIG_FILE, check_study_dir
+
+    def load(*extra):
+        cfg = study_cli.load_study_config([study_cli.DEFAULT_GIN],
+                                          [f"flanx.StudyConfig.out_dir = '{tmp_path}'", *extra])
+        return cfg, cfg.model_config()
+
+    check_study_dir(*load())                       # first run records its settings
+    assert (tmp_path / STUDY_CONFIG_FILE).is_file()
+    check_study_dir(*load("flanx.StudyConfig.description = 'same study, new words'"))
+    with pytest.raises(ValueError, match=r"arm_steps: 200 -> 50.*new directory"):
+        check_study_dir(*load("flanx.StudyConfig.arm_steps = 50"))
+    with pytest.raises(ValueError, match=r"model: .*'d_ff': 256.*'d_ff': 512"):
+        check_study_dir(*load("flanx.T5Config.d_ff = 512"))
+
+
 SHORT = [
     "flanx.T5Config.d_model = 32", "flanx.T5Config.head_dim = 8", "flanx.T5Config.d_ff = 64",
     "flanx.StudyConfig.base_steps = 8", "flanx.StudyConfig.arm_steps = 4", "flanx.StudyConfig.batch_size = 4",

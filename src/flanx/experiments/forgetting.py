@@ -242,6 +242,7 @@ class Study:
         cfg = self.cfg
         setup_logging()
         os.makedirs(cfg.out_dir, exist_ok=True)
+        check_study_dir(cfg, self.model_config)
         t_start = time.perf_counter()
         target, held_in, held_out = self.eval_tasks()
         base = None
@@ -320,6 +321,44 @@ def _config_dict(cfg: StudyConfig) -> dict:
         v = getattr(cfg, f.name)
         out[f.name] = dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
     return out
+
+
+# Fields that only name or describe a study: changing them keeps its results valid.
+_PRESENTATION_FIELDS = ("name", "out_dir", "description", "reference")
+STUDY_CONFIG_FILE = "study_config.json"
+
+
+def _fingerprint(cfg: StudyConfig, model_config: T5Config) -> dict:
+    fields = {k: v for k, v in _config_dict(cfg).items() if k not in _PRESENTATION_FIELDS}
+    fields["model"] = dataclasses.asdict(model_config)
+    return json.loads(json.dumps(fields, sort_keys=True, default=str))  # tuples -> lists, as on disk
+
+
+def check_study_dir(cfg: StudyConfig, model_config: T5Config) -> None:
+    """Refuse to resume into `out_dir` when its results came from another configuration.
+
+    Resuming skips every arm with an `evals/<arm>.json`, so a changed setting
+    (steps, learning rate, tasks, model) would otherwise be reported beside
+    numbers that were not produced with it. The first run records the settings
+    in `out_dir/study_config.json`.
+    """
+    path = os.path.join(cfg.out_dir, STUDY_CONFIG_FILE)
+    current = _fingerprint(cfg, model_config)
+    if not os.path.exists(path):
+        _write_json(path, current)
+        return
+    try:
+        recorded = _read_json(path)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path} is unreadable ({e}); delete it only if {cfg.out_dir} holds "
+                         "results of the current configuration") from None
+    changed = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
+    if changed:
+        detail = "; ".join(f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in changed)
+        raise ValueError(
+            f"study out_dir {cfg.out_dir} holds results of a different configuration ({detail}). "
+            f"Resuming would mix them. Use a new directory (--gin.flanx.StudyConfig.out_dir='...') "
+            f"or delete {cfg.out_dir} to start over.")
 
 
 def run_study(cfg: StudyConfig) -> dict:
