@@ -147,8 +147,8 @@ def side_cores(side: str) -> int | None:
 
 
 def baseline_side(side: str) -> str:
-    """The transformers side a side is compared with: the one with the same cores."""
-    return "torch_1c" if side.endswith("_1c") else "torch"
+    """The transformers side a side is compared with: the one with the same cores and dtype."""
+    return "torch_1c" if side.endswith("_1c") else "torch_bf16" if side.endswith("_bf16") else "torch"
 
 
 def _worker_env(env: Mapping[str, str] | None) -> dict:

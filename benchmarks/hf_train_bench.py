@@ -21,8 +21,11 @@ Setup (one run, side by side):
   pinned to one core (torch with 1 thread), the pair that stays meaningful
   when other jobs load the machine (2 torch threads then wait on each other
   at every op); `torch_compile` is `torch.compile(model)` at `--threads`, its
-  first step limited to `--compile_timeout` seconds. `vs_torch` compares each
-  side with the eager torch side on the same cores;
+  first step limited to `--compile_timeout` seconds; `flanx_bf16` and
+  `torch_bf16` run bfloat16 activations (flanx `dtype="bfloat16"`, torch
+  under `torch.autocast("cpu", torch.bfloat16)`) on the whole machine.
+  `vs_torch` compares each side with the eager torch side on the same cores
+  and in the same dtype;
 - each side runs in its own process (`common.Worker`), so the peak RSS
   (`ru_maxrss`) is that side's alone; sides are set up one after another,
   then their steps alternate. The first step (compilation) and `--warmup`
@@ -40,7 +43,9 @@ from benchmarks import common
 
 LEARNING_RATE = 1e-3
 # `*_1c`: pinned to one core (torch with 1 thread); the others use the machine (torch: --threads).
-SIDES = ("flanx", "torch", "flanx_1c", "torch_1c", "torch_compile")
+# `*_bf16`: bfloat16 activations over float32 weights (flanx `dtype="bfloat16"`, T5X's training
+# default; torch under `torch.autocast("cpu", torch.bfloat16)`), compared with each other.
+SIDES = ("flanx", "torch", "flanx_1c", "torch_1c", "torch_compile", "flanx_bf16", "torch_bf16")
 
 
 def prepare(model: str, batch_size: int, inputs_length: int, targets_length: int, workdir: Path,
@@ -62,7 +67,7 @@ def prepare(model: str, batch_size: int, inputs_length: int, targets_length: int
 # ----------------------------------------------------------------------------- workers
 
 
-def _flanx_worker(model_dir: str, batch_path: str, scan: bool) -> None:
+def _flanx_worker(model_dir: str, batch_path: str, scan: bool, bf16: bool = False) -> None:
     import jax
     import jax.numpy as jnp
 
@@ -74,6 +79,8 @@ def _flanx_worker(model_dir: str, batch_path: str, scan: bool) -> None:
     params, config = import_hf(model_dir)
     if scan:
         config, params = config.replace(scan_layers=True), scan_params(params)
+    if bf16:
+        config = config.replace(dtype="bfloat16")
     opt_cfg = OptimizerConfig(name="adafactor", learning_rate=LEARNING_RATE, schedule="constant")
     optimizer = optim.make_optimizer(opt_cfg)
     fn = step_lib.make_train_step(step_lib.model_apply_fn(config), optimizer, optim.make_schedule(opt_cfg),
@@ -93,7 +100,8 @@ def _flanx_worker(model_dir: str, batch_path: str, scan: bool) -> None:
         "slot_tokens": common.slot_tokens(batch), "backend": jax.default_backend()})
 
 
-def _torch_worker(model_dir: str, batch_path: str, threads: int, compile_model: bool) -> None:
+def _torch_worker(model_dir: str, batch_path: str, threads: int, compile_model: bool,
+                  bf16: bool = False) -> None:
     import torch
     from transformers import T5ForConditionalGeneration
     from transformers.optimization import Adafactor
@@ -115,8 +123,9 @@ def _torch_worker(model_dir: str, batch_path: str, threads: int, compile_model: 
     losses = []
 
     def step():
-        out = forward(input_ids=inputs, attention_mask=attention_mask, decoder_input_ids=decoder_inputs,
-                      labels=labels)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = forward(input_ids=inputs, attention_mask=attention_mask, decoder_input_ids=decoder_inputs,
+                          labels=labels)
         out.loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -211,10 +220,11 @@ def main(argv=None) -> None:
     if a.worker:
         cores = common.side_cores(a.side)
         common.pin_cores(cores)
+        bf16 = a.side.endswith("_bf16")
         if a.side.startswith("flanx"):
-            _flanx_worker(a.model_dir, a.batch_path, a.scan)
+            _flanx_worker(a.model_dir, a.batch_path, a.scan, bf16)
         else:
-            _torch_worker(a.model_dir, a.batch_path, cores or a.threads, a.side == "torch_compile")
+            _torch_worker(a.model_dir, a.batch_path, cores or a.threads, a.side == "torch_compile", bf16)
         return
     run(tuple(a.models.split(",")), a.batch_size, a.inputs_length, a.targets_length, a.warmup, a.repeats,
         tuple(a.sides.split(",")), a.threads, compile_timeout=a.compile_timeout, scan=a.scan)
