@@ -151,6 +151,20 @@ def baseline_side(side: str) -> str:
     return "torch_1c" if side.endswith("_1c") else "torch_bf16" if side.endswith("_bf16") else "torch"
 
 
+def comparison_groups(sides: Sequence[str]) -> list[list[str]]:
+    """Sides grouped with the transformers side they are compared with (`baseline_side`), in
+    order: each group runs interleaved on its own, so only its workers are resident at once.
+
+    Four t5_1_1_small training workers hold ~6 GB each; all alive together on a 24 GiB
+    machine, the kernel evicts their code pages and the timings measure paging.
+    """
+    groups: dict[str, list[str]] = {}
+    for side in sides:
+        base = side if side in ("torch", "torch_1c", "torch_bf16") else baseline_side(side)
+        groups.setdefault(base, []).append(side)
+    return list(groups.values())
+
+
 def _worker_env(env: Mapping[str, str] | None) -> dict:
     full = {**os.environ, **(env or {})}
     full["PYTHONPATH"] = os.pathsep.join(

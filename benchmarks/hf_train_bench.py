@@ -27,8 +27,11 @@ Setup (one run, side by side):
   `vs_torch` compares each side with the eager torch side on the same cores
   and in the same dtype;
 - each side runs in its own process (`common.Worker`), so the peak RSS
-  (`ru_maxrss`) is that side's alone; sides are set up one after another,
-  then their steps alternate. The first step (compilation) and `--warmup`
+  (`ru_maxrss`) is that side's alone. Sides run in comparison groups, each
+  with its transformers baseline (`common.comparison_groups`: flanx, torch
+  and torch_compile; then flanx_1c and torch_1c; ...), so that only one
+  group's workers are resident at a time; within a group the workers are set
+  up one after another, then their steps alternate. The first step (compilation) and `--warmup`
   more are excluded; the median of `--repeats` steps is reported.
 
 tokens/s counts token slots, batch * (512 + 128) per step, padding included.
@@ -162,7 +165,10 @@ def run(models=("tiny", "t5_1_1_small"), batch_size: int = 8, inputs_length: int
                 specs[side] = ("benchmarks.hf_train_bench", args)
             limits = {side: compile_timeout if side == "torch_compile" else timeout for side in model_sides}
             print(f"train {model}: batch {batch_size} x {inputs_length}/{targets_length}", flush=True)
-            per_side = common.interleaved(specs, ["step"], warmup, repeats, limits, run_timeout=timeout)
+            per_side = {}
+            for group in common.comparison_groups(model_sides):
+                per_side.update(common.interleaved({side: specs[side] for side in group}, ["step"], warmup,
+                                                   repeats, limits, run_timeout=timeout))
             for side in sides:
                 res = per_side.get(side, {"status": "skipped", "reason": f"torch.compile runs only for "
                                           f"{', '.join(compile_models or ())} here (its first step takes too long)"})
