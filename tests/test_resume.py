@@ -1,4 +1,5 @@
-"""Exact resume after a real SIGKILL, and checkpoints that die mid-write are never used."""
+"""Exact resume after a real SIGKILL or a SIGTERM (preemption), and checkpoints that die
+mid-write are never used."""
 from __future__ import annotations
 
 import json
@@ -31,7 +32,12 @@ DRIVER = textwrap.dedent("""
     cfg = TrainConfig(train_steps=steps, batch_size=4, log_every=1, checkpoint_period=4, model_dir=model_dir,
                       optimizer=OptimizerConfig(learning_rate=0.01, schedule="rsqrt", warmup_steps=3))
     model = get_config("tiny", dropout_rate=0.1)  # dropout on: the RNG must resume too
-    res = trainer.train(cfg, model, lambda shard: SlowBatches(shard, 16, 8, vocab_size=32))
+    from flanx.train.preemption import EXIT_CODE, Preempted
+    try:
+        res = trainer.train(cfg, model, lambda shard: SlowBatches(shard, 16, 8, vocab_size=32))
+    except Preempted as e:
+        print("PREEMPTED " + json.dumps({"step": e.step}), flush=True)
+        sys.exit(EXIT_CODE)
     print("RESULT " + json.dumps({"resumed_from": res.resumed_from, "step": res.step}))
 """)
 
@@ -84,6 +90,37 @@ def test_sigkilled_run_resumes_to_identical_losses(tmp_path):
     assert max(diffs) <= 1e-6, diffs
     # Losses really depend on the resumed state: they keep changing step to step.
     assert len({round(got[s], 4) for s in range(resumed["resumed_from"] + 1, steps + 1)}) > 5
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_current_step_and_resumes_exactly(tmp_path):
+    """A preemption notice (SIGTERM) between checkpoint periods: the step in flight is saved,
+    the run exits with 143, and rerunning resumes from exactly that step."""
+    (tmp_path / "driver.py").write_text(DRIVER)
+    steps = 14
+    reference = tmp_path / "reference"
+    _run(tmp_path, reference, steps)
+
+    victim = tmp_path / "victim"
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(victim), str(steps), "0.25"],
+                            env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and max(_losses(victim) or [0]) < 5:
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    stopped = json.loads([x for x in out.splitlines() if x.startswith("PREEMPTED ")][-1].split(" ", 1)[1])["step"]
+    assert 5 <= stopped < steps
+    saved = sorted(int(d) for d in os.listdir(victim / "checkpoints") if d.isdigit())
+    assert saved[-1] == stopped, saved  # the step in flight, not only the periodic ones (4, 8, ...)
+
+    resumed = _run(tmp_path, victim, steps)
+    assert resumed == {"resumed_from": stopped, "step": steps}
+    ref, got = _losses(reference), _losses(victim)
+    diffs = [abs(ref[s] - got[s]) for s in range(stopped + 1, steps + 1)]
+    assert max(diffs) <= 1e-6, diffs
 
 
 KILL_DURING_SAVE = textwrap.dedent("""

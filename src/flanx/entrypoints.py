@@ -168,8 +168,13 @@ def train(argv: list[str]) -> int:
         eval_fn = EvalRunner(model_config, list(eval_names), m("EVAL_SPLIT", "validation"), lengths,
                              _decode_config(), m("EVAL_EXAMPLES", None))
 
-    from flanx.train import trainer
-    result = trainer.train(cfg, model_config, data_factory, init_params=init, eval_fn=eval_fn, init_step=init_step)
+    from flanx.train import preemption, trainer
+    try:
+        result = trainer.train(cfg, model_config, data_factory, init_params=init, eval_fn=eval_fn,
+                               init_step=init_step)
+    except preemption.Preempted as e:
+        logger.warning("%s", e)
+        return preemption.EXIT_CODE
     if _is_primary():
         gin_utils.write_operative_config(cfg.model_dir, "operative_config.gin")
         last = result.losses.get(result.step)

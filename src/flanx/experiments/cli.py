@@ -62,7 +62,12 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(rest)
     if args.out_dir:
         bindings.append(f"flanx.StudyConfig.out_dir = {args.out_dir!r}")
-    run(files or [DEFAULT_GIN], bindings)
+    from flanx.train import preemption
+    try:
+        run(files or [DEFAULT_GIN], bindings)
+    except preemption.Preempted as e:
+        print(f"flanx study: {e}; the study resumes from there", file=sys.stderr)
+        return preemption.EXIT_CODE
     return 0
 
 

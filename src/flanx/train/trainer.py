@@ -39,6 +39,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from flanx import partitioning
 from flanx.progress import Progress
 from flanx.train import optim, step as step_lib
+from flanx.train.preemption import Preempted, PreemptionWatch
 from flanx.train.checkpointing import Checkpointer, _local_value
 from flanx.train.config import TrainConfig
 from flanx.train.writers import MetricsWriter
@@ -234,6 +235,7 @@ def train(cfg: TrainConfig, model_config, data_iter_factory: Callable[[partition
         flush(log=False)
         ckpt.save(state, _iterator_state(it), {"start_step": start_step})
 
+    watch = PreemptionWatch(enabled=ckpt is not None)
     try:
         while step < cfg.train_steps:
             try:
@@ -251,8 +253,14 @@ def train(cfg: TrainConfig, model_config, data_iter_factory: Callable[[partition
             window["tokens"] += tokens
             if step % cfg.log_every == 0 or step == cfg.train_steps:
                 flush(log=True)
-            if ckpt and (step % cfg.checkpoint_period == 0 or step == cfg.train_steps):
+            saved = ckpt is not None and (step % cfg.checkpoint_period == 0 or step == cfg.train_steps)
+            if saved:
                 save(state)
+            if watch.reached(step):
+                if not saved:
+                    save(state)
+                flush(log=True)
+                raise Preempted(step, ckpt.directory)
             if eval_fn and ((cfg.eval_period and step % cfg.eval_period == 0) or step == cfg.train_steps):
                 flush(log=False)
                 scores = eval_fn(state.params, step)
@@ -260,8 +268,9 @@ def train(cfg: TrainConfig, model_config, data_iter_factory: Callable[[partition
                 writer.write(step, "eval", scores)
         flush(log=True)
     finally:
+        watch.close()
         if ckpt:
-            ckpt.close()
+            ckpt.close()  # waits for an asynchronous save to commit
         writer.close()
     result.params, result.step = state.params, step
     return result
