@@ -1,6 +1,8 @@
 """The train step and loop on the tiny T5: microbatching, LoRA freezing, learning, safety."""
 from __future__ import annotations
 
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -102,3 +104,29 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path
     from flanx.checkpoints import load_params
     params, _, step = load_params(str(tmp_path), TINY)
     assert step == 4 and all(np.isfinite(v).all() for v in jax.tree.leaves(params))
+
+
+def test_metrics_writer_rewrites_instead_of_appending_on_object_stores(tmp_path, monkeypatch):
+    """A `gs://` MODEL_DIR: no local makedirs of 'gs:', no append mode (object stores have
+    none); earlier lines (a resumed run's) are kept. Simulated by treating a local path as
+    remote, which etils' `epath` then writes like any other backend."""
+    from flanx import distributed, gin_utils
+    from flanx.train.writers import MetricsWriter, read_metrics
+
+    model_dir = str(tmp_path / "bucket" / "run")
+    monkeypatch.setattr(distributed, "is_remote", lambda path: str(path).startswith(str(tmp_path / "bucket")))
+    opened_modes = []
+    real_open_output = distributed.open_output
+    monkeypatch.setattr(distributed, "open_output",
+                        lambda path, mode="w": opened_modes.append(mode) or real_open_output(path, mode))
+    os.makedirs(model_dir)
+    with open(os.path.join(model_dir, "metrics.jsonl"), "w") as f:
+        f.write('{"step": 1, "kind": "train", "loss": 3.0}\n')   # from the run before a preemption
+    writer = MetricsWriter(model_dir, tensorboard=False)
+    writer.write(2, "train", {"loss": 2.5})
+    writer.write(2, "eval", {"task": {"accuracy": 0.5}})
+    assert set(opened_modes) == {"w"}
+    rows = read_metrics(model_dir)
+    assert [(r["step"], r["kind"]) for r in rows] == [(1, "train"), (2, "train"), (2, "eval")]
+    assert read_metrics(model_dir, "eval")[0]["task"] == {"accuracy": 0.5}
+    assert gin_utils.write_config(model_dir).endswith("config.gin") and opened_modes[-1] == "w"

@@ -379,6 +379,18 @@ def open_output(path: str, mode: str = "w"):
     return open(path, mode)
 
 
+def read_output(path: str) -> str | None:
+    """The text of a file under MODEL_DIR, local or `gs://`; None when it does not exist."""
+    if is_remote(path):
+        from etils import epath
+        p = epath.Path(path)
+        return p.read_text() if p.exists() else None
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return f.read()
+
+
 def process_log_path(model_dir: str, process_id: int) -> str:
     """`MODEL_DIR/logs/process_{i}.log`; for a remote MODEL_DIR a local file (FLANX_LOG_DIR or the temp dir)."""
     name = f"process_{process_id}.log"

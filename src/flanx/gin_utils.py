@@ -178,17 +178,19 @@ def reset() -> None:
 
 def write_config(model_dir: str, filename: str = "config.gin") -> str:
     """Write every parsed gin binding and macro (`gin.config_str()`) to MODEL_DIR."""
-    os.makedirs(model_dir, exist_ok=True)
+    from flanx import distributed
+
     out = os.path.join(model_dir, filename)
-    with open(out, "w") as f:
+    with distributed.open_output(out) as f:
         f.write(gin.config_str())
     return out
 
 
 def write_operative_config(model_dir: str, filename: str = "config.gin") -> str:
     """Write gin's operative config to MODEL_DIR (process 0 only is the caller's job)."""
-    os.makedirs(model_dir, exist_ok=True)
+    from flanx import distributed
+
     out = os.path.join(model_dir, filename)
-    with open(out, "w") as f:
+    with distributed.open_output(out) as f:
         f.write(gin.operative_config_str())
     return out

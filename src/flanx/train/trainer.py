@@ -36,7 +36,7 @@ import numpy as np
 from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from flanx import partitioning
+from flanx import distributed, partitioning
 from flanx.progress import Progress
 from flanx.train import optim, step as step_lib
 from flanx.train.preemption import Preempted, PreemptionWatch
@@ -92,12 +92,11 @@ def _write_run_config(cfg: TrainConfig, model_config) -> None:
     """`model_dir/flanx.json` (model config, for load_params) and `train_config.json`."""
     from flanx.checkpoints import native
 
-    os.makedirs(cfg.model_dir, exist_ok=True)
     sidecar = {"format": "flanx", "version": native.FORMAT_VERSION,
                "config": native.config_to_dict(model_config), "step": None, "metadata": {"source": "trainer"}}
-    with open(os.path.join(cfg.model_dir, native.SIDECAR), "w") as f:
+    with distributed.open_output(os.path.join(cfg.model_dir, native.SIDECAR)) as f:
         json.dump(sidecar, f, indent=2, sort_keys=True)
-    with open(os.path.join(cfg.model_dir, "train_config.json"), "w") as f:
+    with distributed.open_output(os.path.join(cfg.model_dir, "train_config.json")) as f:
         json.dump(dataclasses.asdict(cfg), f, indent=2, sort_keys=True)
 
 

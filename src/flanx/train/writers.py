@@ -5,6 +5,9 @@
 TensorBoard (tensorboardX, no TensorFlow) under `MODEL_DIR/tb/<kind>`.
 Nested eval results `{task: {metric: value}}` become `task/metric` tags.
 Only process 0 writes; other processes get a writer that does nothing.
+A `gs://` MODEL_DIR works too: object stores cannot append, so there the
+writer keeps the file's lines and rewrites it at each write (metrics files
+are small).
 """
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ import os
 from typing import Mapping
 
 import jax
+
+from flanx import distributed
 
 
 def flatten_scalars(values: Mapping, prefix: str = "") -> dict[str, float]:
@@ -51,7 +56,10 @@ class MetricsWriter:
         self._tb = {}
         self._use_tb = tensorboard
         self._model_dir = model_dir
-        if self.enabled:
+        self._remote_lines = None
+        if self.enabled and distributed.is_remote(model_dir):
+            self._remote_lines = (distributed.read_output(self.path) or "").splitlines(keepends=True)
+        elif self.enabled:
             os.makedirs(model_dir, exist_ok=True)
 
     def _board(self, kind: str):
@@ -64,8 +72,14 @@ class MetricsWriter:
         if not self.enabled:
             return
         record = {"step": int(step), "kind": kind, **_json_safe(dict(values))}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        line = json.dumps(record) + "\n"
+        if self._remote_lines is None:
+            with open(self.path, "a") as f:
+                f.write(line)
+        else:
+            self._remote_lines.append(line)
+            with distributed.open_output(self.path, "w") as f:
+                f.write("".join(self._remote_lines))
         if self._use_tb:
             board = self._board(kind)
             for tag, v in flatten_scalars(values).items():
@@ -80,9 +94,8 @@ class MetricsWriter:
 
 def read_metrics(model_dir: str, kind: str | None = None) -> list[dict]:
     """The records of `MODEL_DIR/metrics.jsonl` (optionally one kind), in file order."""
-    path = os.path.join(model_dir, "metrics.jsonl")
-    if not os.path.exists(path):
+    text = distributed.read_output(os.path.join(model_dir, "metrics.jsonl"))
+    if text is None:
         return []
-    with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
     return [r for r in rows if kind is None or r.get("kind") == kind]
