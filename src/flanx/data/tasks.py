@@ -25,6 +25,13 @@ from flanx.data.cards import TaskCard, TaskSpec, collection_card_files, expand_g
     load_card_file, task_specs
 from flanx.eval import metrics as metrics_lib
 
+# The input pipeline runs on the host: TensorFlow must not take GPU memory that JAX needs (it
+# reserves nearly all of it on first use otherwise). Hidden before any TF op creates a context.
+try:
+    tf.config.set_visible_devices([], "GPU")
+except RuntimeError:  # a TF context already exists (TF imported and used elsewhere first)
+    pass
+
 CARDS: dict[str, TaskCard] = {}
 SPECS: dict[str, TaskSpec] = {}
 
