@@ -86,12 +86,14 @@ def test_short_study_report_matches_its_evaluations(tmp_path):
     # Recompute the summary independently from the evaluation files.
     target, held_in, held_out = results["target_task"], results["held_in"], results["held_out"]
     prim = results["primary_metric"]
-    assert prim[target] == "rougeL" and all(prim[t] == "accuracy" for t in held_in + held_out)
+    assert prim[target] == "rougeL" and all(prim[t] == "accuracy" for t in held_in)
+    # held out: one decoded task, one rank-classified (`_scoring`) task
+    assert sorted(prim[t] for t in held_out) == ["accuracy", "rank_accuracy"]
     for arm, metrics in evals.items():
         row = results["summary"][arm]
         assert row["target/rouge1"] == pytest.approx(metrics[target]["rouge1"])
         forget_in = sum(evals["base"][t]["accuracy"] - metrics[t]["accuracy"] for t in held_in) / len(held_in)
-        forget_out = sum(evals["base"][t]["accuracy"] - metrics[t]["accuracy"] for t in held_out) / len(held_out)
+        forget_out = sum(evals["base"][t][prim[t]] - metrics[t][prim[t]] for t in held_out) / len(held_out)
         assert row["forgetting_held_in"] == pytest.approx(forget_in)
         assert row["forgetting_held_out"] == pytest.approx(forget_out)
         assert row["target_gain"] == pytest.approx(metrics[target]["rougeL"] - evals["base"][target]["rougeL"])

@@ -62,9 +62,13 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(rest)
     if args.out_dir:
         bindings.append(f"flanx.StudyConfig.out_dir = {args.out_dir!r}")
+    from flanx.experiments.forgetting import StudyDirMismatch
     from flanx.train import preemption
     try:
         run(files or [DEFAULT_GIN], bindings)
+    except StudyDirMismatch as e:
+        print(f"flanx study: error: {e}", file=sys.stderr)
+        return 2
     except preemption.Preempted as e:
         print(f"flanx study: {e}; the study resumes from there", file=sys.stderr)
         return preemption.EXIT_CODE

@@ -79,7 +79,8 @@ class StudyConfig:
     target_eval_task: str | None = "synth_chat_summary_template_0to9_zsnoopt"
     held_in: tuple = ("synth_chat_intent_template_0to7_zsopt", "synth_chat_order_number_template_0to7_zsnoopt",
                       "synth_chat_sentiment_template_0to7_zsopt", "synth_order_total_template_0to7_zsnoopt")
-    held_out: tuple = ("synth_chat_customer_name_template_0to7_zsnoopt", "synth_chat_refund_template_0to7_zsopt")
+    held_out: tuple = ("synth_chat_customer_name_template_0to7_zsnoopt",
+                       "synth_chat_refund_template_0to7_zsopt_scoring")
     eval_split: str = "validation"
     eval_split_overrides: dict = field(default_factory=dict)   # task -> split (e.g. MMLU/BBH: test)
     eval_examples: int = 100
@@ -334,6 +335,10 @@ def _fingerprint(cfg: StudyConfig, model_config: T5Config) -> dict:
     return json.loads(json.dumps(fields, sort_keys=True, default=str))  # tuples -> lists, as on disk
 
 
+class StudyDirMismatch(ValueError):
+    """`out_dir` holds results of another configuration."""
+
+
 def check_study_dir(cfg: StudyConfig, model_config: T5Config) -> None:
     """Refuse to resume into `out_dir` when its results came from another configuration.
 
@@ -355,7 +360,7 @@ def check_study_dir(cfg: StudyConfig, model_config: T5Config) -> None:
     changed = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
     if changed:
         detail = "; ".join(f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in changed)
-        raise ValueError(
+        raise StudyDirMismatch(
             f"study out_dir {cfg.out_dir} holds results of a different configuration ({detail}). "
             f"Resuming would mix them. Use a new directory (--gin.flanx.StudyConfig.out_dir='...') "
             f"or delete {cfg.out_dir} to start over.")
