@@ -29,17 +29,16 @@ EXIT_CODE = 128 + signal.SIGTERM
 
 
 class Preempted(RuntimeError):
-    """Training stopped on a preemption notice after saving `step` (if it has a model_dir)."""
+    """Training stopped on a preemption notice after saving `step` to `checkpoint_dir`."""
 
-    def __init__(self, step: int, checkpoint_dir: str | None):
+    def __init__(self, step: int, checkpoint_dir: str):
         self.step, self.checkpoint_dir = step, checkpoint_dir
-        where = (f"checkpoint of step {step} saved in {checkpoint_dir}; run the same command again to resume"
-                 if checkpoint_dir else "no model_dir, so nothing was saved")
-        super().__init__(f"preempted (SIGTERM) after step {step}: {where}")
+        super().__init__(f"preempted (SIGTERM) after step {step}: checkpoint of step {step} saved in "
+                         f"{checkpoint_dir}; run the same command again to resume")
 
 
 class PreemptionWatch:
-    """`reached(step)`: whether to save and stop after `step`. Use as a context manager."""
+    """`reached(step)`: whether to save and stop after `step`; `close()` restores the handler."""
 
     def __init__(self, enabled: bool = True):
         self._requested = False
@@ -69,9 +68,3 @@ class PreemptionWatch:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
             self._previous = None
-
-    def __enter__(self) -> "PreemptionWatch":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
