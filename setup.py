@@ -46,6 +46,9 @@ setup(
         "tensorflow-datasets",
         "sentencepiece",
         "rouge-score",
+        "sacrebleu",  # BLEU as T5 reports it
+        "scikit-learn",  # F1, mean multi-class F1, Matthews correlation
+        "scipy",  # Pearson / Spearman
         "pyyaml",
         "safetensors",
         "tensorstore",

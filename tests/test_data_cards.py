@@ -40,7 +40,7 @@ def card(**overrides):
     ({"labels": None, "formats": ["zsopt"]}, r"formats: zsopt needs `options`"),
     ({"fewshot": {"k": 2, "shots": 3}}, r"fewshot: .*shots"),
     ({"fewshot": {"pool_split": "dev"}, "formats": ["fsopt"]}, r"fewshot.pool_split: 'dev' is not a split"),
-    ({"metrics": ["bleu"]}, r"metrics: 'bleu' is not one of"),
+    ({"metrics": ["blue"]}, r"metrics: 'blue' is not one of the registered metrics: .*did you mean: bleu\?"),
     ({"on_error": "ignore"}, r"on_error: 'ignore' is not one of"),
     ({"splits": {"train": {"files": "x", "every": 3}}}, r"splits.train: unknown key"),
     ({"labels": {"refund": True, "other": False}}, r"labels: YAML read an unquoted yes/no"),

@@ -20,19 +20,20 @@ from typing import Any
 import yaml
 
 from flanx import paths
+from flanx.data.sources import SOURCES
 from flanx.data.templates import FORMATS, FewShotConfig, Template, TemplateError
+from flanx.data.transforms import ROW_TRANSFORMS
+from flanx.data.vocab import VOCABULARIES
+from flanx.eval import metrics as metrics_lib
+from flanx.registry import Registry, suggest
 
-SOURCE_TYPES = ("jsonl", "csv", "tsv", "lines", "bbh", "tfds", "hf", "synthetic")
 SUBMIXTURES = ("flan", "t0", "niv2", "cot", "dialog")
-VOCABULARIES = ("t5_spm", "byte")
-METRICS = ("rouge", "accuracy", "exact_match")
-POSTPROCESSORS = ("strip", "normalize", "gsm8k_number", "bbh_answer")
-ROW_TRANSFORMS = ("gsm8k", "t0", "mmlu")
+MIN_FLAN_TEMPLATES = 8  # a card file with FLAN task names (task_naming: flan) needs this many templates
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _KEYS = {"name", "description", "dataset", "group", "submixture", "vocabulary", "source", "splits",
          "fields", "label_field", "labels", "options", "options_field", "answer_field", "templates",
          "formats", "fewshot", "metrics", "postprocess", "on_error", "row_transform", "eval_only",
-         "task_naming", "groups"}
+         "task_naming", "groups", "references_field", "metric_scale", "override"}
 
 
 class CardError(ValueError):
@@ -64,6 +65,9 @@ class TaskCard:
     row_transform: str | None = None
     eval_only: bool = False
     task_naming: str = "flan"
+    references_field: str | None = None
+    metric_scale: int = 1
+    override: bool = False
     path: str = "<python>"
     row_cache: dict = dataclasses.field(default_factory=dict, repr=False)
     skipped: dict = dataclasses.field(default_factory=dict, repr=False)
@@ -74,6 +78,11 @@ class TaskCard:
 
     def row_options(self, row: dict) -> list[str] | None:
         return list(row[self.options_field]) if self.options_field else self.options
+
+    @property
+    def file(self) -> str:
+        """The card's YAML file (or `<python>`), without the `(name)` that `path` may carry."""
+        return self.path.rsplit(" (", 1)[0] if self.path.endswith(f" ({self.name})") else self.path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +117,8 @@ def _split_specs(raw: Any, where: str) -> dict[str, dict]:
         if isinstance(spec.get("files"), str):
             spec["files"] = [spec["files"]]
         spec.setdefault("name", split)
+        if "fields" in spec:
+            spec["fields"] = _fields(where, f"splits.{split}.fields", spec["fields"])
         for key in ("take_every", "drop_every"):
             if key in spec and not (isinstance(spec[key], list) and len(spec[key]) == 2 and spec[key][0] > 0):
                 raise _err(where, f"splits.{split}.{key}", "expected [every_n, remainder], e.g. [20, 0]")
@@ -139,6 +150,63 @@ def _choice(where: str, key: str, value: Any, allowed) -> Any:
     return value
 
 
+def _registered(where: str, key: str, value: Any, registry: Registry) -> Any:
+    """`value` when it is a key of `registry`, else a CardError listing the registered names."""
+    if value is not None and value not in registry:
+        hint = f". {registry.hint}" if registry.hint else ""
+        raise _err(where, key, f"{value!r} is not one of the registered {registry.kind}s: "
+                               f"{', '.join(registry.names())}{suggest(value, registry.names())}{hint}")
+    return value
+
+
+def _check_source(where: str, source: dict | None, splits: dict[str, dict]) -> None:
+    kind = source.get("type") if source else None
+    if kind not in SOURCES:
+        got = f"; got {kind!r}{suggest(kind, SOURCES.names())}" if kind is not None else ""
+        raise _err(where, "source.type", f"expected one of {', '.join(SOURCES.names())}{got}. {SOURCES.hint}")
+    reader = SOURCES[kind]
+    for key, needed in getattr(reader, "needs", {}).items():
+        if key not in source:
+            raise _err(where, f"source.{key}", f"a `{kind}` source needs `{key}`: {needed}")
+    if getattr(reader, "reads_files", False):
+        for split, spec in splits.items():
+            if not spec.get("files"):
+                raise _err(where, f"splits.{split}", f"a `{kind}` source reads files: give a path or glob "
+                                                     f"(`{split}: data/{split}.{kind}`) or `files:`")
+
+
+def _check_metrics(where: str, spec: dict, fields: dict, has_options: bool, fixed_options) -> tuple[str, ...]:
+    metrics = spec.get("metrics") or ()
+    if isinstance(metrics, str) or not isinstance(metrics, (list, tuple)):
+        raise _err(where, "metrics", "expected a list of metric names, e.g. [accuracy]")
+    references_field = spec.get("references_field")
+    if references_field is not None and references_field not in fields:
+        raise _err(where, "references_field", f"{references_field!r} is not in `fields`")
+    for m in metrics:
+        fn = metrics_lib.METRICS[_registered(where, "metrics", m, metrics_lib.METRICS)]
+        if metrics_lib.is_score_metric(fn) and not has_options:
+            raise _err(where, "metrics", f"{m} scores answer options: the card needs `options`, `labels` "
+                                         f"or `options_field`")
+        if metrics_lib.needs_options(fn) and not fixed_options:
+            raise _err(where, "metrics", f"{m} needs the card's fixed answer options (`labels` or `options`)")
+        if references_field and getattr(fn, "single_reference", False):
+            raise _err(where, "metrics", f"{m} takes one reference per example; it cannot score "
+                                         f"references_field {references_field!r}")
+    return tuple(metrics)
+
+
+def _flag(where: str, key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _err(where, key, f"expected true or false, got {value!r}")
+    return value
+
+
+def _fields(where: str, key: str, raw: Any) -> dict:
+    if not isinstance(raw, dict) or not raw:
+        raise _err(where, key, "expected a mapping template_field -> source column (or a list of columns)")
+    return {str(k): [str(c) for c in v] if isinstance(v, list) else str(v) for k, v in raw.items()}
+
+
 def load_card(spec: dict, where: str = "<python>") -> TaskCard:
     """Validate one card mapping and build a TaskCard (`where` names it in errors)."""
     if not isinstance(spec, dict):
@@ -154,16 +222,9 @@ def load_card(spec: dict, where: str = "<python>") -> TaskCard:
         raise _err(where, "name", f"{name!r} must be lowercase letters, digits and underscores")
     where = f"{where} ({name})" if where != name else where
     source = dict(spec["source"]) if isinstance(spec["source"], dict) else None
-    if not source or source.get("type") not in SOURCE_TYPES:
-        raise _err(where, "source.type", f"expected one of {', '.join(SOURCE_TYPES)}")
-    if source["type"] == "lines" and "pattern" not in source:
-        raise _err(where, "source.pattern", "a `lines` source needs a regex with named groups")
-    if source["type"] == "synthetic" and "generator" not in source:
-        raise _err(where, "source.generator", "a synthetic source names its generator")
-    fields = spec["fields"]
-    if not isinstance(fields, dict) or not fields:
-        raise _err(where, "fields", "expected a mapping template_field -> source column")
-    fields = {str(k): str(v) for k, v in fields.items()}
+    splits = _split_specs(spec["splits"], where)
+    _check_source(where, source, splits)
+    fields = _fields(where, "fields", spec["fields"])
     templates = _templates(spec["templates"], where)
     for i, t in enumerate(templates):
         missing = t.fields - set(fields)
@@ -196,7 +257,6 @@ def load_card(spec: dict, where: str = "<python>") -> TaskCard:
     if has_options and answer_field not in fields:
         raise _err(where, "answer_field", "cards with options name the field holding the correct option")
     fs = dict(spec.get("fewshot") or {})
-    splits = _split_specs(spec["splits"], where)
     has_pool = bool(fs.get("exemplars_field")) or fs.get("pool_split", "train") in splits
     formats = tuple(f for f in (FORMATS if has_options else ("zsnoopt", "fsnoopt")) if has_pool or f.startswith("zs"))
     formats = tuple(spec.get("formats") or formats)
@@ -217,22 +277,23 @@ def load_card(spec: dict, where: str = "<python>") -> TaskCard:
     if any(f.startswith("fs") for f in formats) and not fewshot.exemplars_field and fewshot.pool_split not in splits:
         raise _err(where, "fewshot.pool_split", f"{fewshot.pool_split!r} is not a split of this card")
     dataset = spec.get("dataset")
-    metrics = tuple(spec.get("metrics") or ())
-    for m in metrics:
-        _choice(where, "metrics", m, METRICS)
+    metrics = _check_metrics(where, spec, fields, has_options, options)
     return TaskCard(
         name=name, source=source, splits=splits, fields=fields, templates=templates, formats=formats,
         description=str(spec.get("description", "")).strip(), dataset=dataset,
         group=str(spec.get("group", "held_in")),
         submixture=_choice(where, "submixture", spec.get("submixture"), SUBMIXTURES),
-        vocabulary=_choice(where, "vocabulary", spec.get("vocabulary", "t5_spm"), VOCABULARIES),
+        vocabulary=_registered(where, "vocabulary", spec.get("vocabulary", "t5_spm"), VOCABULARIES),
         label_field=label_field, labels=labels, options=options, options_field=options_field,
         answer_field=answer_field if has_options else None, fewshot=fewshot, metrics=metrics,
-        postprocess=_choice(where, "postprocess", spec.get("postprocess", "strip"), POSTPROCESSORS),
+        postprocess=_registered(where, "postprocess", spec.get("postprocess", "strip"), metrics_lib.POSTPROCESSORS),
         on_error=_choice(where, "on_error", spec.get("on_error", "raise"), ("raise", "skip")),
-        row_transform=_choice(where, "row_transform", spec.get("row_transform"), ROW_TRANSFORMS),
+        row_transform=_registered(where, "row_transform", spec.get("row_transform"), ROW_TRANSFORMS),
         eval_only=bool(spec.get("eval_only", False)),
         task_naming=_choice(where, "task_naming", spec.get("task_naming", "flan"), ("flan", "plain")),
+        references_field=spec.get("references_field"),
+        metric_scale=_choice(where, "metric_scale", spec.get("metric_scale", 1), metrics_lib.SCALES),
+        override=_flag(where, "override", spec.get("override", False)),
         path=where)
 
 
@@ -263,13 +324,51 @@ def load_card_file(path: str | Path) -> list[TaskCard]:
         spec = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise CardError(f"task card {path}: not valid YAML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise CardError(f"task card {path}: byte at offset {e.start} is not valid UTF-8; save the card as "
+                        f"UTF-8") from None
+    except OSError as e:
+        raise CardError(f"task card {path}: cannot read it ({e.strerror})") from None
     if not isinstance(spec, dict):
         raise CardError(f"task card {path}: expected a mapping at the top level")
     root = (spec.get("source") or {}).get("root") if isinstance(spec.get("source"), dict) else None
     if root:  # a relative root is relative to the card file
         root = Path(root).expanduser()
         spec["source"]["root"] = str(root if root.is_absolute() else path.parent / root)
-    return [load_card(s, str(path)) for s in expand_groups(spec)]
+    cards = [load_card(s, str(path)) for s in expand_groups(spec)]
+    for card in cards:
+        check_template_count(card)
+    return cards
+
+
+def check_template_count(card: TaskCard) -> None:
+    """A card file with FLAN task names needs `MIN_FLAN_TEMPLATES` templates (a single one: `task_naming: plain`)."""
+    n = len(card.templates)
+    if card.task_naming == "flan" and n < MIN_FLAN_TEMPLATES:
+        raise _err(card.path, "templates", f"{n} template(s), but a card with FLAN task names (task_naming: "
+                                           f"flan, the default) needs at least {MIN_FLAN_TEMPLATES}, so that its "
+                                           f"`_template_0to{{N}}` tasks vary the instruction as FLAN does. Add "
+                                           f"templates, or set `task_naming: plain` for one task named "
+                                           f"{card.name!r} that uses the first template")
+
+
+def check_collision(existing: TaskCard | None, card: TaskCard) -> None:
+    """A card may replace a same-named card from another file only when it says `override: true`."""
+    if existing is None or existing.file == card.file or card.override:
+        return
+    raise _err(card.path, "name", f"{card.name!r} is already the name of task card {existing.file}; rename "
+                                  f"this card, or set `override: true` in it to replace that card")
+
+
+def load_card_files(files) -> dict[str, TaskCard]:
+    """Name -> card for every card in `files`, in order; a later card replaces an earlier one only with
+    `override: true` (see `check_collision`)."""
+    cards: dict[str, TaskCard] = {}
+    for path in files:
+        for card in load_card_file(path):
+            check_collision(cards.get(card.name), card)
+            cards[card.name] = card
+    return cards
 
 
 def collection_card_files() -> list[Path]:

@@ -22,12 +22,8 @@ MULTI_COMMAND = True
 
 
 def _collection() -> tuple[dict, dict]:
-    cards, specs = {}, {}
-    for path in cards_lib.collection_card_files():
-        for card in cards_lib.load_card_file(path):
-            cards[card.name] = card
-            for spec in cards_lib.task_specs(card):
-                specs[spec.name] = spec
+    cards = cards_lib.load_card_files(cards_lib.collection_card_files())
+    specs = {spec.name: spec for card in cards.values() for spec in cards_lib.task_specs(card)}
     return cards, specs
 
 

@@ -3,7 +3,9 @@
 Plain Python, no TensorFlow: `render_examples(card, spec, split)` returns the
 list of `{"inputs_pretokenized", "targets_pretokenized"}` dicts the seqio task
 serves (rank-classification variants add `idx` [example, option] and
-`is_correct`, one dict per option). Everything is deterministic: the
+`is_correct`, one dict per option; a row's `answer_field` may list several
+correct options; a card with `references_field` adds `references`, the
+row's reference answers for evaluation, where templates see the first). Everything is deterministic: the
 template of example i of a `0toN` task and its few-shot exemplars come from a
 random generator seeded by (task name, split, i), so the same task renders
 the same text on every machine and every run; the shuffle seed only orders
@@ -32,10 +34,39 @@ def _rng(spec: TaskSpec, split: str, index: int) -> random.Random:
 def usable_templates(card: TaskCard, spec: TaskSpec, split: str) -> list[int]:
     """Template ids a task may use on `split` (no inverted ones for evaluation or scoring)."""
     ids = list(spec.template_ids)
+    if spec.card != card.name or max(ids) >= len(card.templates):
+        raise KeyError(f"task {spec.name!r} was made by an earlier version of task card {card.name!r} "
+                       f"({len(card.templates)} templates now, from {card.path}); use the card's current task "
+                       f"names (`flanx tasks list --card {card.name}`)")
     if split not in TRAIN_SPLITS or spec.scoring:
         direct = [i for i in ids if not card.templates[i].inverted]
         ids = direct or ids
     return ids
+
+
+def _answers(card: TaskCard, row: dict) -> list[str]:
+    """The correct option(s) of a row: its `answer_field` holds one answer or a list of them."""
+    value = row[card.answer_field]
+    return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+
+
+def _references(card: TaskCard, row: dict) -> list[str]:
+    value = row[card.references_field]
+    return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+
+
+def text_row(card: TaskCard, row: dict) -> dict:
+    """The row as templates see it: a list of answers or references renders as its first item."""
+    multi = [f for f in (card.answer_field, card.references_field)
+             if f and f != card.options_field and isinstance(row.get(f), (list, tuple))]
+    if not multi:
+        return row
+    out = dict(row)
+    for f in multi:
+        if not row[f]:
+            raise sources.DataFormatError(f"field {f!r} is an empty list (task card {card.name!r})")
+        out[f] = row[f][0]
+    return out
 
 
 def _memo(length_fn: Callable[[str], int]) -> Callable[[str], int]:
@@ -69,7 +100,7 @@ def _fewshot(card, split, index, row, template, with_options, inp, rng, pool, by
         picked = [j for j in rng.sample(candidates, min(cfg.k + 1, len(candidates))) if j != exclude][:cfg.k]
         shots, lens = [], []
         for j in picked:
-            ex = pool[j]
+            ex = text_row(card, pool[j])
             options = card.row_options(ex)
             shots.append(render_exemplar(*template.render(ex, options, with_options), cfg))
             lens.append(layout + sum(template.rendered_length(ex, options, with_options, length_fn)))
@@ -99,7 +130,8 @@ def render_examples(card: TaskCard, spec: TaskSpec, split: str,
         pool_limit = None if limit is None else max(limit, PREVIEW_POOL)
         pool, by_value = ([], {}) if card.fewshot.exemplars_field else _fewshot_pool(card, pool_limit)
     out: list[dict] = []
-    for i, row in enumerate(rows):
+    for i, full_row in enumerate(rows):
+        row = text_row(card, full_row)
         rng = _rng(spec, split, i)
         tid = template_ids[rng.randrange(len(template_ids))] if len(template_ids) > 1 else template_ids[0]
         template = card.templates[tid]
@@ -109,16 +141,20 @@ def render_examples(card: TaskCard, spec: TaskSpec, split: str,
         if fewshot:
             inp = _fewshot(card, split, i, row, template, with_options, inp, rng, pool, by_value, length_fn)
         if not spec.scoring:
-            out.append({"inputs_pretokenized": inp, "targets_pretokenized": tgt})
+            ex = {"inputs_pretokenized": inp, "targets_pretokenized": tgt}
+            if card.references_field and not template.inverted:
+                ex["references"] = _references(card, full_row)
+            out.append(ex)
             continue
-        answer = str(row[card.answer_field])
-        if answer not in options:
+        answers = _answers(card, full_row)
+        wrong = [a for a in answers if a not in options]
+        if wrong:
             raise sources.DataFormatError(
-                f"task card {card.name!r}, split {split!r}, row {i}: answer {answer!r} (field "
+                f"task card {card.name!r}, split {split!r}, row {i}: answer {wrong[0]!r} (field "
                 f"{card.answer_field!r}) is not one of the options {options}")
         for j, option in enumerate(options):
             out.append({"inputs_pretokenized": inp, "targets_pretokenized": option,
-                        "idx": [i, j], "is_correct": option == answer})
+                        "idx": [i, j], "is_correct": option in answers})
     if limit is None:
         card.row_cache[key] = out
     return out

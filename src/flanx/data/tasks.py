@@ -13,6 +13,7 @@ unknown.
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 from pathlib import Path
 
@@ -21,8 +22,8 @@ import seqio
 import tensorflow as tf
 
 from flanx.data import render, vocab
-from flanx.data.cards import TaskCard, TaskSpec, collection_card_files, expand_groups, load_card, \
-    load_card_file, task_specs
+from flanx.data.cards import TaskCard, TaskSpec, check_collision, collection_card_files, expand_groups, \
+    load_card, load_card_file, task_specs
 from flanx.eval import metrics as metrics_lib
 
 # The input pipeline runs on the host: TensorFlow must not take GPU memory that JAX needs (it
@@ -70,8 +71,7 @@ class FlanxSource(seqio.FunctionDataSource):
 
 
 def _examples_dataset(card: TaskCard, spec: TaskSpec, split: str, shuffle: bool, seed: int | None):
-    if card.vocabulary == "t5_spm":
-        vocab.spm_path()  # MissingDataError now rather than a TensorFlow error while tokenizing
+    vocab.get_vocabulary(card.vocabulary)  # MissingDataError now rather than a TensorFlow error while tokenizing
     examples = render.render_examples(card, spec, split)
     if not examples:
         raise ValueError(f"task {spec.name!r} has no examples in split {split!r} (task card {card.path})")
@@ -79,6 +79,9 @@ def _examples_dataset(card: TaskCard, spec: TaskSpec, split: str, shuffle: bool,
         "inputs_pretokenized": tf.constant([ex["inputs_pretokenized"] for ex in examples], tf.string),
         "targets_pretokenized": tf.constant([ex["targets_pretokenized"] for ex in examples], tf.string),
     }
+    if card.references_field and not spec.scoring:  # several references per target, for evaluation
+        refs = [json.dumps(ex.get("references") or [ex["targets_pretokenized"]]) for ex in examples]
+        columns[metrics_lib.REFERENCES_FEATURE] = tf.constant(refs, tf.string)
     if spec.scoring:
         columns["idx"] = tf.constant(np.array([ex["idx"] for ex in examples], np.int32).reshape(-1, 2))
         columns["is_correct"] = tf.constant([ex["is_correct"] for ex in examples], tf.bool)
@@ -102,13 +105,23 @@ def output_features(vocabulary_name: str) -> dict[str, seqio.Feature]:
     return {"inputs": seqio.Feature(v, add_eos=True), "targets": seqio.Feature(v, add_eos=True)}
 
 
+def metric_fns(card: TaskCard, spec: TaskSpec) -> list:
+    """The seqio metric functions of a task: the card's predict metrics, or for a `_scoring` task
+    rank classification plus the card's score metrics; options bound, on the card's scale."""
+    fns = [metrics_lib.METRICS[m] for m in card.metrics]
+    fns = [f for f in fns if metrics_lib.is_score_metric(f) == spec.scoring]
+    if spec.scoring and metrics_lib.rank_classification not in fns:
+        fns.insert(0, metrics_lib.rank_classification)
+    return [metrics_lib.bind_metric(f, card.options, card.metric_scale) for f in fns]
+
+
 def _seqio_task(card: TaskCard, spec: TaskSpec) -> seqio.Task:
     if spec.scoring:
-        metric_fns = [metrics_lib.rank_classification]
         postprocess = metrics_lib.rank_target
     else:
-        metric_fns = [metrics_lib.METRICS[m] for m in card.metrics]
         postprocess = metrics_lib.POSTPROCESSORS[card.postprocess]
+        if card.references_field:
+            postprocess = metrics_lib.with_references(postprocess)
     return seqio.Task(
         spec.name,
         source=FlanxSource(card, spec),
@@ -116,13 +129,19 @@ def _seqio_task(card: TaskCard, spec: TaskSpec) -> seqio.Task:
         preprocessors=[_copy_pretokenized, seqio.preprocessors.tokenize,
                        seqio.preprocessors.append_eos_after_trim],
         postprocess_fn=postprocess,
-        metric_fns=metric_fns,
+        metric_fns=metric_fns(card, spec),
         shuffle_buffer_size=TASK_SHUFFLE_BUFFER,
     )
 
 
 def register_card(card: TaskCard) -> list[str]:
-    """Register (or replace) every task of `card` in seqio; returns the task names."""
+    """Register every task of `card` in seqio; returns the task names.
+
+    A card replaces a registered card of the same name when it comes from the
+    same file (a reload) or says `override: true`; otherwise that is a
+    CardError naming both files. The replaced card's tasks are removed.
+    """
+    check_collision(CARDS.get(card.name), card)
     specs = task_specs(card)
     for spec in specs:
         other = SPECS.get(spec.name)
