@@ -11,7 +11,7 @@ import seqio
 import flanx.data
 from flanx import paths
 from flanx.data import cards as cards_lib
-from flanx.data import mixtures, pipeline, render, tasks
+from flanx.data import mixtures, pipeline, render, synthetic, tasks
 from flanx.data.templates import render_options
 
 
@@ -225,3 +225,35 @@ def test_character_budget_drops_whole_exemplars():
             assert len(inp) <= 450
         kept.append(len(parts) - 1)
     assert set(kept) == {1, 2}  # 3 never fit in 450 characters, 2 sometimes do
+
+
+def test_seqio_evaluator_scores_each_prediction_against_all_its_references():
+    """A card with `references_field`: seqio's Evaluator hands the metric every reference of an example."""
+    spec = {"name": "refs_eval", "vocabulary": "byte", "group": "test_group", "task_naming": "plain",
+            "source": {"type": "synthetic", "generator": "chat"}, "splits": {"validation": {"size": 6}},
+            "fields": {"chat": "chat", "summary": "summary", "refs": ["summary", "customer"]},
+            "references_field": "refs", "metrics": ["accuracy", "rouge"], "postprocess": "normalize",
+            "templates": [{"input": "{chat}", "target": "{summary}"}]}
+    flanx.data.register_task_card(spec, refresh_mixtures=False)
+    try:
+        card = tasks.get_card("refs_eval")
+        rows = render.sources.load_rows(card, "validation")
+        raw = synthetic.generate("chat", "validation", 6)
+        assert [r["refs"] for r in rows] == [[r["summary"], r["customer"]] for r in raw]
+        # Predict the second reference, the first, or something else, in turn: 4 of 6 are right.
+        wanted = [(r["customer"], r["summary"], "no idea")[i % 3] for i, r in enumerate(raw)]
+
+        def predict_fn(dataset, model_feature_shapes=None):  # fixed-length rows, as flanx's decoders return
+            tokens = [[b + 3 for b in text.encode()] + [1] for text in wanted]
+            return [(int(i), (tokens[int(i)] + [0] * 64)[:64]) for i, _ in dataset.as_numpy_iterator()]
+
+        evaluator = seqio.Evaluator("refs_eval", seqio.EncDecFeatureConverter(pack=False), eval_split="validation",
+                                    use_cached=False, sequence_length={"inputs": 256, "targets": 64}, shuffle=False)
+        future, _ = evaluator.evaluate(compute_metrics=True, predict_fn=predict_fn, score_fn=lambda *a, **k: [])
+        result = future.result()["refs_eval"]
+        assert getattr(result["accuracy"], "value", result["accuracy"]) == pytest.approx(4 / 6)
+        assert evaluator._cached_targets["refs_eval"][0] == [r.lower().strip(".") for r in rows[0]["refs"]]
+        rouge1 = getattr(result["rouge1"], "value", result["rouge1"])
+        assert rouge1 == pytest.approx(4 / 6)  # exact matches score 1, "no idea" shares no word with either
+    finally:
+        tasks.unregister_card("refs_eval")

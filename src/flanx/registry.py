@@ -39,6 +39,13 @@ def suggest(name: str, known) -> str:
     return f"; did you mean: {', '.join(close)}?" if close else ""
 
 
+def with_hint(message: str, hint: str) -> str:
+    """`message`, then `hint` as its own sentence (after '?' or '.', no doubled punctuation)."""
+    if not hint:
+        return message
+    return f"{message} {hint}" if message.endswith(("?", ".")) else f"{message}. {hint}"
+
+
 class Registry(Generic[T]):
     """A name -> object table with decorator registration and helpful lookups."""
 
@@ -104,5 +111,5 @@ class Registry(Generic[T]):
     def _unknown(self, name) -> str:
         known = ", ".join(self._items) or "none registered"
         msg = f"unknown {self.kind} {name!r}{suggest(name, self._items)} (known: {known})"
-        return msg + (f". {self.hint}" if self.hint else "")
+        return with_hint(msg, self.hint)
 

@@ -25,7 +25,7 @@ from flanx.data.templates import FORMATS, FewShotConfig, Template, TemplateError
 from flanx.data.transforms import ROW_TRANSFORMS
 from flanx.data.vocab import VOCABULARIES
 from flanx.eval import metrics as metrics_lib
-from flanx.registry import Registry, suggest
+from flanx.registry import Registry, suggest, with_hint
 
 SUBMIXTURES = ("flan", "t0", "niv2", "cot", "dialog")
 MIN_FLAN_TEMPLATES = 8  # a card file with FLAN task names (task_naming: flan) needs this many templates
@@ -153,9 +153,9 @@ def _choice(where: str, key: str, value: Any, allowed) -> Any:
 def _registered(where: str, key: str, value: Any, registry: Registry) -> Any:
     """`value` when it is a key of `registry`, else a CardError listing the registered names."""
     if value is not None and value not in registry:
-        hint = f". {registry.hint}" if registry.hint else ""
-        raise _err(where, key, f"{value!r} is not one of the registered {registry.kind}s: "
-                               f"{', '.join(registry.names())}{suggest(value, registry.names())}{hint}")
+        raise _err(where, key, with_hint(f"{value!r} is not one of the registered {registry.kind}s: "
+                                         f"{', '.join(registry.names())}{suggest(value, registry.names())}",
+                                         registry.hint))
     return value
 
 
@@ -163,7 +163,7 @@ def _check_source(where: str, source: dict | None, splits: dict[str, dict]) -> N
     kind = source.get("type") if source else None
     if kind not in SOURCES:
         got = f"; got {kind!r}{suggest(kind, SOURCES.names())}" if kind is not None else ""
-        raise _err(where, "source.type", f"expected one of {', '.join(SOURCES.names())}{got}. {SOURCES.hint}")
+        raise _err(where, "source.type", with_hint(f"expected one of {', '.join(SOURCES.names())}{got}", SOURCES.hint))
     reader = SOURCES[kind]
     for key, needed in getattr(reader, "needs", {}).items():
         if key not in source:

@@ -96,18 +96,31 @@ def _expect(text: str, pos: int, chars: str, what: str) -> int:
     return pos
 
 
-def _array_items(text: str, pos: int) -> Iterator[tuple[int, object]]:
-    """(start position, value) of each element of the JSON array starting at text[pos] == '['."""
+def _array_items(text: str, pos: int, end: list[int]) -> Iterator[tuple[int, object]]:
+    """(start position, value) of each element of the JSON array starting at text[pos] == '['; then
+    `end` holds the position after the closing bracket."""
     pos = _skip_ws(text, pos + 1)
-    if text.startswith("]", pos):
-        return
-    while True:
-        value, end = _DECODER.raw_decode(text, pos)
+    while not text.startswith("]", pos):
+        value, stop = _DECODER.raw_decode(text, pos)
         yield pos, value
-        pos = _expect(text, _skip_ws(text, end), ",]", "',' or ']' after a list element")
-        if text[pos] == "]":
-            return
-        pos = _skip_ws(text, pos + 1)
+        pos = _expect(text, _skip_ws(text, stop), ",]", "',' or ']' after a list element")
+        if text[pos] == ",":
+            pos = _skip_ws(text, pos + 1)
+    end.append(pos + 1)
+
+
+def _check_rest(text: str, pos: int, in_object: bool) -> None:
+    """The rest of the document after the records: the enclosing object's other members, then nothing."""
+    pos = _skip_ws(text, pos)
+    while in_object and text.startswith(",", pos):
+        _, pos = _DECODER.raw_decode(text, _skip_ws(text, pos + 1))
+        pos = _skip_ws(text, _expect(text, _skip_ws(text, pos), ":", "':' after an object key") + 1)
+        _, pos = _DECODER.raw_decode(text, pos)
+        pos = _skip_ws(text, pos)
+    if in_object:
+        pos = _skip_ws(text, _expect(text, pos, "}", "'}' closing the object") + 1)
+    if pos < len(text):
+        raise json.JSONDecodeError("Extra data", text, pos)
 
 
 def _value_of_key(path: Path, text: str, pos: int, key: str) -> int:
@@ -150,8 +163,8 @@ def _json_records(path: Path, key: str | None) -> Iterator[Record]:
             pos = _value_of_key(path, text, pos, key)
         if not text.startswith("[", pos):
             raise _not_a_list(path, text, key)
-        line, counted = 1, 0
-        for i, (start, obj) in enumerate(_array_items(text, pos)):
+        line, counted, end = 1, 0, []
+        for i, (start, obj) in enumerate(_array_items(text, pos, end)):
             line, counted = line + text.count("\n", counted, start), start
             origin = f"{path}:{line}"
             bad = _raw_escape(text, start) if _has_escapes(obj) else None
@@ -162,6 +175,7 @@ def _json_records(path: Path, key: str | None) -> Iterator[Record]:
                 yield origin, DataFormatError(f"{origin}: record [{i}] is a {type(obj).__name__}, expected an object")
             else:
                 yield origin, obj
+        _check_rest(text, end[0], key is not None)
     except json.JSONDecodeError as e:
         hint = ". It looks like JSON Lines (one object per line): use `type: jsonl`" if e.msg == "Extra data" else ""
         raise SourceFormatError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno}){hint}") from None

@@ -1,0 +1,96 @@
+"""Row transforms: the registry, filters, per-row options, several correct answers, several references."""
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from flanx.data import render, sources, transforms
+from flanx.data.cards import CardError, load_card, task_specs
+from flanx.data.transforms import ROW_TRANSFORMS, DataFormatError
+
+ROWS = [{"question": "2+2?", "choices": "3|4|four", "correct": "4|four", "keep": "y"},
+        {"question": "Sky?", "choices": "blue|green", "correct": "blue", "keep": "n"},
+        {"question": "1+1?", "choices": "1|2", "correct": "2", "keep": "y"}]
+
+
+@pytest.fixture
+def qa_transform():
+    """A user transform: drops rows with keep=n, splits options and correct answers into lists."""
+    @ROW_TRANSFORMS.register("test_qa")
+    def qa(row):
+        if row["keep"] != "y":
+            return None
+        return dict(row, options=row["choices"].split("|"), answers=row["correct"].split("|"))
+    yield qa
+    ROW_TRANSFORMS.unregister("test_qa")
+
+
+def qa_card(tmp_path, **extra):
+    (tmp_path / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    spec = {"name": "qa_test", "source": {"type": "jsonl", "root": str(tmp_path)},
+            "splits": {"train": "qa.jsonl", "validation": "qa.jsonl"}, "row_transform": "test_qa",
+            "fields": {"question": "question", "options": "options", "answer": "answers"},
+            "options_field": "options", "answer_field": "answer", "formats": ["zsopt"],
+            "templates": [{"input": "Q: {question}{options}", "target": "{answer}"}]}
+    spec.update(extra)
+    return load_card(spec)
+
+
+def test_builtin_transforms_are_registered():
+    assert {"gsm8k", "t0", "mmlu"} <= set(ROW_TRANSFORMS)
+    assert sources.ROW_TRANSFORMS is ROW_TRANSFORMS and sources.DataFormatError is DataFormatError
+    assert transforms.gsm8k({"answer": "a <<1+1=2>>2\n#### 2"})["rationale"] == "a 2"
+
+
+def test_filter_transform_drops_rows_without_counting_them_as_errors(tmp_path, qa_transform, caplog):
+    card = qa_card(tmp_path)
+    with caplog.at_level(logging.INFO, logger="flanx"):
+        rows = sources.load_rows(card, "train")
+    assert [r["question"] for r in rows] == ["2+2?", "1+1?"] and card.skipped["train"] == 0
+    assert "row_transform 'test_qa' dropped 1 row(s), kept 2" in caplog.text
+    assert rows[0] == {"question": "2+2?", "options": ["3", "4", "four"], "answer": ["4", "four"]}
+
+
+def test_several_correct_options_in_rank_classification(tmp_path, qa_transform):
+    card = qa_card(tmp_path)
+    scoring = [s for s in task_specs(card) if s.scoring and not s.per_template][0]
+    examples = render.render_examples(card, scoring, "validation")
+    assert [(ex["idx"], ex["targets_pretokenized"], ex["is_correct"]) for ex in examples] == [
+        ([0, 0], "3", False), ([0, 1], "4", True), ([0, 2], "four", True),
+        ([1, 0], "1", False), ([1, 1], "2", True)]
+    assert examples[0]["inputs_pretokenized"] == "Q: 2+2?\n\nOPTIONS:\n- 3\n- 4\n- four"
+    # Generation targets (and few-shot exemplars) use the first correct answer.
+    plain = [s for s in task_specs(card) if not s.scoring and not s.per_template][0]
+    assert [ex["targets_pretokenized"] for ex in render.render_examples(card, plain, "validation")] == ["4", "2"]
+
+
+def test_several_references_ride_along_for_evaluation(tmp_path, qa_transform):
+    card = qa_card(tmp_path, references_field="answer", metrics=["squad"])
+    plain = [s for s in task_specs(card) if not s.scoring and not s.per_template][0]
+    examples = render.render_examples(card, plain, "validation")
+    assert [(ex["targets_pretokenized"], ex["references"]) for ex in examples] == [("4", ["4", "four"]),
+                                                                                  ("2", ["2"])]
+
+
+def test_answer_outside_the_options_names_row_and_field(tmp_path, qa_transform):
+    card = qa_card(tmp_path)
+    card.row_cache["validation"] = [{"question": "q", "options": ["a", "b"], "answer": ["a", "c"]}]
+    scoring = [s for s in task_specs(card) if s.scoring][0]
+    with pytest.raises(DataFormatError, match=r"row 0: answer 'c' \(field 'answer'\) is not one of the options"):
+        render.render_examples(card, scoring, "validation")
+
+
+def test_transform_errors_and_unknown_names(tmp_path, qa_transform):
+    with pytest.raises(CardError, match=r"task card <python> \(qa_test\): row_transform: 'test_q' is not one of the "
+                                        r"registered row transforms: .*did you mean: test_qa\?"):
+        qa_card(tmp_path, row_transform="test_q")
+    with pytest.raises(TypeError, match="row transform 'two_args' must take one argument"):
+        ROW_TRANSFORMS.register("two_args", lambda row, extra: row)
+    assert "two_args" not in ROW_TRANSFORMS
+    # A missing column inside a transform names the column and the row's file and line.
+    (tmp_path / "bad.jsonl").write_text('{"question": "q", "choices": "a|b", "correct": "a"}\n')
+    card = qa_card(tmp_path, splits={"train": "bad.jsonl"})
+    with pytest.raises(DataFormatError, match=r"bad.jsonl:1: missing field 'keep' needed by row_transform 'test_qa'"):
+        sources.load_rows(card, "train")
