@@ -94,3 +94,56 @@ def test_transform_errors_and_unknown_names(tmp_path, qa_transform):
     card = qa_card(tmp_path, splits={"train": "bad.jsonl"})
     with pytest.raises(DataFormatError, match=r"bad.jsonl:1: missing field 'keep' needed by row_transform 'test_qa'"):
         sources.load_rows(card, "train")
+
+
+def test_several_raw_labels_map_to_several_correct_options(tmp_path):
+    (tmp_path / "m.jsonl").write_text('{"text": "t", "labels": [0, 2]}\n{"text": "u", "labels": 1}\n')
+    card = load_card({"name": "multi_label", "source": {"type": "jsonl", "root": str(tmp_path)},
+                      "splits": {"validation": "m.jsonl"}, "fields": {"text": "text", "label": "labels"},
+                      "labels": {"0": "red", "1": "green", "2": "blue"}, "formats": ["zsopt"],
+                      "templates": [{"input": "{text}{options}", "target": "{label}"}]})
+    assert [r["label"] for r in sources.load_rows(card, "validation")] == [["red", "blue"], "green"]
+    scoring = [s for s in task_specs(card) if s.scoring][0]
+    correct = [ex["is_correct"] for ex in render.render_examples(card, scoring, "validation")]
+    assert correct == [True, False, True, False, True, False]
+
+
+def test_docs_plug_in_example_registers_and_works(tmp_path):
+    from flanx import paths
+    from flanx.eval import metrics
+    text = (paths.tasks_dir().parent / "docs" / "tasks.md").read_text()
+    block = text.split("### Your own source types", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(block, "docs/tasks.md", "exec"), {})
+    try:
+        (tmp_path / "qa.tsv").write_text("2+2?\t4\nSky?\tblue\n")
+        card = load_card({"name": "docs_plugins", "source": {"type": "tsv_noheader", "root": str(tmp_path)},
+                          "splits": {"train": "qa.tsv"}, "fields": {"q": "question", "a": "answer"},
+                          "metrics": ["first_word_accuracy"], "postprocess": "first_line", "task_naming": "plain",
+                          "templates": [{"input": "{q}", "target": "{a}"}]})
+        assert sources.load_rows(card, "train") == [{"q": "2+2?", "a": "4"}, {"q": "Sky?", "a": "blue"}]
+        assert ROW_TRANSFORMS["boolq"]({"passage": "p", "answer": True})["answer"] == "yes"
+        assert ROW_TRANSFORMS["boolq"]({"passage": "", "answer": True}) is None
+        assert metrics.METRICS["first_word_accuracy"](["a b", "c"], ["a x", "d"]) == {"first_word_accuracy": 0.5}
+        assert metrics.POSTPROCESSORS["first_line"](" one\ntwo") == "one"
+    finally:
+        sources.SOURCES.unregister("tsv_noheader")
+        ROW_TRANSFORMS.unregister("boolq")
+        metrics.METRICS.unregister("first_word_accuracy")
+        metrics.POSTPROCESSORS.unregister("first_line")
+
+
+@pytest.mark.needs_data
+def test_dialogsum_test_split_can_carry_its_three_summaries(data_root):
+    import yaml
+    from flanx import paths
+    spec = yaml.safe_load((paths.tasks_dir() / "dialogsum.yaml").read_text())
+    spec.update(name="dialogsum_refs", references_field="refs", fields=dict(spec["fields"], refs="summary"))
+    spec["splits"]["test"]["fields"]["refs"] = ["summary1", "summary2", "summary3"]
+    card = load_card(spec)
+    zero_shot = [s for s in task_specs(card) if s.name == "dialogsum_refs_template_0_zero_shot"][0]
+    (ex,) = render.render_examples(card, zero_shot, "test", limit=1)
+    raw = json.loads((data_root / "dialogsum" / "dialogsum.test.jsonl").read_text().split("\n", 1)[0])
+    assert ex["references"] == [raw["summary1"], raw["summary2"], raw["summary3"]]
+    assert ex["targets_pretokenized"] == raw["summary1"] and len(set(ex["references"])) == 3
+    (train,) = render.render_examples(card, zero_shot, "train", limit=1)
+    assert train["references"] == [train["targets_pretokenized"]]

@@ -5,9 +5,16 @@ is (`source`, `splits`), how source columns map to template fields
 (`fields`), the label-to-answer mapping (`labels`, `options`), the templates,
 the formats, few-shot settings, metrics, postprocessing, the group (held_in /
 held_out / target) and the Flan 2022 submixture. `load_card` validates a card
-and names the file and key of any mistake; `docs/tasks.md` documents every
-key. `task_specs(card)` lists the seqio tasks a card yields, named as FLAN
-does: `{card}_template_{i}_zero_shot`, `{card}_template_0to{N}_{fmt}`, plus
+and names the file and key of any mistake; names that plug in code
+(`source.type`, `row_transform`, `metrics`, `postprocess`, `vocabulary`) are
+checked against their registries (`SOURCES`, `ROW_TRANSFORMS`, `METRICS`,
+`POSTPROCESSORS`, `VOCABULARIES`), so a user's registered plug-in is valid
+at once. `load_card_file` also requires `MIN_FLAN_TEMPLATES` templates of a
+card with FLAN task names, and `load_card_files` / `check_collision` refuse
+a second card of the same name from another file unless it says
+`override: true`. `docs/tasks.md` documents every key. `task_specs(card)`
+lists the seqio tasks a card yields, named as FLAN does:
+`{card}_template_{i}_zero_shot`, `{card}_template_0to{N}_{fmt}`, plus
 `{name}_scoring` rank-classification variants for tasks with options.
 """
 from __future__ import annotations

@@ -2,15 +2,15 @@
 
 Plain Python, no TensorFlow: `render_examples(card, spec, split)` returns the
 list of `{"inputs_pretokenized", "targets_pretokenized"}` dicts the seqio task
-serves (rank-classification variants add `idx` [example, option] and
-`is_correct`, one dict per option; a row's `answer_field` may list several
-correct options; a card with `references_field` adds `references`, the
-row's reference answers for evaluation, where templates see the first). Everything is deterministic: the
-template of example i of a `0toN` task and its few-shot exemplars come from a
-random generator seeded by (task name, split, i), so the same task renders
-the same text on every machine and every run; the shuffle seed only orders
-examples. Evaluation splits never use inverted templates (their targets are
-not the task's answers).
+serves. Rank-classification variants add `idx` [example, option] and
+`is_correct`, one dict per option (a row's `answer_field` may list several
+correct options); a card with `references_field` adds `references`, the
+row's reference answers for evaluation (templates see the first).
+Everything is deterministic: the template of example i of a `0toN` task and
+its few-shot exemplars come from a random generator seeded by (task name,
+split, i), so the same task renders the same text on every machine and
+every run; the shuffle seed only orders examples. Evaluation splits never
+use inverted templates (their targets are not the task's answers).
 """
 from __future__ import annotations
 

@@ -237,12 +237,18 @@ def prepare_row(card, split: str, raw: dict) -> dict | None:
         else:
             row[field] = _crlf(_column(raw, column, field))
     if card.labels is not None and card.label_field:
-        raw_label = str(row[card.label_field]).strip()
-        if raw_label not in card.labels:
-            raise DataFormatError(f"field {card.label_field!r}: unknown label {raw_label!r}; "
-                                  f"the card knows {', '.join(map(repr, card.labels))}")
-        row[card.label_field] = card.labels[raw_label]
+        value = row[card.label_field]
+        answers = [_label(card, v) for v in value] if isinstance(value, list) else _label(card, value)
+        row[card.label_field] = answers
     return row
+
+
+def _label(card, value: Any) -> str:
+    raw_label = str(value).strip()
+    if raw_label not in card.labels:
+        raise DataFormatError(f"field {card.label_field!r}: unknown label {raw_label!r}; "
+                              f"the card knows {', '.join(map(repr, card.labels))}")
+    return card.labels[raw_label]
 
 
 def load_rows(card, split: str, limit: int | None = None) -> list[dict]:
