@@ -127,7 +127,7 @@ def load_card(spec: dict, where: str = "<python>", use_local: bool | None = None
     if spec.get("local") is None:
         return main
     local = _build(checks.local_spec(spec, where), f"{where}: local")
-    local = dataclasses.replace(local, variant="local", path=main.path)
+    local = dataclasses.replace(local, variant="local", path=main.path, templates=main.templates)
     if set(local.splits) != set(main.splits):
         raise err(where, "local.splits", f"names splits {', '.join(local.splits)}, but the card has "
                                           f"{', '.join(main.splits)}; a local block reads the same splits")
@@ -239,7 +239,14 @@ def task_specs(card: TaskCard) -> list[TaskSpec]:
     return specs
 
 
-# The YAML side (files, folders, collisions) lives in card_files; re-exported here for callers.
-from flanx.data.card_files import (  # noqa: E402,F401
-    check_collision, check_template_count, collection_card_files, collection_of, expand_groups, load_card_file,
-    load_card_files)
+# The YAML side (files, folders, collisions) lives in card_files; its names resolve here too, lazily
+# (card_files imports this module).
+_FILE_NAMES = ("check_collision", "check_template_count", "collection_card_files", "collection_of", "expand_groups",
+               "load_card_file", "load_card_files")
+
+
+def __getattr__(name: str):
+    if name in _FILE_NAMES:
+        from flanx.data import card_files  # noqa: PLC0415
+        return getattr(card_files, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
