@@ -419,3 +419,20 @@ def test_unknown_tfds_builder_fails_at_registration_naming_file_and_key(tmp_path
     with pytest.raises(CardError, match=r"source.name: 'super_glue/rte:9.9.9' is not a TFDS builder"):
         flanx.data.register_task_card(str(path), refresh_mixtures=False)
     assert "nli_demo" not in tasks.CARDS
+
+
+def test_a_partial_local_block_still_serves_every_split_in_seqio(tmp_path, monkeypatch):
+    monkeypatch.setenv(paths.DATA_DIR_ENV, str(tmp_path))
+    _write_rows(tmp_path / "nli" / "test.jsonl", [{"premise": "p", "hypothesis": "h", "label": "entailment"}])
+    spec = tfds_card(name="partial_demo", vocabulary="byte",
+                     splits={"train": {"name": "train[:-3]", "num_examples": 7}, "test": {"name": "validation"}},
+                     local={"source": {"type": "jsonl"}, "splits": {"test": "nli/test.jsonl"},
+                            "labels": {"entailment": "yes", "not_entailment": "no"}})
+    card = load_card(spec)
+    assert card.variant == "local" and list(card.splits) == ["test"] and card.split_names == ("test", "train")
+    tasks.register_card(card)
+    try:
+        assert set(seqio.get_mixture_or_task("partial_demo_template_0to9_zsopt").splits) == {"test", "train"}
+        assert render.num_examples(card, "train") == (7, "recorded")  # the main source's count: not prepared here
+    finally:
+        tasks.unregister_card("partial_demo")

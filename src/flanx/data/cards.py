@@ -89,6 +89,13 @@ class TaskCard:
         return list(row[self.options_field]) if self.options_field else self.options
 
     @property
+    def split_names(self) -> tuple[str, ...]:
+        """Every split the card serves: its own, then those its other variant reads (a `local:` block may
+        give only some splits; the rest come from the main source)."""
+        other = tuple(s for s in (self.alternate.splits if self.alternate else ()) if s not in self.splits)
+        return tuple(self.splits) + other
+
+    @property
     def file(self) -> str:
         """The card's YAML file (or `<python>`), without the `(name)` that `path` may carry."""
         return self.path.rsplit(" (", 1)[0] if self.path.endswith(f" ({self.name})") else self.path

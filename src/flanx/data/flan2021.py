@@ -73,7 +73,7 @@ def eval_task(card: TaskCard) -> str:
 
 
 def eval_split(card: TaskCard) -> str:
-    return next((s for s in EVAL_SPLITS if s in card.splits), next(iter(card.splits)))
+    return next((s for s in EVAL_SPLITS if s in card.split_names), card.split_names[0])
 
 
 def _describe(cluster: str) -> tuple[str, str]:
