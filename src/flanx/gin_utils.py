@@ -38,7 +38,7 @@ def register_configurables() -> None:
     gin.external_configurable(model_config.LoraConfig, name="LoraConfig", module="flanx")
     gin.external_configurable(model_config.get_config, name="get_config", module="flanx")
     # Training and decoding knobs (plain dataclasses; the entry points pass the T5X macros in).
-    from flanx.eval.evaluator import DecodeConfig
+    from flanx.predict import DecodeConfig
     from flanx.train.config import LossConfig, OptimizerConfig
 
     gin.external_configurable(OptimizerConfig, name="OptimizerConfig", module="flanx")
