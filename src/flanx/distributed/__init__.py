@@ -12,8 +12,9 @@ GPU on SLURM clusters; every process runs the same `python -m flanx.train`.
 
 `python -m flanx.distributed` (`__main__.py`) checks a multi-process set-up.
 Mesh checks live in `flanx.mesh`; which process writes the run's outputs, and
-how, in `flanx.io`; per-process log files in `flanx.progress`. Standard library only at import (jax lazily), so
-the launchers can use it on a machine with no accelerator stack.
+how, in `flanx.io`; per-process log files in `flanx.progress`. Standard
+library only at import (jax lazily), so the launchers can use it on a machine
+with no accelerator stack.
 """
 from __future__ import annotations
 
