@@ -6,9 +6,10 @@ output is itself a bash script that does what the launcher would do; without
 it the same lines run one after another under bash, stopping at the first
 failure (steps marked `always` still run, e.g. tearing a TPU VM down).
 
-Launchers use only the standard library plus `flanx.distributed` (itself
-stdlib-only at import), found in this checkout's `src/` when flanx is not
-installed, so they run on a laptop with nothing but gcloud or sbatch.
+Launchers use only the standard library plus `flanx.io` and `flanx.mesh`
+(themselves stdlib-only at import), found in this checkout's `src/` when
+flanx is not installed, so they run on a laptop with nothing but gcloud or
+sbatch.
 """
 from __future__ import annotations
 
@@ -24,10 +25,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIGS_DIR = REPO_ROOT / "t5x_configs"
 
 try:
-    from flanx import distributed
+    from flanx import io, mesh
 except ImportError:  # launching from a checkout where flanx is not installed
     sys.path.insert(0, str(REPO_ROOT / "src"))
-    from flanx import distributed
+    from flanx import io, mesh
 
 
 class LaunchError(Exception):
@@ -119,7 +120,7 @@ def split_train_args(argv: list[str], model_dir: str | None = None) -> TrainArgs
 def require_model_dir(args: TrainArgs, remote_only: bool = False) -> str:
     if not args.model_dir:
         raise LaunchError("no run directory: pass --model_dir=DIR (or --gin.MODEL_DIR=\"DIR\")")
-    if remote_only and not distributed.is_remote(args.model_dir):
+    if remote_only and not io.is_remote(args.model_dir):
         raise LaunchError(
             f"MODEL_DIR={args.model_dir} is a local path, but the workers of a multi-host slice share no disk: "
             f"use a bucket, e.g. --model_dir=gs://YOUR_BUCKET/flanx/RUN_NAME")
@@ -198,12 +199,12 @@ def preflight_mesh(args: TrainArgs, num_devices: int, num_processes: int) -> dic
     Runs only when a mesh macro is set somewhere; the trainer repeats the check at start-up.
     """
     macros = integer_macros(args.gin_files, args.gin_bindings)
-    if not any(m in macros for m in distributed.MESH_MACROS.values()):
+    if not any(m in macros for m in mesh.MESH_MACROS.values()):
         return None
-    shape = {axis: macros.get(macro, distributed.MESH_DEFAULTS[axis])
-             for axis, macro in distributed.MESH_MACROS.items()}
+    shape = {axis: macros.get(macro, mesh.MESH_DEFAULTS[axis])
+             for axis, macro in mesh.MESH_MACROS.items()}
     try:
-        return distributed.validate_mesh(shape, num_devices, macros.get("BATCH_SIZE"), num_processes)
+        return mesh.validate_mesh(shape, num_devices, macros.get("BATCH_SIZE"), num_processes)
     except ValueError as e:
         raise LaunchError(f"{e} (launching {num_devices} devices in {num_processes} processes)") from None
 

@@ -9,8 +9,9 @@ import numpy as np
 import optax
 import pytest
 
+from flanx.checkpoints import stack_layers
 from flanx.checkpoints.tree import flatten, unflatten
-from flanx.models import LoraConfig, Transformer, get_config, init_params, param_axes, scan_params
+from flanx.models import LoraConfig, Transformer, get_config, init_params, param_axes
 from flanx.models import lora
 
 BASE = get_config("tiny", num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.0)
@@ -88,7 +89,7 @@ def test_zero_b_is_base_and_merge_reproduces_lora(base_params):
     np.testing.assert_allclose(_logits(BASE, merged, enc, dec), lora_logits, atol=1e-4)
     # scanned layout merges the same way
     scan_lora = dataclasses.replace(LORA, scan_layers=True)
-    merged_scan = lora.merge_lora(scan_params(trained), scan_lora)
+    merged_scan = lora.merge_lora(stack_layers(trained), scan_lora)
     np.testing.assert_allclose(merged_scan["decoder"]["layers"]["self_attention"]["value"]["kernel"][:, 0],
                                merged["decoder"]["layers_0"]["self_attention"]["value"]["kernel"], atol=1e-6)
     with pytest.raises(ValueError, match="config.lora is None"):

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from flanx import gin_utils, paths
-from flanx.models import (T5Config, Transformer, get_config, init_params, param_axes, scan_params,
-                          unscan_params)
+from flanx.checkpoints import stack_layers, unstack_layers
+from flanx.models import T5Config, Transformer, get_config, init_params, param_axes
 from flanx.models.config import PRESETS
 
 TINY = get_config("tiny", num_heads=3, num_encoder_layers=1, num_decoder_layers=2)
@@ -107,7 +107,7 @@ def test_scan_layout_and_scan_noscan_equivalence(tiny_params):
     enc, dec = _batch(rng)
     logits = _logits(TINY, tiny_params, enc, dec)
     scan_cfg = dataclasses.replace(TINY, scan_layers=True)
-    scanned = scan_params(tiny_params)
+    scanned = stack_layers(tiny_params)
     fresh = jax.eval_shape(lambda: init_params(scan_cfg, jax.random.PRNGKey(0)))
     assert jax.tree.map(lambda x: x.shape, scanned) == jax.tree.map(lambda x: x.shape, fresh)
     assert scanned["decoder"]["layers"]["mlp"]["wi_0"]["kernel"].shape == (64, 2, 128)
@@ -115,7 +115,7 @@ def test_scan_layout_and_scan_noscan_equivalence(tiny_params):
         ("embed", "layers", "joined_kv")
     scan_logits = _logits(scan_cfg, scanned, enc, dec)
     np.testing.assert_allclose(scan_logits, logits, atol=2e-5)
-    back = unscan_params(scanned)
+    back = unstack_layers(scanned)
     assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), back, tiny_params))
 
 
@@ -175,8 +175,8 @@ def test_remat_policies_give_the_same_gradients():
     ref = grads(cfg, params)
     for policy, scan in (("full", False), ("dots_saveable", True)):
         c = dataclasses.replace(cfg, remat_policy=policy, scan_layers=scan)
-        g = grads(c, scan_params(params) if scan else params)
-        g = unscan_params(g) if scan else g
+        g = grads(c, stack_layers(params) if scan else params)
+        g = unstack_layers(g) if scan else g
         jax.tree.map(lambda x, y: np.testing.assert_allclose(
             x, y, atol=1e-5 * float(np.abs(y).max()) + 1e-6), g, ref)
 

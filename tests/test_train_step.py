@@ -110,14 +110,14 @@ def test_metrics_writer_rewrites_instead_of_appending_on_object_stores(tmp_path,
     """A `gs://` MODEL_DIR: no local makedirs of 'gs:', no append mode (object stores have
     none); earlier lines (a resumed run's) are kept. Simulated by treating a local path as
     remote, which etils' `epath` then writes like any other backend."""
-    from flanx import distributed, gin_utils
+    from flanx import gin_utils, io as flanx_io
     from flanx.train.writers import MetricsWriter, read_metrics
 
     model_dir = str(tmp_path / "bucket" / "run")
-    monkeypatch.setattr(distributed, "is_remote", lambda path: str(path).startswith(str(tmp_path / "bucket")))
+    monkeypatch.setattr(flanx_io, "is_remote", lambda path: str(path).startswith(str(tmp_path / "bucket")))
     opened_modes = []
-    real_open_output = distributed.open_output
-    monkeypatch.setattr(distributed, "open_output",
+    real_open_output = flanx_io.open_output
+    monkeypatch.setattr(flanx_io, "open_output",
                         lambda path, mode="w": opened_modes.append(mode) or real_open_output(path, mode))
     os.makedirs(model_dir)
     with open(os.path.join(model_dir, "metrics.jsonl"), "w") as f:

@@ -28,7 +28,8 @@ import os
 import gin
 
 from flanx import distributed, gin_utils
-from flanx.progress import setup_logging
+from flanx.mesh import MESH_DEFAULTS, MESH_MACROS
+from flanx.progress import setup_logging, setup_process_logging
 
 logger = logging.getLogger("flanx")
 MODEL_HINT = "include a model gin file, e.g. --gin_file=models/flan_t5_base.gin (sets MODEL_CONFIG)"
@@ -101,7 +102,7 @@ def _train_configs():
     optimizer = gin.get_configurable("flanx.OptimizerConfig")(**({"learning_rate": float(lr)} if lr else {}))
     norm = m("LOSS_NORMALIZING_FACTOR", None)
     loss = gin.get_configurable("flanx.LossConfig")(**({"normalization": norm} if norm is not None else {}))
-    mesh = MeshConfig(**{a: int(m(distributed.MESH_MACROS[a], distributed.MESH_DEFAULTS[a]))
+    mesh = MeshConfig(**{a: int(m(MESH_MACROS[a], MESH_DEFAULTS[a]))
                          for a in ("data", "fsdp", "model")})
     cfg = TrainConfig(
         train_steps=int(m("TRAIN_STEPS")), batch_size=int(m("BATCH_SIZE")), model_dir=str(m("MODEL_DIR")),
@@ -144,7 +145,7 @@ def train(argv: list[str]) -> int:
              "BATCH_SIZE", maybe=("INITIAL_CHECKPOINT_PATH",))
     model_config, cfg = _train_configs()
     import jax
-    distributed.setup_process_logging(cfg.model_dir, jax.process_index())  # MODEL_DIR/logs/process_{i}.log
+    setup_process_logging(cfg.model_dir, jax.process_index())  # MODEL_DIR/logs/process_{i}.log
     name = m("MIXTURE_OR_TASK_NAME")
     lengths = dict(m("TASK_FEATURE_LENGTHS"))
     pack, shuffle = bool(m("PACK", True)), bool(m("SHUFFLE", True))

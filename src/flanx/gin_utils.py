@@ -38,7 +38,7 @@ def register_configurables() -> None:
     gin.external_configurable(model_config.LoraConfig, name="LoraConfig", module="flanx")
     gin.external_configurable(model_config.get_config, name="get_config", module="flanx")
     # Training and decoding knobs (plain dataclasses; the entry points pass the T5X macros in).
-    from flanx.eval.evaluator import DecodeConfig
+    from flanx.predict import DecodeConfig
     from flanx.train.config import LossConfig, OptimizerConfig
 
     gin.external_configurable(OptimizerConfig, name="OptimizerConfig", module="flanx")
@@ -178,19 +178,19 @@ def reset() -> None:
 
 def write_config(model_dir: str, filename: str = "config.gin") -> str:
     """Write every parsed gin binding and macro (`gin.config_str()`) to MODEL_DIR."""
-    from flanx import distributed
+    from flanx import io
 
     out = os.path.join(model_dir, filename)
-    with distributed.open_output(out) as f:
+    with io.open_output(out) as f:
         f.write(gin.config_str())
     return out
 
 
 def write_operative_config(model_dir: str, filename: str = "config.gin") -> str:
     """Write gin's operative config to MODEL_DIR (process 0 only is the caller's job)."""
-    from flanx import distributed
+    from flanx import io
 
     out = os.path.join(model_dir, filename)
-    with distributed.open_output(out) as f:
+    with io.open_output(out) as f:
         f.write(gin.operative_config_str())
     return out

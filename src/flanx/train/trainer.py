@@ -36,7 +36,8 @@ import numpy as np
 from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from flanx import distributed, partitioning
+from flanx import io, partitioning
+from flanx.mesh import check_batch_size
 from flanx.progress import Progress
 from flanx.train import optim, step as step_lib
 from flanx.train.preemption import Preempted, PreemptionWatch
@@ -92,11 +93,8 @@ def _write_run_config(cfg: TrainConfig, model_config) -> None:
     """`model_dir/flanx.json` (model config, for load_params) and `train_config.json`."""
     from flanx.checkpoints import native
 
-    sidecar = {"format": "flanx", "version": native.FORMAT_VERSION,
-               "config": native.config_to_dict(model_config), "step": None, "metadata": {"source": "trainer"}}
-    with distributed.open_output(os.path.join(cfg.model_dir, native.SIDECAR)) as f:
-        json.dump(sidecar, f, indent=2, sort_keys=True)
-    with distributed.open_output(os.path.join(cfg.model_dir, "train_config.json")) as f:
+    native.write_sidecar(cfg.model_dir, model_config, metadata={"source": "trainer"})
+    with io.open_output(os.path.join(cfg.model_dir, "train_config.json")) as f:
         json.dump(dataclasses.asdict(cfg), f, indent=2, sort_keys=True)
 
 
@@ -106,7 +104,7 @@ class _Run:
     def __init__(self, cfg, model_config, init_params, init_step, trainable_mask, mesh, apply_fn):
         self.cfg = cfg
         self.mesh = mesh or partitioning.create_mesh(dataclasses.asdict(cfg.mesh), global_batch_size=cfg.batch_size)
-        partitioning.check_batch_size(self.mesh, cfg.batch_size, cfg.num_microbatches)
+        check_batch_size(cfg.batch_size, self.mesh.shape, cfg.num_microbatches)
         self.optimizer = optim.make_optimizer(cfg.optimizer)
         apply_fn = apply_fn or step_lib.model_apply_fn(model_config)
 
