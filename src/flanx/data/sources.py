@@ -294,5 +294,3 @@ def load_rows(card, split: str, limit: int | None = None) -> list[dict]:
     cache[split] = rows
     return rows
 
-
-from flanx.data import source_files  # noqa: E402,F401 - registers the file formats (they use register_source)
