@@ -41,7 +41,7 @@ from flanx import paths
 from flanx.registry import suggest
 
 _REGISTERED = False
-# Other modules append zero-argument callables that register their configurables (idempotent).
+# Zero-argument callables other modules add (add_registration) to register their configurables.
 _EXTRA_REGISTRATIONS: list = []
 # Macros set by --gin.NAME=VALUE overrides of the last parse_gin, for error messages.
 _OVERRIDDEN_MACROS: dict[str, str] = {}
@@ -78,6 +78,12 @@ def register_configurables() -> None:
         _REGISTERED = True
     for hook in _EXTRA_REGISTRATIONS:
         hook()
+
+
+def add_registration(hook) -> None:
+    """Run `hook()` (which registers configurables, idempotently) whenever gin files are parsed."""
+    if hook not in _EXTRA_REGISTRATIONS:
+        _EXTRA_REGISTRATIONS.append(hook)
 
 
 def resolve_gin_file(name: str) -> str:
@@ -311,7 +317,7 @@ def read_macros(gin_files: list[str], bindings: list[str] = ()) -> dict:
     def read(text: str, where: str, seen: set) -> None:
         try:
             statements = list(config_parser.ConfigParser(text, _LiteralDelegate()))
-        except (SyntaxError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001 - gin's parser raises SyntaxError, ValueError, TokenError
             raise ValueError(f"bad gin {where}: {_explain(e, text if where.startswith('override') else None)}") from e
         for st in statements:
             if isinstance(st, config_parser.IncludeStatement):
