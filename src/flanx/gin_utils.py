@@ -1,29 +1,24 @@
 """gin plumbing for flanx entry points: registration, parsing, strict macros, records.
 
-gin is a thin, declarative front on flanx's typed configs. This module
-registers them as gin configurables under the `flanx.` namespace
-(`flanx.TrainConfig`, `flanx.DataConfig`, `flanx.MeshConfig`,
-`flanx.OptimizerConfig`, `flanx.LossConfig`, `flanx.DecodeConfig`,
-`flanx.T5Config`, `flanx.LoraConfig`, `flanx.get_config` and the run
-description `flanx.train`), so `models/` and `train/` never import gin. The
-run gins bind T5X's macros to their fields (`flanx.TrainConfig.train_steps =
-%TRAIN_STEPS`); the entry points only evaluate configurables, so the operative
-config (`write_operative_config`) is the complete record of a run and re-runs
-it when fed back alone.
+gin is a thin, declarative front on flanx's typed configs: this module
+registers them under the `flanx.` namespace (`flanx.TrainConfig`,
+`flanx.DataConfig`, `flanx.MeshConfig`, `flanx.OptimizerConfig`,
+`flanx.LossConfig`, `flanx.DecodeConfig`, `flanx.T5Config`, `flanx.LoraConfig`,
+`flanx.get_config`, the run description `flanx.train`), so `models/` and
+`train/` never import gin. Run gins bind T5X's macros to fields; entry points
+only evaluate configurables, so the operative config is the run's whole record.
 
-- `parse_gin(gin_files, gin_bindings)` resolves `--gin_file` names against the
-  working directory and flanx's own `t5x_configs/` and applies `--gin.NAME=VALUE`
-  overrides after the files, as T5X does. Unknown configurables and parameters
-  are errors naming the closest known name; an unquoted string value gets a
-  hint about gin's quoting (`--gin.MODEL_DIR="'/path'"`).
-- `prepare_macros()` makes macros strict: a macro nothing uses is an error
-  naming the closest known one (`--gin.TRAIN_STEPZ=10`), a macro no file sets
-  takes the default of the dataclass field it is bound to (and is recorded),
-  and required macros that are still unset fail together, by name.
-- `read_macros(gin_files, bindings)` reads literal macro values without
-  evaluating anything (the launchers' mesh pre-flight).
+- `parse_gin(files, bindings)`: files (found in the working directory or
+  `t5x_configs/`) then `--gin.NAME=VALUE` overrides, as T5X does; unknown
+  configurables and parameters name the closest known one, an unquoted string
+  gets gin's quoting (`--gin.MODEL_DIR="'/path'"`).
+- `prepare_macros()`: a macro nothing uses is an error naming the closest known
+  one; an unset macro takes the default of the field it is bound to (and is
+  recorded); required macros still unset fail together, by name.
+- `read_macros(files, bindings)`: literal macro values, nothing evaluated
+  (the launchers' mesh pre-flight).
 - `resolved_macro(NAME, default)` evaluates one macro (eval and infer read a
-  few directly); `write_config(dir)` saves every parsed binding.
+  few directly); `write_config` / `write_operative_config` save the records.
 """
 from __future__ import annotations
 
@@ -195,6 +190,7 @@ def parse_gin(gin_files: list[str], gin_bindings: list[str] = (), finalize: bool
 
 
 def _macro_ref_name(value) -> str | None:
+    """NAME for a `%NAME` reference, else None."""
     if isinstance(value, gin.config.ConfigurableReference) and value.configurable.wrapped is gin.config.macro:
         return "/".join(value.scopes)
     return None
@@ -260,9 +256,9 @@ def prepare_macros(read: tuple[str, ...] = (), hints: dict[str, str] | None = No
     if unknown:
         described = [f"{name} (from --gin.{_OVERRIDDEN_MACROS[name]})" if name in _OVERRIDDEN_MACROS else name
                      for name in unknown]
-        raise ValueError(f"unknown gin macro(s): {', '.join(described)}{suggest(unknown[0], sorted(known))} "
-                         "Nothing in the gin files uses them (no binding says `... = %NAME`), so they would "
-                         "be ignored; fix the name or remove them.")
+        close = suggest(unknown[0], sorted(known)) or "."
+        raise ValueError(f"unknown gin macro(s): {', '.join(described)}{close} Nothing in the gin files uses "
+                         "them (no binding says `... = %NAME`), so they would be ignored; fix the name or remove them.")
     missing = [name for name, value in defined.items() if _is_required_marker(value)]
     for name, sites in used.items():
         if name in defined:
@@ -295,7 +291,6 @@ def evaluate(selector: str):
 
 class _Unevaluated:
     """A reference (`@x()`, `%Y`) met by `read_macros`; macros stay resolvable by name."""
-
     def __init__(self, macro: str | None = None):
         self.macro = macro
 
@@ -388,22 +383,21 @@ def reset() -> None:
     _OVERRIDDEN_MACROS.clear()
 
 
-def write_config(model_dir: str, filename: str = "config.gin") -> str:
-    """Write every parsed binding and macro (`gin.config_str()`) to MODEL_DIR."""
+def _write(model_dir: str, filename: str, text: str) -> str:
     from flanx import distributed
 
     out = os.path.join(model_dir, filename)
     with distributed.open_output(out) as f:
-        f.write(gin.config_str())
+        f.write(text)
     return out
+
+
+def write_config(model_dir: str, filename: str = "config.gin") -> str:
+    """Write every parsed binding and macro (`gin.config_str()`) to MODEL_DIR."""
+    return _write(model_dir, filename, gin.config_str())
 
 
 def write_operative_config(model_dir: str, filename: str = "operative_config.gin") -> str:
     """Write gin's operative config (every value the evaluated configurables used, with the
     macros) to MODEL_DIR; process 0 only is the caller's job."""
-    from flanx import distributed
-
-    out = os.path.join(model_dir, filename)
-    with distributed.open_output(out) as f:
-        f.write(gin.operative_config_str())
-    return out
+    return _write(model_dir, filename, gin.operative_config_str())

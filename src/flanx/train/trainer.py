@@ -127,11 +127,10 @@ class _Run:
             params_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
                                          if not hasattr(x, "dtype") else jax.ShapeDtypeStruct(x.shape, x.dtype),
                                          init_params)
-        if trainable_mask is None:
+        if trainable_mask is None:  # LoRA: the adapters only; else everything
             from flanx.models import lora
             _, trainable_mask = lora.setup(params_shapes, model_config)
-        mask = trainable_mask
-        self.trainable = step_lib.trainable_paths(mask)
+        self.trainable = step_lib.trainable_paths(trainable_mask)
         if getattr(model_config, "lora", None) is not None and cfg.optimizer.name == "adafactor" \
                 and cfg.optimizer.multiply_by_parameter_scale:
             logger.warning("LoRA with Adafactor's parameter scaling: lora_b starts at zero, so its steps are "
@@ -195,7 +194,7 @@ def train(cfg: TrainConfig, model_config, data_iter_factory: Callable[[partition
     try:
         if latest is None and init_checkpoint:
             init_params, init_step = _load_initial(init_checkpoint, model_config, cfg.train_steps)
-        if latest is None and init_params is not None and getattr(model_config, "lora", None) is not None:
+        if latest is None and init_params is not None:  # fresh adapters on base weights (LoRA only)
             from flanx.models import lora
             init_params, _ = lora.setup(init_params, model_config, jax.random.PRNGKey(cfg.seed))
         run = _Run(cfg, model_config, init_params, init_step, trainable_mask, mesh, apply_fn)
