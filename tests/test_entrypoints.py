@@ -49,14 +49,14 @@ def test_finetune_dropout_is_in_the_config_and_the_operative_record():
 
 
 def test_train_entry_point_holds_no_default_numbers():
-    """Defaults live in the dataclasses: `python -m flanx.train`'s code (TrainRun, train, _start) states
-    no numbers of its own (no `CHECKPOINT_PERIOD` 1000, no `LOG_EVERY` 10 beside the dataclasses')."""
+    """Defaults live in the dataclasses: `python -m flanx.train`'s code (train, _start) states no numbers
+    of its own (no `CHECKPOINT_PERIOD` 1000, no `LOG_EVERY` 10 beside the dataclasses')."""
     import ast
     import inspect
     import textwrap
 
     numbers = []
-    for obj in (entrypoints.TrainRun, entrypoints.train, entrypoints._start):
+    for obj in (entrypoints.train, entrypoints._start):
         tree = ast.parse(textwrap.dedent(inspect.getsource(obj)))
         numbers += [node.value for node in ast.walk(tree) if isinstance(node, ast.Constant)
                     and isinstance(node.value, (int, float)) and not isinstance(node.value, bool)

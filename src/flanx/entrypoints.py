@@ -7,7 +7,7 @@ in `t5x_configs/runs/` use T5X's macro names. Macros are strict: one that
 nothing uses is an error naming the closest known name, and a required one
 that is missing fails at start-up naming it.
 
-train: evaluates `flanx.train` (a `TrainRun`: the model config, `TrainConfig`,
+train: evaluates `flanx.train` (`flanx.train.config.TrainRun`: the model config, `TrainConfig`,
   `DataConfig`, the initial checkpoint and in-training evaluation), as bound
   by `runs/pretrain.gin` / `runs/finetune.gin` through `base/train.gin`, and
   calls `flanx.train.trainer.train`. This module holds no defaults: they are
@@ -28,12 +28,9 @@ infer: CHECKPOINT_PATH, INFER_OUTPUT_DIR, MIXTURE_OR_TASK_NAME or INFER_INPUT_FI
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
-from typing import Any
-
 import gin
 
 from flanx import distributed, gin_utils
@@ -108,42 +105,8 @@ def _decode_config(**overrides):
 # ---------------------------------------------------------------- train
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainRun:
-    """Everything `python -m flanx.train` runs; gin's `flanx.train` (bound in base/train.gin).
-
-    model: a T5Config (MODEL_CONFIG); config: TrainConfig; data: DataConfig.
-    initial_checkpoint_path: where a new run starts (any checkpoint format); the
-      trainer ignores it when MODEL_DIR already has checkpoints to resume.
-    eval_mixtures: tasks / mixtures evaluated every `config.eval_period` steps
-      and at the end, on `eval_split` (`eval_examples` each, None: all), decoded
-      with `decode` (a DecodeConfig).
-    """
-    model: Any
-    config: Any
-    data: Any
-    initial_checkpoint_path: str | None = None
-    eval_mixtures: tuple = ()
-    eval_split: str = "validation"
-    eval_examples: int | None = None
-    decode: Any = None
-
-    def __post_init__(self):
-        from flanx.train.config import check_int
-
-        if not self.config.model_dir:
-            raise ValueError("TrainConfig.model_dir (MODEL_DIR) is not set: python -m flanx.train needs a run "
-                             "directory, e.g. --gin.MODEL_DIR=\"'runs/my_run'\"")
-        if self.initial_checkpoint_path is not None and not isinstance(self.initial_checkpoint_path, str):
-            raise ValueError("train.initial_checkpoint_path (INITIAL_CHECKPOINT_PATH) must be a path or None, "
-                             f"got {self.initial_checkpoint_path!r}")
-        names = self.eval_mixtures or ()
-        object.__setattr__(self, "eval_mixtures", (names,) if isinstance(names, str) else tuple(names))
-        check_int("train", "eval_examples", self.eval_examples, "EVAL_EXAMPLES", minimum=1, allow_none=True)
-
-
 def train(argv: list[str]) -> int:
-    """`python -m flanx.train`: gin -> `TrainRun` -> `flanx.train.trainer.train`."""
+    """`python -m flanx.train`: gin -> `flanx.train` (a TrainRun) -> `flanx.train.trainer.train`."""
     _start(argv, "train")
     run = gin_utils.evaluate("flanx.train")
     cfg, model_config, data = run.config, run.model, run.data

@@ -59,7 +59,6 @@ def register_configurables() -> None:
     """Register flanx's typed configs with gin (idempotent)."""
     global _REGISTERED
     if not _REGISTERED:
-        from flanx import entrypoints
         from flanx.eval.evaluator import DecodeConfig
         from flanx.models import config as model_config
         from flanx.train import config as train_config
@@ -69,7 +68,7 @@ def register_configurables() -> None:
                     train_config.LossConfig, DecodeConfig):
             gin.external_configurable(cls, name=cls.__name__, module="flanx")
         gin.external_configurable(model_preset, name="get_config", module="flanx")
-        gin.external_configurable(entrypoints.TrainRun, name="train", module="flanx")
+        gin.external_configurable(train_config.TrainRun, name="train", module="flanx")
         _REGISTERED = True
     for hook in _EXTRA_REGISTRATIONS:
         hook()

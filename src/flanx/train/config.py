@@ -13,6 +13,8 @@ directly. Nothing under `flanx.train` reads gin.
 - `DataConfig`: which task or mixture a run trains on, at which lengths
   (T5X's DatasetConfig, without importing seqio).
 - `TrainConfig`: the run itself (steps, batch, checkpoints, logging).
+- `TrainRun`: what `python -m flanx.train` evaluates (model, TrainConfig,
+  DataConfig, initial checkpoint, evaluation during training).
 
 Every check in `__post_init__` names the field and the gin macro the run gins
 bind to it (`TrainConfig.batch_size (BATCH_SIZE) must be a positive integer,
@@ -240,3 +242,38 @@ class TrainConfig:
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class TrainRun:
+    """Everything `python -m flanx.train` runs: gin's `flanx.train`, bound in t5x_configs/base/train.gin.
+
+    model: the T5Config (MODEL_CONFIG); config: TrainConfig; data: DataConfig.
+    initial_checkpoint_path: where a new run starts (any checkpoint format); the
+      trainer ignores it when MODEL_DIR already has checkpoints to resume.
+    eval_mixtures: tasks / mixtures evaluated every `config.eval_period` steps
+      and at the end, on `eval_split` (`eval_examples` each, None: all), decoded
+      with `decode` (a flanx.predict DecodeConfig; None: its defaults).
+    """
+    model: object
+    config: TrainConfig
+    data: DataConfig
+    initial_checkpoint_path: str | None = None
+    eval_mixtures: tuple = ()
+    eval_split: str = "validation"
+    eval_examples: int | None = None
+    decode: object = None
+
+    def __post_init__(self):
+        for name, kind in (("config", TrainConfig), ("data", DataConfig)):
+            if not isinstance(getattr(self, name), kind):
+                raise ValueError(f"train.{name} must be a {kind.__name__}, got {getattr(self, name)!r}")
+        if not self.config.model_dir:
+            raise ValueError("TrainConfig.model_dir (MODEL_DIR) is not set: python -m flanx.train needs a run "
+                             "directory, e.g. --gin.MODEL_DIR=\"'runs/my_run'\"")
+        if self.initial_checkpoint_path is not None and not isinstance(self.initial_checkpoint_path, str):
+            raise ValueError("train.initial_checkpoint_path (INITIAL_CHECKPOINT_PATH) must be a path or None, "
+                             f"got {self.initial_checkpoint_path!r}")
+        names = self.eval_mixtures or ()
+        object.__setattr__(self, "eval_mixtures", (names,) if isinstance(names, str) else tuple(names))
+        check_int("train", "eval_examples", self.eval_examples, "EVAL_EXAMPLES", minimum=1, allow_none=True)
