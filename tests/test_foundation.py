@@ -1,4 +1,4 @@
-"""Foundation: data locations, progress lines, the umbrella CLI, gin plumbing, install layout."""
+"""Foundation: data locations, progress lines and per-process logs, the umbrella CLI, gin plumbing, install layout."""
 from __future__ import annotations
 
 import os
@@ -63,6 +63,37 @@ def test_format_duration():
     assert progress.format_duration(5) == "5s"
     assert progress.format_duration(221) == "3m41s"
     assert progress.format_duration(3 * 3600 + 125) == "3h02m"
+
+
+def test_process_log_paths(tmp_path, monkeypatch):
+    assert progress.process_log_path(str(tmp_path), 3) == str(tmp_path / "logs" / "process_3.log")
+    monkeypatch.setenv("FLANX_LOG_DIR", str(tmp_path / "local"))
+    assert progress.process_log_path("gs://bucket/run", 1) == str(tmp_path / "local" / "process_1.log")
+
+
+LOGGING_PROBE = """
+import logging, sys
+from flanx import progress
+progress.setup_logging()  # the entry points' console logger for `flanx` (does not propagate)
+print(progress.setup_process_logging(sys.argv[1], int(sys.argv[2])))
+logging.getLogger("flanx.train").info("trainer info")
+logging.getLogger("orbax.lib").info("library info")
+logging.getLogger("flanx.train").warning("trainer warning")
+"""
+
+
+@pytest.mark.parametrize("process_id", [0, 1])
+def test_setup_process_logging_writes_per_process_file(tmp_path, process_id):
+    proc = subprocess.run([sys.executable, "-c", LOGGING_PROBE, str(tmp_path), str(process_id)],
+                          capture_output=True, text=True, timeout=60, check=True)
+    path = proc.stdout.strip()
+    assert path == str(tmp_path / "logs" / f"process_{process_id}.log")
+    text = Path(path).read_text()
+    for line in ("INFO flanx.train: trainer info", "INFO orbax.lib: library info",
+                 "WARNING flanx.train: trainer warning"):
+        assert f"[p{process_id}] {line}" in text
+    assert "trainer warning" in proc.stderr and "library info" not in proc.stderr
+    assert ("trainer info" in proc.stderr) == (process_id == 0)  # other processes: warnings only
 
 
 def test_cli_usage_and_unknown_command(capsys):

@@ -9,8 +9,9 @@ import numpy as np
 import optax
 import pytest
 
+from flanx.checkpoints import stack_layers
 from flanx.checkpoints.tree import flatten, unflatten
-from flanx.models import LoraConfig, Transformer, get_config, init_params, param_axes, scan_params
+from flanx.models import LoraConfig, Transformer, get_config, init_params, param_axes
 from flanx.models import lora
 
 BASE = get_config("tiny", num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.0)
@@ -88,7 +89,7 @@ def test_zero_b_is_base_and_merge_reproduces_lora(base_params):
     np.testing.assert_allclose(_logits(BASE, merged, enc, dec), lora_logits, atol=1e-4)
     # scanned layout merges the same way
     scan_lora = dataclasses.replace(LORA, scan_layers=True)
-    merged_scan = lora.merge_lora(scan_params(trained), scan_lora)
+    merged_scan = lora.merge_lora(stack_layers(trained), scan_lora)
     np.testing.assert_allclose(merged_scan["decoder"]["layers"]["self_attention"]["value"]["kernel"][:, 0],
                                merged["decoder"]["layers_0"]["self_attention"]["value"]["kernel"], atol=1e-6)
     with pytest.raises(ValueError, match="config.lora is None"):
@@ -123,3 +124,24 @@ def test_export_hf_merges_adapters(base_params, tmp_path):
     params, config = import_hf(tmp_path / "hf")
     assert config.lora is None and config.vocab_size == BASE.vocab_size
     np.testing.assert_allclose(_logits(config, params, enc, dec), _logits(LORA, trained, enc, dec), atol=1e-4)
+
+
+def test_setup_is_the_one_lora_preparation(base_params):
+    """No LoRA: params as given, everything trains. LoRA on base weights: fresh adapters (as add_lora with
+    the same key), mask = adapters only. Params that already have adapters (shapes too) keep them."""
+    same, mask = lora.setup(base_params, BASE, jax.random.PRNGKey(1))
+    assert same is base_params and mask is None
+    prepared, mask = lora.setup(base_params, LORA, jax.random.PRNGKey(1))
+    expected = flatten(lora.add_lora(base_params, LORA, jax.random.PRNGKey(1)))
+    assert set(flatten(prepared)) == set(expected)
+    for path, value in flatten(prepared).items():
+        np.testing.assert_array_equal(np.asarray(value), np.asarray(expected[path]), err_msg=path)
+    trainable = {p for p, m in flatten(mask).items() if m}
+    assert trainable == {p for p in expected if p.endswith(("lora_a", "lora_b"))}
+    kept, _ = lora.setup(prepared, LORA, jax.random.PRNGKey(7))
+    assert kept is prepared
+    shapes = jax.eval_shape(lambda: init_params(LORA, jax.random.PRNGKey(0)))
+    _, shape_mask = lora.setup(shapes, LORA)
+    assert {p for p, m in flatten(shape_mask).items() if m} == trainable
+    with pytest.raises(ValueError, match="no LoRA adapters.*rng="):
+        lora.setup(base_params, LORA)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from flanx import partitioning
+from flanx import mesh as mesh_lib, partitioning
 from flanx.train import optim
 from flanx.train.config import OptimizerConfig
 
@@ -74,7 +74,7 @@ def test_single_device_host_shard_and_batch_checks():
     batch = partitioning.to_global_batch({"x": np.arange(16).reshape(8, 2)}, mesh, 8)
     np.testing.assert_array_equal(np.asarray(batch["x"]), np.arange(16).reshape(8, 2))
     with pytest.raises(ValueError, match="BATCH_SIZE=6 .* not divisible"):
-        partitioning.check_batch_size(types.SimpleNamespace(shape={"data": 4, "fsdp": 1, "model": 1}), 6)
+        mesh_lib.check_batch_size(6, {"data": 4, "fsdp": 1, "model": 1})
 
 
 PARITY = textwrap.dedent("""

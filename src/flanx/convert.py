@@ -19,7 +19,6 @@ import dataclasses
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 _BOOL = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
@@ -59,17 +58,6 @@ def _check_output(output: Path, overwrite: bool, input_path: Path) -> None:
         raise SystemExit(f"flanx convert: {output} exists and is not empty; pass --overwrite to replace it")
 
 
-def _publish(tmp: Path, output: Path) -> None:
-    """Rename the finished `tmp` to `output`; an old `output` is removed only after that."""
-    old = None
-    if output.exists():
-        old = output.with_name(f"{output.name}.old-{os.getpid()}-{int(time.time())}")
-        output.rename(old)
-    tmp.rename(output)
-    if old is not None:
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
-
-
 def load_config_file(path: str | os.PathLike):
     """T5Config from a flanx.json sidecar, a dict of T5Config fields, or a Hugging Face config.json."""
     import json
@@ -96,7 +84,7 @@ def convert(input_path: str | os.PathLike, output: str | os.PathLike, dst_format
             model: str | None = None, config_file: str | None = None, scan_layers: bool | None = None, step: int | None = None,
             merge_lora: bool = False, overwrite: bool = False) -> Path:
     """Convert `input_path` to `dst_format` at `output`; return `output`."""
-    from flanx import checkpoints
+    from flanx import checkpoints, io
 
     input_path, output = Path(input_path), Path(output).absolute()
     _check_output(output, overwrite, input_path)
@@ -126,7 +114,7 @@ def convert(input_path: str | os.PathLike, output: str | os.PathLike, dst_format
         config = dataclasses.replace(config, lora=None)
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f"{output.name}.tmp-{os.getpid()}-{int(time.time())}")
+    tmp = io.staging_path(output)
     try:
         if dst_format == "flanx":
             checkpoints.save_params(tmp, params, config, {"converted_from": str(input_path), "source_format": fmt},
@@ -140,7 +128,7 @@ def convert(input_path: str | os.PathLike, output: str | os.PathLike, dst_format
             hf.export_hf(checkpoints.unstack_layers(params), dataclasses.replace(config, scan_layers=False), tmp)
         else:
             raise SystemExit(f"flanx convert: unknown output format {dst_format!r}")
-        _publish(tmp, output)
+        io.publish(tmp, output)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -1,4 +1,9 @@
-"""The progress convention for long work: one periodic line per N steps.
+"""Logging set-up and the progress convention for long work: one periodic line per N steps.
+
+`setup_logging()` gives the `flanx` logger its console handler;
+`setup_process_logging(model_dir, process_id)` sends every record of one
+process of a run to `MODEL_DIR/logs/process_{i}.log` and leaves INFO lines on
+the console to process 0.
 
 Every long loop in flanx (training, evaluation, data benchmarks, the study)
 reports through `Progress`, which logs a line like
@@ -12,8 +17,12 @@ readable without a progress-bar dependency.
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import tempfile
 import time
+
+from flanx import io
 
 logger = logging.getLogger("flanx")
 
@@ -34,6 +43,58 @@ def setup_logging(level: int = logging.INFO, log_file: str | None = None) -> Non
         fh = logging.FileHandler(log_file)
         fh.setFormatter(fmt)
         logger.addHandler(fh)
+
+
+def process_log_path(model_dir: str, process_id: int) -> str:
+    """`MODEL_DIR/logs/process_{i}.log`; for a remote MODEL_DIR a local file (FLANX_LOG_DIR or the temp dir)."""
+    name = f"process_{process_id}.log"
+    if io.is_remote(model_dir):
+        local = os.environ.get("FLANX_LOG_DIR") or os.path.join(tempfile.gettempdir(), "flanx_logs")
+        return os.path.join(local, name)
+    return os.path.join(model_dir, "logs", name)
+
+
+def setup_process_logging(model_dir: str, process_id: int, level: int = logging.INFO) -> str:
+    """Log every record at `level`+ to this process's file; only process 0 shows INFO on the console.
+
+    The file handler goes on the root logger and on the `flanx` logger when that one does not
+    propagate (`setup_logging` configures it so); other processes' console handlers there drop to
+    WARNING. With a remote MODEL_DIR the local file is copied to MODEL_DIR/logs/ at exit.
+    Returns the local log file path.
+    """
+    path = process_log_path(model_dir, process_id)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fmt = logging.Formatter(f"%(asctime)s [p{process_id}] %(levelname)s %(name)s: %(message)s")
+    file_handler = logging.FileHandler(path, mode="a")
+    console = logging.StreamHandler()  # library warnings still reach the console
+    console.setLevel(logging.WARNING)
+    for h in (file_handler, console):
+        h.setFormatter(fmt)
+        h._flanx_process_log = True
+    root, flanx_logger = logging.getLogger(), logging.getLogger("flanx")
+    for lg in [root] + ([flanx_logger] if not flanx_logger.propagate else []):
+        for h in [h for h in lg.handlers if getattr(h, "_flanx_process_log", False)]:
+            lg.removeHandler(h)
+        if lg.level == logging.NOTSET or lg.level > level:
+            lg.setLevel(level)
+        if process_id != 0:
+            for h in lg.handlers:
+                if type(h) is logging.StreamHandler:
+                    h.setLevel(max(h.level, logging.WARNING))
+        lg.addHandler(file_handler)
+    root.addHandler(console)
+    if io.is_remote(model_dir):
+        import atexit
+        atexit.register(_upload_log, path, f"{model_dir.rstrip('/')}/logs/{os.path.basename(path)}")
+    return path
+
+
+def _upload_log(local: str, remote: str) -> None:
+    try:
+        with open(local) as src, io.open_output(remote) as dst:
+            dst.write(src.read())
+    except Exception as e:  # noqa: BLE001 - a failed log upload must not mask the run's own exit status
+        logger.warning("could not copy %s to %s: %s", local, remote, e)
 
 
 def format_duration(seconds: float) -> str:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flanx.checkpoints.tree import CheckpointError, flatten, unflatten
+from flanx.checkpoints.tree import CheckpointError, expected_shapes, flatten, unflatten
 
 _ATTENTION = {"q": "query", "k": "key", "v": "value", "o": "out"}
 _FF_TO_ACTIVATIONS = {
@@ -136,16 +136,6 @@ def name_map(config) -> dict[str, tuple[str, bool]]:
     return names
 
 
-def _expected_shapes(config) -> dict[str, tuple]:
-    import jax
-
-    from flanx.models import init_params
-
-    plain = dataclasses.replace(config, scan_layers=False, lora=None)
-    abstract = jax.eval_shape(lambda: init_params(plain, jax.random.PRNGKey(0)))
-    return {path: tuple(leaf.shape) for path, leaf in flatten(abstract).items()}
-
-
 # ----------------------------------------------------------------------------- import
 
 
@@ -184,7 +174,7 @@ def import_hf(path: str | os.PathLike) -> tuple[dict, object]:
         raise CheckpointError(f"{path}: no config.json (is this a Hugging Face model directory?)")
     config = config_from_hf(json.loads(config_file.read_text()), str(config_file))
     tensors = _read_tensors(path)
-    names, shapes = name_map(config), _expected_shapes(config)
+    names, shapes = name_map(config), expected_shapes(config)
 
     shared = tensors.get("shared.weight")
     if shared is not None and shared.shape[0] != config.vocab_size:
@@ -238,7 +228,7 @@ def export_hf(params: dict, config, out_dir: str | os.PathLike) -> Path:
         params = unstack_layers(params)
     config = dataclasses.replace(config, scan_layers=False)
     flat = {p: np.asarray(v) for p, v in flatten(params).items()}
-    names, shapes = name_map(config), _expected_shapes(config)
+    names, shapes = name_map(config), expected_shapes(config)
     wanted = {fx for fx, _ in names.values()}
     unknown, missing = sorted(set(flat) - wanted), sorted(wanted - set(flat))
     if unknown or missing:

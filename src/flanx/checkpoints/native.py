@@ -7,7 +7,9 @@ A flanx parameter checkpoint is a directory:
                     "step": int | null, "metadata": {...}}
       params/      an Orbax PyTree checkpoint of the plain parameter dict
 
-`save_params` writes it under a temporary name and renames it when complete.
+`save_params` writes it under a temporary name and renames it when complete
+(`flanx.io.publish`); `write_sidecar` writes `flanx.json` alone (the trainer
+puts one in MODEL_DIR, local or `gs://`).
 `load_native` reads it back, and also reads what the trainer's
 `orbax.checkpoint.CheckpointManager` writes (`MODEL_DIR/checkpoints/<step>/params/`):
 pass the model dir, its `checkpoints/` dir, one `<step>/` dir or the `params/`
@@ -20,7 +22,6 @@ import dataclasses
 import json
 import os
 import shutil
-import time
 import types
 import typing
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from flanx import io
 from flanx.checkpoints.tree import CheckpointError, to_numpy
 
 SIDECAR = "flanx.json"
@@ -92,15 +94,15 @@ def _prepare_target(path: Path, overwrite: bool) -> None:
             raise CheckpointError(f"{path} already exists and is not empty; choose another path or pass overwrite=True")
 
 
-def _replace(tmp: Path, final: Path) -> None:
-    """Move the finished `tmp` to `final`, replacing what is there only after `tmp` is complete."""
-    old = None
-    if final.exists():
-        old = final.with_name(f"{final.name}.old-{os.getpid()}-{int(time.time())}")
-        final.rename(old)
-    tmp.rename(final)
-    if old is not None:
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
+def write_sidecar(directory: str | os.PathLike, config: Any, *, step: int | None = None,
+                  metadata: dict[str, Any] | None = None) -> str:
+    """Write `directory/flanx.json` (format, version, config, step, metadata), local or `gs://`."""
+    sidecar = {"format": "flanx", "version": FORMAT_VERSION, "config": config_to_dict(config),
+               "step": None if step is None else int(step), "metadata": dict(metadata or {})}
+    path = os.path.join(str(directory), SIDECAR)
+    with io.open_output(path) as f:
+        f.write(json.dumps(sidecar, indent=2, sort_keys=True, default=_json_default) + "\n")
+    return path
 
 
 def save_params(path: str | os.PathLike, params: dict[str, Any], config: Any, metadata: dict[str, Any] | None = None,
@@ -111,16 +113,14 @@ def save_params(path: str | os.PathLike, params: dict[str, Any], config: Any, me
     final = Path(path).absolute()
     _prepare_target(final, overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}-{int(time.time())}")
+    tmp = io.staging_path(final)
     try:
         tmp.mkdir()
         checkpointer = ocp.PyTreeCheckpointer()
         checkpointer.save(tmp / PARAMS_ITEM, to_numpy(params))
         checkpointer.close()
-        sidecar = {"format": "flanx", "version": FORMAT_VERSION, "config": config_to_dict(config),
-                   "step": None if step is None else int(step), "metadata": dict(metadata or {})}
-        (tmp / SIDECAR).write_text(json.dumps(sidecar, indent=2, sort_keys=True, default=_json_default) + "\n")
-        _replace(tmp, final)
+        write_sidecar(tmp, config, step=step, metadata=metadata)
+        io.publish(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -31,7 +31,11 @@ which mixtures use when the data is absent.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
+import yaml
+
+from flanx import paths
 from flanx.data import card_checks as checks
 from flanx.data.card_checks import KEYS, NAME, CardError, err
 from flanx.data.sources import data_available
@@ -254,14 +258,119 @@ def task_specs(card: TaskCard) -> list[TaskSpec]:
     return specs
 
 
-# The YAML side (files, folders, collisions) lives in card_files; its names resolve here too, lazily
-# (card_files imports this module).
-_FILE_NAMES = ("check_collision", "check_template_count", "collection_card_files", "collection_of", "expand_groups",
-               "load_card_file", "load_card_files")
+# ----------------------------------------------------------------------------- card files and collections
+
+NOT_CARDS = ("mixtures.yaml", "clusters.yaml")  # the other YAML files in tasks/
 
 
-def __getattr__(name: str):
-    if name in _FILE_NAMES:
-        from flanx.data import card_files  # noqa: PLC0415
-        return getattr(card_files, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def expand_groups(spec: dict) -> list[dict]:
+    """A card with `groups: [a, b]` becomes one card per group, `{group}` filled in its file patterns."""
+    groups = spec.get("groups")
+    if not groups:
+        return [spec]
+    out = []
+    for group in groups:
+        card = {k: v for k, v in spec.items() if k != "groups"}
+        card["name"] = f"{spec['name']}_{group.lower()}"
+        splits = {}
+        for split, s in spec["splits"].items():
+            s = {"files": s} if isinstance(s, (str, list)) else dict(s)
+            files = [s["files"]] if isinstance(s["files"], str) else s["files"]
+            s["files"] = [f.replace("{group}", group) for f in files]
+            splits[split] = s
+        card["splits"] = splits
+        out.append(card)
+    return out
+
+
+def collection_of(path: str | Path) -> str | None:
+    """The collection of a card file: its folder's name when it sits in a folder directly under `tasks/`."""
+    path = Path(path).resolve()
+    try:
+        tasks = paths.tasks_dir().resolve()
+    except FileNotFoundError:
+        return None
+    return path.parent.name if path.parent.parent == tasks else None
+
+
+def _relative_root(spec: dict, path: Path) -> None:
+    """A relative `source.root` (also in a `local:` block) is relative to the card file."""
+    for holder in (spec, spec.get("local") if isinstance(spec.get("local"), dict) else None):
+        source = holder.get("source") if holder else None
+        root = source.get("root") if isinstance(source, dict) else None
+        if root:
+            root = Path(root).expanduser()
+            holder["source"] = dict(source, root=str(root if root.is_absolute() else path.parent / root))
+
+
+def load_card_file(path: str | Path, use_local: bool | None = None) -> list[TaskCard]:
+    """All cards in one YAML file (one card, or one per group)."""
+    path = Path(path)
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise CardError(f"task card {path}: not valid YAML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise CardError(f"task card {path}: byte at offset {e.start} is not valid UTF-8; save the card as "
+                        f"UTF-8") from None
+    except OSError as e:
+        raise CardError(f"task card {path}: cannot read it ({e.strerror})") from None
+    if not isinstance(spec, dict):
+        raise CardError(f"task card {path}: expected a mapping at the top level")
+    _relative_root(spec, path)
+    folder = collection_of(path)
+    if folder is not None:
+        if spec.get("collection", folder) != folder:
+            raise CardError(f"task card {path}: collection: {spec['collection']!r}, but the card sits in the "
+                            f"folder of collection {folder!r}; drop the key or move the file")
+        spec["collection"] = folder
+    cards = [load_card(s, str(path), use_local) for s in expand_groups(spec)]
+    for card in cards:
+        check_template_count(card)
+    return cards
+
+
+def check_template_count(card: TaskCard) -> None:
+    """A card file with FLAN task names needs `MIN_FLAN_TEMPLATES` templates (a single one: `task_naming: plain`)."""
+    n = len(card.templates)
+    if card.task_naming == "flan" and n < MIN_FLAN_TEMPLATES:
+        raise err(card.path, "templates", f"{n} template(s), but a card with FLAN task names (task_naming: "
+                                          f"flan, the default) needs at least {MIN_FLAN_TEMPLATES}, so that its "
+                                          f"`_template_0to{{N}}` tasks vary the instruction as FLAN does. Add "
+                                          f"templates, or set `task_naming: plain` for one task named "
+                                          f"{card.name!r} that uses the first template")
+
+
+def check_collision(existing: TaskCard | None, card: TaskCard) -> None:
+    """A card may replace a same-named card from another file only when it says `override: true`."""
+    if existing is None or existing.file == card.file or card.override:
+        return
+    if card.collection and not existing.collection:
+        raise err(card.path, "name", f"{card.name!r} is already the name of the top-level task card "
+                                     f"{existing.file}. A collection card that supersedes a top-level card "
+                                     f"replaces it: delete {Path(existing.file).name} (its files can become "
+                                     f"this card's `local:` block), or rename one of them")
+    raise err(card.path, "name", f"{card.name!r} is already the name of task card {existing.file}; rename "
+                                 f"this card, or set `override: true` in it to replace that card")
+
+
+def load_card_files(files, use_local: bool | None = None) -> dict[str, TaskCard]:
+    """Name -> card for every card in `files`, in order; a later card replaces an earlier one only with
+    `override: true` (see `check_collision`)."""
+    cards: dict[str, TaskCard] = {}
+    for path in files:
+        for card in load_card_file(path, use_local):
+            check_collision(cards.get(card.name), card)
+            cards[card.name] = card
+    return cards
+
+
+def collection_card_files(collection: str | None = None) -> list[Path]:
+    """The YAML task cards shipped in `tasks/`: top-level ones, then each collection folder's
+    (only `collection`'s when given)."""
+    root = paths.tasks_dir()
+    top = sorted(p for p in root.glob("*.yaml") if p.name not in NOT_CARDS)
+    nested = sorted(p for p in root.glob("*/*.yaml"))
+    if collection is not None:
+        return [p for p in nested if p.parent.name == collection]
+    return top + nested

@@ -129,15 +129,15 @@ def register_mixtures(collection: str = COLLECTION) -> list[str]:
 
 
 def heldout_split(cluster: str, collection: str = COLLECTION) -> HeldoutSplit:
-    """The mixture names of FLAN's held-out-cluster experiment for `cluster` (paper name or code key)."""
+    """The mixture names of FLAN's held-out-cluster experiment for `cluster` (paper name or code key),
+    after `flanx.data.register_all()`."""
     clusters_lib.code_keys(cluster)  # ClusterError for an unknown name, listing the known ones
-    import flanx.data  # noqa: PLC0415
-    flanx.data.register_all()
     train, evaluation = f"{collection}_minus_{cluster}", f"{collection}_eval_{cluster}"
     for name in (train, evaluation):
         if name not in mixtures.MIXTURES:
-            raise KeyError(f"mixture {name!r} is not registered: collection {collection} has no cards for one "
-                           f"side of it (tasks/{collection}/)")
+            why = "call flanx.data.register_all() first" if not collection_cards(collection) else \
+                f"collection {collection} has no cards for one side of it (tasks/{collection}/)"
+            raise KeyError(f"mixture {name!r} is not registered: {why}")
     return HeldoutSplit(train, evaluation, tuple(cluster_cards(cluster, collection_cards(collection)).excluded))
 
 

@@ -192,8 +192,6 @@ def register_collection_mixtures() -> list[str]:
             if present:
                 names.append(register_examples_mixture(name, present, formats=m.get("formats"),
                                                        description=desc, **rate))
-    from flanx.data import flan2021  # noqa: PLC0415 - it builds on this module
-    names += flan2021.register_mixtures()
     return names
 
 

@@ -25,7 +25,8 @@ import sys
 from pathlib import Path
 
 from flanx import paths
-from flanx.data import card_files, hub_sources
+from flanx.data import cards as cards_lib
+from flanx.data import hub_sources
 
 MANIFEST = "manifest.json"
 
@@ -133,10 +134,10 @@ def prepare_hf(entry: Entry, cards: list, data_dir: Path, checksums: bool) -> En
 
 def download_sources(collection: str, only: list[str] | None = None) -> dict[tuple[str, str], list]:
     """(source type, dataset) -> the collection's cards reading it (their TFDS/HF variant)."""
-    files = card_files.collection_card_files(collection)
+    files = cards_lib.collection_card_files(collection)
     if not files:
         raise SystemExit(f"flanx: no task cards in collection {collection!r} (tasks/{collection}/)")
-    cards = card_files.load_card_files(files, use_local=False)
+    cards = cards_lib.load_card_files(files, use_local=False)
     unknown = sorted(set(only or ()) - set(cards))
     if unknown:
         raise SystemExit(f"flanx: collection {collection!r} has no card(s) {', '.join(unknown)}")

@@ -292,7 +292,3 @@ def load_rows(card, split: str, limit: int | None = None) -> list[dict]:
     card.skipped[split] = skipped
     cache[split] = rows
     return rows
-
-
-from flanx.data import source_files  # noqa: E402,F401 - registers the file formats (they use register_source)
-from flanx.data import hub_sources  # noqa: E402,F401 - registers tfds and hf

@@ -12,112 +12,22 @@ Plain-Python API (the forgetting study and the trainer call these; no gin):
 
 Names may be tasks or mixtures (a mixture evaluates each of its tasks that has
 metrics and the split). Predict metrics get the model's decoded outputs
-(greedy, beam search or sampling, `flanx.models.decoding`); score metrics
-(rank classification over `*_scoring` tasks) get per-example target
-log-likelihoods (`decoding.score`). Batches are padded to a fixed size so each
-task compiles once. In a multi-process run every process evaluates the same
-examples with the (sharded) parameters and gets the same results.
+(greedy, beam search or sampling: `flanx.predict.DecodeConfig`); score
+metrics (rank classification over `*_scoring` tasks) get per-example target
+log-likelihoods. The batched decode and score calls live in `flanx.predict`
+(shared with `flanx.infer`); this module adapts them to seqio's
+`predict_fn`/`score_fn` and runs the Evaluators. In a multi-process run every
+process evaluates the same examples with the (sharded) parameters and gets the
+same results.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
-import jax
-import numpy as np
+from flanx.predict import DecodeConfig, decode_tokens, score_batch
 
 logger = logging.getLogger("flanx")
-
-DECODE_METHODS = ("greedy", "beam", "sample")
-
-
-@dataclasses.dataclass(frozen=True)
-class DecodeConfig:
-    """How predictions are produced. `max_decode_length=None` uses the targets length."""
-    method: str = "greedy"
-    num_beams: int = 4
-    alpha: float = 0.6
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    max_decode_length: int | None = None
-    batch_size: int = 32
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.method not in DECODE_METHODS:
-            raise ValueError(f"DecodeConfig.method={self.method!r}: choose one of {DECODE_METHODS}")
-        if self.batch_size < 1:
-            raise ValueError(f"DecodeConfig.batch_size={self.batch_size} must be >= 1")
-
-
-def _to_device(x: np.ndarray, params) -> Any:
-    """Host numpy -> an array the jitted decode can take next to `params` (replicated across processes)."""
-    if jax.process_count() == 1:
-        return x
-    leaf = jax.tree.leaves(params)[0]
-    from jax.sharding import NamedSharding, PartitionSpec as P
-    sharding = NamedSharding(leaf.sharding.mesh, P())
-    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
-
-
-def _host(x) -> np.ndarray:
-    """The whole value of a (possibly multi-process, sharded) array on this host."""
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        from jax.experimental import multihost_utils
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(x)
-
-
-def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
-    if x.shape[0] == rows:
-        return x
-    return np.concatenate([x, np.zeros((rows - x.shape[0],) + x.shape[1:], x.dtype)], axis=0)
-
-
-def trim_at_eos(tokens: Sequence[int], eos_id: int = 1) -> list[int]:
-    """Token ids up to (not including) the first EOS, without padding."""
-    out = []
-    for t in tokens:
-        t = int(t)
-        if t == eos_id:
-            break
-        if t:
-            out.append(t)
-    return out
-
-
-def decode_tokens(params, model_config, encoder_input_tokens: np.ndarray, decode: DecodeConfig,
-                  max_decode_length: int, rng_index: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
-    """Decode one padded batch -> (tokens [B, L], beam scores [B] or None)."""
-    from flanx.models import decoding
-
-    n = encoder_input_tokens.shape[0]
-    enc = _to_device(_pad_rows(np.asarray(encoder_input_tokens, np.int32), decode.batch_size), params)
-    if decode.method == "greedy":
-        out, scores = decoding.greedy_decode(params, model_config, enc, max_decode_length), None
-    elif decode.method == "beam":
-        out, scores = decoding.beam_search(params, model_config, enc, decode.num_beams, max_decode_length,
-                                           decode.alpha)
-        out, scores = out[:, 0], scores[:, 0]
-    else:
-        rng = jax.random.fold_in(jax.random.PRNGKey(decode.seed), rng_index)
-        out, scores = decoding.sample(params, model_config, enc, rng, max_decode_length, decode.temperature,
-                                      decode.top_k, decode.top_p), None
-    out = _host(out)[:n]
-    return out, (None if scores is None else _host(scores)[:n])
-
-
-def score_batch(params, model_config, batch: Mapping[str, np.ndarray], batch_size: int) -> np.ndarray:
-    """Per-example target log-likelihoods of one batch (padded to `batch_size` rows)."""
-    from flanx.models import decoding
-
-    n = next(iter(batch.values())).shape[0]
-    keys = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
-    padded = {k: _to_device(_pad_rows(np.asarray(batch[k], np.int32), batch_size), params)
-              for k in keys if k in batch}
-    return _host(decoding.score(params, model_config, padded))[:n]
 
 
 def make_predict_fn(params, model_config, decode: DecodeConfig) -> Callable:

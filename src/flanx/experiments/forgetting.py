@@ -115,17 +115,10 @@ def _write_json(path: str, payload: Any) -> None:
 
 
 def _curve(model_dir: str) -> list[list[float]]:
-    """(step, loss) pairs from a run's metrics.jsonl."""
-    path = os.path.join(model_dir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return []
-    out = []
-    with open(path) as f:
-        for line in f:
-            rec = json.loads(line)
-            if rec.get("split", rec.get("kind")) == "train" and "loss" in rec:
-                out.append([int(rec["step"]), float(rec["loss"])])
-    return out
+    """(step, loss) pairs from a run's metrics.jsonl (local or gs://)."""
+    from flanx.train.writers import read_metrics
+
+    return [[int(r["step"]), float(r["loss"])] for r in read_metrics(model_dir, "train") if "loss" in r]
 
 
 def _to_host(params):
@@ -213,7 +206,8 @@ class Study:
                                self.model_config, init_params=base)
         if arm == "lora":
             lcfg = self.model_config.replace(lora=cfg.lora)
-            start = _to_host(lora.add_lora(base, lcfg, jax.random.PRNGKey(cfg.seed + 1)))
+            start, _ = lora.setup(base, lcfg, jax.random.PRNGKey(cfg.seed + 1))  # the trainer's own set-up
+            start = _to_host(start)
             trained = self._train(model_dir, cfg.target_task, cfg.arm_steps, cfg.lora_learning_rate,
                                   lcfg, init_params=start, optimizer=cfg.lora_optimizer)
             return _to_host(lora.merge_lora(trained, lcfg))
@@ -223,14 +217,15 @@ class Study:
     def evaluate(self, params) -> dict:
         """Every arm: the same tasks, examples, lengths and greedy decoding."""
         from flanx.eval import evaluator
+        from flanx.predict import DecodeConfig
 
         cfg = self.cfg
         target, held_in, held_out = self.eval_tasks()
         by_split: dict[str, list[str]] = {}
         for task in dict.fromkeys([target, *held_in, *held_out]):
             by_split.setdefault(cfg.eval_split_overrides.get(task, cfg.eval_split), []).append(task)
-        decode = evaluator.DecodeConfig(method="greedy", max_decode_length=cfg.max_decode_length,
-                                        batch_size=cfg.eval_batch_size)
+        decode = DecodeConfig(method="greedy", max_decode_length=cfg.max_decode_length,
+                              batch_size=cfg.eval_batch_size)
         results = {}
         for split, tasks in by_split.items():
             results.update(evaluator.evaluate(params, self.model_config, tasks, split=split,

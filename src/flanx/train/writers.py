@@ -18,7 +18,7 @@ from typing import Mapping
 
 import jax
 
-from flanx import distributed
+from flanx import io
 
 
 def flatten_scalars(values: Mapping, prefix: str = "") -> dict[str, float]:
@@ -57,8 +57,8 @@ class MetricsWriter:
         self._use_tb = tensorboard
         self._model_dir = model_dir
         self._remote_lines = None
-        if self.enabled and distributed.is_remote(model_dir):
-            self._remote_lines = (distributed.read_output(self.path) or "").splitlines(keepends=True)
+        if self.enabled and io.is_remote(model_dir):
+            self._remote_lines = (io.read_output(self.path) or "").splitlines(keepends=True)
         elif self.enabled:
             os.makedirs(model_dir, exist_ok=True)
 
@@ -78,7 +78,7 @@ class MetricsWriter:
                 f.write(line)
         else:
             self._remote_lines.append(line)
-            with distributed.open_output(self.path, "w") as f:
+            with io.open_output(self.path, "w") as f:
                 f.write("".join(self._remote_lines))
         if self._use_tb:
             board = self._board(kind)
@@ -94,7 +94,7 @@ class MetricsWriter:
 
 def read_metrics(model_dir: str, kind: str | None = None) -> list[dict]:
     """The records of `MODEL_DIR/metrics.jsonl` (optionally one kind), in file order."""
-    text = distributed.read_output(os.path.join(model_dir, "metrics.jsonl"))
+    text = io.read_output(os.path.join(model_dir, "metrics.jsonl"))
     if text is None:
         return []
     rows = [json.loads(line) for line in text.splitlines() if line.strip()]

@@ -13,18 +13,20 @@ With `INFER_INPUT_FILE` (JSONL with an `inputs` field, or plain text lines)
 the prompts come from that file instead, tokenized with `VOCABULARY`.
 
 Plain Python: `predict(params, model_config, examples, vocabulary, decode,
-feature_lengths, with_scores)` -> list of records; `write_jsonl(path, records)`.
+feature_lengths, with_scores)` -> list of records; `write_jsonl(path, records)`;
+`read_prompts(path, vocabulary, inputs_length)`. The batched decode and score
+calls come from `flanx.predict` (shared with evaluation); the gin entry point
+is `flanx.entrypoints.infer`, run by `python -m flanx.infer` (`__main__.py`).
 """
 from __future__ import annotations
 
 import json
 import os
-import sys
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from flanx.eval.evaluator import DecodeConfig, decode_tokens, score_batch, trim_at_eos
+from flanx.predict import DecodeConfig, decode_tokens, pad_tokens, score_targets, trim_at_eos
 
 
 def read_prompts(path: str, vocabulary, inputs_length: int) -> list[dict]:
@@ -60,23 +62,10 @@ def predict(params, model_config, examples: Sequence[Mapping], vocabulary, decod
     records = []
     for start in range(0, len(examples), decode.batch_size):
         chunk = examples[start:start + decode.batch_size]
-        enc = np.zeros((len(chunk), in_len), np.int32)
-        for i, ex in enumerate(chunk):
-            ids = np.asarray(ex["inputs"], np.int32)[:in_len]
-            enc[i, :len(ids)] = ids
+        enc = pad_tokens([ex["inputs"] for ex in chunk], in_len)
         tokens, _ = decode_tokens(params, model_config, enc, decode, out_len, start)
         preds = [trim_at_eos(row) for row in tokens]
-        scores = None
-        if with_scores:
-            tgt = np.zeros((len(chunk), out_len), np.int32)
-            for i, ids in enumerate(preds):
-                ids = ids[:out_len - 1] + [1]
-                tgt[i, :len(ids)] = ids
-            dec_in = np.zeros_like(tgt)
-            dec_in[:, 1:] = tgt[:, :-1]
-            scores = score_batch(params, model_config, {
-                "encoder_input_tokens": enc, "decoder_input_tokens": dec_in, "decoder_target_tokens": tgt,
-                "decoder_loss_weights": (tgt > 0).astype(np.int32)}, decode.batch_size)
+        scores = score_targets(params, model_config, enc, preds, out_len, decode.batch_size) if with_scores else None
         for i, ex in enumerate(chunk):
             rec = {"inputs": ex.get("inputs_pretokenized") or vocabulary.decode(list(map(int, ex["inputs"]))),
                    "prediction": vocabulary.decode(preds[i])}
@@ -97,8 +86,3 @@ def write_jsonl(path: str, records: Sequence[Mapping]) -> str:
     os.replace(tmp, path)
     return path
 
-
-if __name__ == "__main__":
-    from flanx import entrypoints
-
-    sys.exit(entrypoints.infer(sys.argv[1:]))
