@@ -6,6 +6,7 @@ import io
 import json
 import re
 import shutil
+import sys
 import types
 
 import pytest
@@ -36,7 +37,8 @@ def collection(tmp_path, monkeypatch):
               {"train": {"name": "train[:5]", "num_examples": 6}}),  # recorded count disagrees: a note
         _card("offline", {"type": "tfds", "name": "fake_net:2.0.0"}, {"train": {"name": "train"}}),
         _card("manual", {"type": "tfds", "name": "fake_manual:1.0.0"}, {"train": {"name": "train"}}),
-        _card("hub", {"type": "hf", "path": "org/hub", "name": "cfg"}, {"train": {"name": "train"}}),
+        _card("hub", {"type": "hf", "path": "org/hub", "name": "cfg"},
+              {"train": {"name": "train[:-1]", "num_examples": 2}, "validation": {"name": "train[-1:]"}}),
     ]
     for card in cards:
         (tasks_dir / "demo" / f"{card['name']}.yaml").write_text(yaml.safe_dump(card), encoding="utf-8")
@@ -95,7 +97,7 @@ class FakeHubDataset(dict):
 def fake_datasets():
     def load_dataset(path, name=None, cache_dir=None):
         assert (path, name) == ("org/hub", "cfg")
-        return FakeHubDataset(train=[{"a": "x", "b": "y"}] * 3)
+        return FakeHubDataset(train=[{"a": f"x{i}", "b": f"y{i}"} for i in range(3)])
 
     def load_from_disk(path):
         return {"train": json.loads((paths.Path(path) / "train.arrow").read_bytes())}
@@ -126,7 +128,10 @@ def test_prepare_writes_the_manifest_names_failures_and_manual_steps(collection,
     manual = by_name["fake_manual:1.0.0"]
     assert manual["status"] == "manual" and str(out_dir / "downloads" / "manual") in manual["manual_step"]
     assert "story.zip" in manual["manual_step"]
-    assert by_name["org/hub/cfg"]["status"] == "ok" and by_name["org/hub/cfg"]["splits"] == {"train": 3}
+    hub = by_name["org/hub/cfg"]
+    assert hub["status"] == "ok" and hub["splits"] == {"train": 3}
+    assert hub["card_splits"]["hub"] == {"train": {"name": "train[:-1]", "rows": 2, "recorded": 2},
+                                         "validation": {"name": "train[-1:]", "rows": 1, "recorded": None}}
     # The report: what failed and why, the manual step, a recorded count that disagrees, how to read DIR.
     assert "2 of 4 datasets prepared" in out
     assert re.search(r"FAILED fake_net:2.0.0 \(offline\): ConnectionError", out)
@@ -139,6 +144,9 @@ def test_prepare_writes_the_manifest_names_failures_and_manual_steps(collection,
     cards = cards_lib.load_card_files(cards_lib.collection_card_files("demo"))
     assert sources.data_available(cards["good_a"]) and sources.data_available(cards["hub"])
     assert not sources.data_available(cards["offline"]) and not sources.data_available(cards["manual"])
+    monkeypatch.setitem(sys.modules, "datasets", fake_datasets())  # the saved copy is read, sliced, offline
+    assert sources.load_rows(cards["hub"], "validation") == [{"a": "x2", "b": "y2"}]
+    assert [r["a"] for r in sources.load_rows(cards["hub"], "train")] == ["x0", "x1"]
     FakeBuilder.downloads = []
     prepare.prepare("demo", out_dir, out=io.StringIO())
     assert sorted(FakeBuilder.downloads) == ["fake_manual:1.0.0", "fake_net:2.0.0"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -121,6 +122,18 @@ def read_tfds(card, spec: dict) -> Iterator[Record]:
 
 # ----------------------------------------------------------------------------- Hugging Face
 
+_SPLIT_SLICE = re.compile(r"(?P<split>[\w.-]+)(?:\[(?P<start>-?\d*):(?P<stop>-?\d*)\])?")
+
+
+def split_slice(name: str) -> tuple[str, slice]:
+    """("train", slice(None, -200)) for "train[:-200]": a saved dataset's split and the rows to keep."""
+    m = _SPLIT_SLICE.fullmatch(name.strip())
+    if not m:
+        raise DataFormatError(f"split {name!r}: flanx reads a saved Hugging Face split as NAME or NAME[start:stop]")
+    start, stop = (int(v) if v else None for v in m.group("start", "stop"))
+    return m.group("split"), slice(start, stop)
+
+
 def hf_saved_dir(card) -> Path | None:
     """Where `flanx data prepare` saves an `hf` card's dataset, or None without a TFDS folder."""
     root = paths.tfds_data_dir()
@@ -144,7 +157,9 @@ def read_hf(card, spec: dict) -> Iterator[Record]:
         import datasets  # noqa: PLC0415 - optional, imported only for hf sources
         saved = hf_saved_dir(card)
         if saved is not None and saved.is_dir():
-            dataset = datasets.load_from_disk(str(saved))[spec["name"]]
+            split, rows = split_slice(spec["name"])
+            full = datasets.load_from_disk(str(saved))[split]
+            dataset = (full[i] for i in range(len(full))[rows])
         else:
             dataset = datasets.load_dataset(card.source["path"], card.source.get("name"), split=spec["name"])
     else:  # an in-memory mapping {split: rows}, e.g. a datasets.DatasetDict

@@ -123,8 +123,12 @@ def prepare_hf(entry: Entry, cards: list, data_dir: Path, checksums: bool) -> En
         entry.status, entry.error = "failed", _one_line(e)
         return entry
     entry.splits = {name: len(split) for name, split in ds.items()}
+
+    def rows(split_name: str) -> int | None:
+        split, cut = hub_sources.split_slice(split_name)
+        return len(range(entry.splits[split])[cut]) if split in entry.splits else None
     for c in cards:
-        entry.card_splits[c.name] = {split: {"name": spec["name"], "rows": entry.splits.get(spec["name"]),
+        entry.card_splits[c.name] = {split: {"name": spec["name"], "rows": rows(spec["name"]),
                                              "recorded": spec.get("num_examples")}
                                      for split, spec in c.splits.items()}
     entry.files = _checksums(target, data_dir, checksums)
