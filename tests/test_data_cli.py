@@ -82,10 +82,12 @@ def _demo_tasks_dir(tmp_path, monkeypatch):
             "labels": {0: "no", 1: "yes"}, "templates": templates}
     specs = {
         "demo_rte": {"clusters": ["entailment"], "source": {"type": "tfds", "name": "super_glue/rte:1.0.2"},
-                     "splits": {"train": {"name": "train[:-200]", "num_examples": 2290}, "test": {"name": "validation"}},
+                     "splits": {"train": {"name": "train[:-200]", "num_examples": 2290},
+                                "test": {"name": "validation"}},
                      "fields": {"a": "premise", "b": "hypothesis", "label": "label"}},
         "demo_mrpc": {"clusters": ["paraphrase"], "source": {"type": "tfds", "name": "glue/mrpc:2.0.0"},
-                      "splits": {"train": {"name": "train[:-200]", "num_examples": 3468}, "test": {"name": "validation"}},
+                      "splits": {"train": {"name": "train[:-200]", "num_examples": 3468},
+                                 "test": {"name": "validation"}},
                       "local": {"source": {"type": "jsonl"}, "splits": {"train": "mrpc/train.jsonl",
                                                                         "test": "mrpc/test.jsonl"}}},
     }

@@ -141,7 +141,8 @@ def test_mixtures_show_prints_recorded_rates_without_data(demo, capsys):
     assert set(printed) == set(expected)
     for task, (n, rate, share, origin) in printed.items():
         assert n == DEMO[task.split("_template")[0]][1] and origin == "recorded"
-        assert rate == pytest.approx(expected[task], abs=1e-4) and share == pytest.approx(expected[task] / total, abs=5e-5)
+        assert rate == pytest.approx(expected[task], abs=1e-4)
+        assert share == pytest.approx(expected[task] / total, abs=5e-5)
 
 
 def _cards_of(mixture: str) -> set[str]:

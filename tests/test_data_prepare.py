@@ -64,7 +64,8 @@ class FakeBuilder:
         self.spec, self.data_dir = spec, data_dir
         self.name, _, version = spec.partition(":")
         self.version = version
-        self.MANUAL_DOWNLOAD_INSTRUCTIONS = "Register at example.org and download story.zip." if "manual" in spec else ""
+        manual = "Register at example.org and download story.zip."
+        self.MANUAL_DOWNLOAD_INSTRUCTIONS = manual if "manual" in spec else ""
         self.info = types.SimpleNamespace(splits=FakeSplits(train=types.SimpleNamespace(num_examples=10)))
 
     def download_and_prepare(self, download_dir):

@@ -164,7 +164,8 @@ def render_all(card, length_fn=words) -> int:
             spec = TaskSpec(f"{card.name}_check_{i}_{fmt}", card.name, (i,), fmt)
             n += _check(card, spec, train, length_fn)
             if is_opt(fmt) and not template.inverted:
-                n += _check(card, TaskSpec(f"{spec.name}_scoring", card.name, (i,), fmt, scoring=True), train, length_fn)
+                scoring = TaskSpec(f"{spec.name}_scoring", card.name, (i,), fmt, scoring=True)
+                n += _check(card, scoring, train, length_fn)
     return n
 
 

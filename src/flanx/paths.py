@@ -11,7 +11,8 @@ import os
 from pathlib import Path
 
 DATA_DIR_ENV = "FLANX_DATA_DIR"
-TFDS_DIR_ENV = "FLANX_TFDS_DIR"  # prepared TFDS / Hugging Face data (`flanx data prepare`); default $FLANX_DATA_DIR/tfds
+# Prepared TFDS / Hugging Face data (`flanx data prepare`); default $FLANX_DATA_DIR/tfds.
+TFDS_DIR_ENV = "FLANX_TFDS_DIR"
 
 # dataset -> files (relative to FLANX_DATA_DIR) that must exist to use it.
 DATASETS: dict[str, tuple[str, ...]] = {

@@ -91,8 +91,8 @@ def tasks_list(args) -> int:
     keep, code = _card_filter(args, cards)
     if code:
         return code
-    chosen = [c for c in cards.values() if (keep is None or c.name in keep) and (not args.group or c.group == args.group)
-              and (not args.card or c.name == args.card)]
+    chosen = [c for c in cards.values() if (keep is None or c.name in keep)
+              and (not args.group or c.group == args.group) and (not args.card or c.name == args.card)]
     if args.cards and chosen:
         _print_cards(chosen)
         return 0
