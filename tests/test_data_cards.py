@@ -203,12 +203,12 @@ def test_same_card_name_from_two_files_needs_override(tmp_path):
     # A user card named like a collection card.
     user_rte = _write_card(tmp_path / "rte.yaml", name="rte")
     with pytest.raises(CardError, match=rf"{user_rte} \(rte\): name: 'rte' is already the name of task card "
-                                        rf".*tasks/rte.yaml"):
+                                        rf".*tasks/flan2021/rte.yaml"):
         cards.load_card_files(cards.collection_card_files() + [user_rte])
     flanx.data.register_all()
-    with pytest.raises(CardError, match=r"'rte' is already the name of task card .*tasks/rte.yaml"):
+    with pytest.raises(CardError, match=r"'rte' is already the name of task card .*tasks/flan2021/rte.yaml"):
         flanx.data.register_task_card(str(user_rte))
-    assert tasks.get_card("rte").file.endswith("tasks/rte.yaml")
+    assert tasks.get_card("rte").file.endswith("tasks/flan2021/rte.yaml")
 
 
 def test_override_replaces_the_card_and_its_stale_task_names(tmp_path):
