@@ -134,11 +134,11 @@ def test_seqio_tasks_tokenize_with_eos_and_carry_metrics():
 def test_real_tasks_register_without_data_and_raise_missing_data_when_read(monkeypatch):
     monkeypatch.delenv(paths.DATA_DIR_ENV, raising=False)
     monkeypatch.delenv("FLANX_SPM_PATH", raising=False)
-    card = cards_lib.load_card_file(paths.tasks_dir() / "rte.yaml")[0]
+    card = cards_lib.load_card_file(paths.tasks_dir() / "flan2021" / "rte.yaml", use_local=True)[0]
     card.name = "rte_nodata"
     names = tasks.register_card(card)
     try:
-        assert "rte_nodata_template_0to8_fsopt_scoring" in seqio.TaskRegistry.names()
+        assert "rte_nodata_template_0to9_fsopt_scoring" in seqio.TaskRegistry.names()
         with pytest.raises(paths.MissingDataError, match="FLANX_DATA_DIR"):
             pipeline.get_eval_dataset("rte_nodata_template_0_zero_shot", "validation", {"inputs": 64, "targets": 8})
         with pytest.raises(paths.MissingDataError, match="FLANX_DATA_DIR"):
@@ -150,10 +150,10 @@ def test_real_tasks_register_without_data_and_raise_missing_data_when_read(monke
 # ----------------------------------------------------------------------------- real data
 
 FIRST_ROWS = {  # task -> (split, text in the first input, first target), read off the files by hand
-    "rte_template_1_zero_shot": ("train", "Premise: No Weapons of Mass Destruction Found in Iraq Yet.", "no"),
+    "rte_template_1_zero_shot": ("train", "Passage: No Weapons of Mass Destruction Found in Iraq Yet.", "no"),
     "cb_template_1_zero_shot": ("validation", None, None),
     "sst2_template_4_zero_shot": ("train", "a stirring , funny and finally transporting", "positive"),
-    "trec_template_3_zero_shot": ("test", "Question: How far is it from Denver to Aspen ?", "number"),
+    "trec_template_3_zero_shot": ("test", "Someone asks \"How far is it from Denver to Aspen ?\"", "numeric"),
     "agnews_template_4_zero_shot": ("validation", "Title: Fears for T N pension after talks", "Business"),
     "gsm8k_template_0_zero_shot": ("train", "Natalia sold clips to 48 of her friends", "72"),
     "gsm8k_cot_template_0_zero_shot": ("train", "Natalia sold clips", "Natalia sold 48/2 = 24 clips in May.\n"
@@ -170,7 +170,7 @@ FIRST_ROWS = {  # task -> (split, text in the first input, first target), read o
 def test_every_real_task_renders_its_first_examples(data_root):
     real = [c for c in tasks.CARDS.values() if c.vocabulary == "t5_spm" and c.path.startswith(str(paths.tasks_dir()))
             and c.collection is None]  # collections have their own tests (tests/test_flan2021_collection.py)
-    assert len(real) == 11 + 35
+    assert len(real) == 7 + 35
     for card in real:
         for split in card.splits:
             for spec in _specs(card):
@@ -194,12 +194,12 @@ def test_every_real_task_renders_its_first_examples(data_root):
 
 @pytest.mark.needs_data
 def test_real_task_counts_and_spm_tokens(data_root):
-    assert render.count_examples(tasks.get_card("rte"), "train") == 2490
+    assert render.count_examples(tasks.get_card("rte"), "train") == 2490 - 200  # FLAN holds back 200 rows
     assert render.count_examples(tasks.get_card("agnews"), "train") == 7600 - 950
     (ex,) = pipeline.get_eval_dataset("trec_template_3_zero_shot", "test", {"inputs": 512, "targets": 8}, 1)
     vocab = flanx.data.get_vocabulary("t5_spm")
     assert vocab.vocab_size == 32100 and ex["inputs"][-1] == 1 and ex["targets"][-1] == 1
-    assert vocab.decode(list(ex["targets"][:-1])) == "number"
+    assert vocab.decode(list(ex["targets"][:-1])) == "numeric"
     assert vocab.decode(list(ex["inputs"][:-1])) == " ".join(ex["inputs_pretokenized"].split())
     assert mixtures.num_train_examples("t0_ag_news") == 1400 - 70
 
