@@ -3,15 +3,21 @@
 The rows look the way the tfds source yields them (`tfds.as_numpy`, then top-level text decoded):
 top-level text is `str`, a `Sequence` of text is a numpy array of `bytes`, nested dicts hold numpy
 arrays, `bytes` and numpy scalars, ClassLabels are ints. Each transform is also run on the same row
-with plain lists and `str`, and must give the same result.
+with plain lists and `str`, and must give the same result. Last, each card of
+`tasks/flan2021/` that uses them renders its row: evaluation targets and references, and the
+correct option(s) of rank classification, as FLAN defines them.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
 
-from flanx.data import sources
-from flanx.data.cards import load_card
+from flanx import paths
+from flanx.data import render, sources
+from flanx.data.cards import load_card, load_card_file, task_specs
+from flanx.data.templates import render_options
 from flanx.data.transforms import ROW_TRANSFORMS, DataFormatError
 
 
@@ -204,3 +210,84 @@ def test_flattened_nested_columns_are_accepted():
     row = {k: v for k, v in ROWS["quac"].items() if k != "orig_answer"}
     row["orig_answer/text"] = "She was born in Ohio."
     assert ROW_TRANSFORMS["quac"](row)["answer"] == "She was born in Ohio."
+
+
+# ----------------------------------------------------------------------------- the cards that use these transforms
+
+EXTRA_ROWS = {  # cards that map TFDS columns directly (no transform), or share one (ARC)
+    "drop": {"passage": "The Bears scored 7 points and the Jets 3.", "question": "How many more points?",
+             "answer": "4", "validated_answers": _b("4", "four"), "query_id": "q1"},
+    "multirc": {"paragraph": "Sam has a red bike.", "question": "What colour is the bike?", "answer": "Red",
+                "idx": {"paragraph": np.int32(0), "question": np.int32(0), "answer": np.int32(0)}, "label": 1},
+    "bool_q": {"question": "is the sky blue", "passage": "The sky is blue.", "answer": False, "title": "Sky"},
+    "math_dataset": {"question": "Solve 2*x + 4 = 10 for x.", "answer": "3"},
+    "arc_easy": ROWS["arc"], "arc_challenge": ROWS["arc"],
+}
+# card: (its row, the correct option(s) of rank classification or None, the evaluation target, its references)
+CARD_CASES = {
+    "squad_v1": (None, "1842", ["1842", "in 1842"]),
+    "squad_v2": (None, "unanswerable", ["unanswerable"]),
+    "drop": (None, "4", None),
+    "multirc": (["yes"], "yes", None),
+    "openbookqa": (["an iron nail"], "an iron nail", None),
+    "bool_q": (["no"], "no", None),
+    "trivia_qa": (None, "mars", ["mars", "planet mars"]),
+    "natural_questions": (None, "Thomas Jefferson", ["Thomas Jefferson", "Jefferson"]),
+    "arc_challenge": (["copper"], "copper", None),
+    "arc_easy": (["copper"], "copper", None),
+    "copa": (["He dropped a hammer on his foot."], "He dropped a hammer on his foot.", None),
+    "hellaswag": (["your neck."], "your neck.", None),
+    "piqa": (["run the lid under hot water."], "run the lid under hot water.", None),
+    "story_cloze": (["They ate the cake together."], "They ate the cake together.", None),
+    "record": (["Smith, 25, said he trained for a year.", "Tom Smith, 25, said he trained for a year."],
+               "Smith, 25, said he trained for a year.",
+               ["Smith, 25, said he trained for a year.", "Tom Smith, 25, said he trained for a year."]),
+    "cosmos_qa": (["I missed the bus."], "I missed the bus.", None),
+    "quac": (None, "She was born in Ohio.", None),
+    "coqa": (None, "1. Tom\n2. milk", None),
+    "math_dataset": (None, "3", None),
+}
+
+
+def qa_card(name: str):
+    """The card `tasks/flan2021/{name}.yaml` with its hand-made row as the only row of every split."""
+    (card,) = load_card_file(paths.tasks_dir() / "flan2021" / f"{name}.yaml")
+    raw = EXTRA_ROWS.get(name, ROWS.get(name))
+    for split in card.splits:
+        card.row_cache[split] = [sources.prepare_row(card, split, raw)]
+    return card
+
+
+@pytest.mark.parametrize("name", sorted(CARD_CASES))
+def test_card_evaluates_its_row_as_flan_does(name):
+    correct, target, references = CARD_CASES[name]
+    card = qa_card(name)
+    specs = {s.name: s for s in task_specs(card) if not s.per_template}
+    zs = specs[f"{name}_template_0to9_{'zsopt' if card.has_options else 'zsnoopt'}"]
+    # Evaluation uses only direct templates: every one of them targets the answer.
+    for split in ("validation", "test"):
+        for i in range(len(card.templates)):
+            (ex,) = render.render_examples(card, dataclasses.replace(zs, name=f"{zs.name}_{i}_{split}"), split,
+                                           length_fn=len)
+            assert ex["targets_pretokenized"] == target
+            assert ex.get("references") == references
+    if correct is None:
+        assert not card.has_options
+        return
+    (scoring,) = [s for s in specs.values() if s.scoring and s.fmt == "zsopt"]
+    examples = render.render_examples(card, scoring, "test", length_fn=len)
+    options = card.row_options(card.row_cache["test"][0])
+    assert [ex["targets_pretokenized"] for ex in examples] == options
+    assert sorted(ex["targets_pretokenized"] for ex in examples if ex["is_correct"]) == sorted(correct)
+    assert all(render_options(options) in ex["inputs_pretokenized"] for ex in examples)
+
+
+def test_inverted_templates_train_only_and_ask_for_another_field():
+    card = qa_card("story_cloze")
+    inverted = [i for i, t in enumerate(card.templates) if t.inverted]
+    assert inverted == [8, 9]
+    row = render.text_row(card, card.row_cache["train"][0])
+    for i in inverted:
+        inp, tgt = card.templates[i].render(row, card.row_options(row), with_options=False)
+        assert ROWS["story_cloze"]["context"] not in inp and "They ate the cake together." in inp
+        assert tgt == ROWS["story_cloze"]["context"] + " They ate the cake together."
