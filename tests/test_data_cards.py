@@ -266,3 +266,49 @@ def test_seqio_task_metrics_bind_options_and_scale():
         assert "scaled_template_0to1_zsopt_scoring" in names
     finally:
         tasks.unregister_card("scaled")
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def test_local_block_with_evaluation_splits_only_reads_train_from_the_main_source(tmp_path, monkeypatch):
+    """AG News style: the local files give only the test split; train (and few-shot exemplars) stay with
+    the main source, the card yields the same tasks either way, and row counts come from the main source."""
+    main_rows = [{"text": f"main {i}", "label": i % 2} for i in range(6)]
+    local_rows = [{"Text": f"local {i}", "Class": "B" if i % 2 else "A"} for i in range(4)]
+    spec = {"name": "evalonly", "vocabulary": "byte", "group": "test_group",
+            "source": {"type": "jsonl", "root": str(tmp_path)},
+            "splits": {"train": {"files": _jsonl(tmp_path / "train.jsonl", main_rows), "num_examples": 6},
+                       "test": {"files": _jsonl(tmp_path / "test.jsonl", main_rows[:2]), "num_examples": 2}},
+            "local": {"source": {"type": "jsonl", "root": str(tmp_path)},
+                      "splits": {"test": {"files": _jsonl(tmp_path / "local_test.jsonl", local_rows),
+                                          "num_examples": 4}},
+                      "fields": {"text": "Text", "label": "Class"}, "labels": {"A": "no", "B": "yes"}},
+            "fields": {"text": "text", "label": "label"}, "labels": {0: "no", 1: "yes"},
+            "templates": [{"input": "{text}?{options}", "target": "{label}"}] * 8}
+    local = load_card(json.loads(json.dumps(spec)), use_local=True)
+    main = local.alternate
+    assert (local.variant, main.variant) == ("local", "main")
+    assert set(local.splits) == {"test"} and local.formats == main.formats == ("zsopt", "zsnoopt", "fsopt", "fsnoopt")
+    assert [s.name for s in task_specs(local)] == [s.name for s in task_specs(main)]
+    assert [r["text"] for r in render.sources.load_rows(local, "test")] == [f"local {i}" for i in range(4)]
+    assert [r["text"] for r in render.sources.load_rows(local, "train")] == [f"main {i}" for i in range(6)]
+    assert render.num_examples(local, "train") == (6, "data") and render.num_examples(local, "test") == (4, "data")
+    fs = next(s for s in task_specs(local) if s.fmt == "fsopt" and not s.per_template and not s.scoring)
+    (first, *_) = render.render_examples(local, fs, "test", length_fn=len)
+    assert "main " in first["inputs_pretokenized"] and first["inputs_pretokenized"].rstrip().endswith("local 0?\n\nOPTIONS:\n- no\n- yes")
+    # Training mixtures leave such a card out while its main source is not prepared (an empty TFDS dir here).
+    from flanx.data import mixtures  # noqa: PLC0415
+    monkeypatch.setenv(paths.TFDS_DIR_ENV, str(tmp_path / "no_tfds"))
+    tfds_spec = json.loads(json.dumps(spec))
+    tfds_spec["source"] = {"type": "tfds", "name": "glue/wnli:2.0.0"}
+    tfds_spec["splits"] = {"train": {"name": "train", "num_examples": 6}, "test": {"name": "validation"}}
+    tfds_local = load_card(tfds_spec, use_local=True)
+    assert mixtures.needs_preparing(tfds_local) and not mixtures.needs_preparing(local)
+    assert render.num_examples(tfds_local, "train") == (6, "recorded")
+    bad = json.loads(json.dumps(spec))
+    bad["local"]["splits"]["dev"] = bad["local"]["splits"]["test"]
+    with pytest.raises(CardError, match=r"local.splits: names split\(s\) dev, but the card has train, test"):
+        load_card(bad)

@@ -23,8 +23,10 @@ clusters they belong to (`clusters:`, checked against `tasks/clusters.yaml`).
 A card with a `local:` block describes the same dataset twice: the
 top-level keys (e.g. a TFDS source) and, overriding some of them, files under
 FLANX_DATA_DIR; `load_card` picks the local variant when its files exist
-(`card.variant`, the other one in `card.alternate`). Splits may record their
-row counts (`num_examples`), which mixtures use when the data is absent.
+(`card.variant`, the other one in `card.alternate`). A local block may give
+only some of the splits (AG News: only its test file); the others are read
+from the main source. Splits may record their row counts (`num_examples`),
+which mixtures use when the data is absent.
 """
 from __future__ import annotations
 
@@ -126,18 +128,23 @@ def load_card(spec: dict, where: str = "<python>", use_local: bool | None = None
     main = _build(spec, where)
     if spec.get("local") is None:
         return main
-    local = _build(checks.local_spec(spec, where), f"{where}: local")
+    local = _build(checks.local_spec(spec, where), f"{where}: local", formats=main.formats)
     local = dataclasses.replace(local, variant="local", path=main.path)
-    if set(local.splits) != set(main.splits):
-        raise err(where, "local.splits", f"names splits {', '.join(local.splits)}, but the card has "
-                                          f"{', '.join(main.splits)}; a local block reads the same splits")
+    extra = [s for s in local.splits if s not in main.splits]
+    if extra:
+        raise err(where, "local.splits", f"names split(s) {', '.join(extra)}, but the card has "
+                                          f"{', '.join(main.splits)}; a local block reads the card's splits, or "
+                                          f"some of them (the others, e.g. train, stay with the main source)")
     main.alternate, local.alternate = local, main
     if use_local is None:
         use_local = data_available(local)
     return local if use_local else main
 
 
-def _build(spec: dict, where: str) -> TaskCard:
+def _build(spec: dict, where: str, formats: tuple[str, ...] | None = None) -> TaskCard:
+    """One variant of a card; a local variant gets the main variant's `formats` (its few-shot pool may
+    then be a split that only the main source has)."""
+    inherited = formats
     name = spec["name"]
     source = dict(spec["source"]) if isinstance(spec["source"], dict) else None
     splits = checks.split_specs(spec["splits"], where)
@@ -177,7 +184,7 @@ def _build(spec: dict, where: str) -> TaskCard:
     fs = dict(spec.get("fewshot") or {})
     has_pool = bool(fs.get("exemplars_field")) or fs.get("pool_split", "train") in splits
     formats = tuple(f for f in (FORMATS if has_options else ("zsnoopt", "fsnoopt")) if has_pool or f.startswith("zs"))
-    formats = tuple(spec.get("formats") or formats)
+    formats = tuple(inherited or spec.get("formats") or formats)
     for fmt in formats:
         checks.choice(where, "formats", fmt, FORMATS)
         if fmt.endswith("opt") and not fmt.endswith("noopt") and not has_options:
@@ -193,7 +200,8 @@ def _build(spec: dict, where: str) -> TaskCard:
         if value and value not in fields:
             raise err(where, f"fewshot.{key}", f"{value!r} is not in `fields`")
     checks.check_fewshot_layout(where, templates, formats, fewshot)
-    if any(f.startswith("fs") for f in formats) and not fewshot.exemplars_field and fewshot.pool_split not in splits:
+    if any(f.startswith("fs") for f in formats) and not fewshot.exemplars_field and fewshot.pool_split not in splits \
+            and not inherited:
         raise err(where, "fewshot.pool_split", f"{fewshot.pool_split!r} is not a split of this card")
     dataset = spec.get("dataset")
     metrics = checks.check_metrics(where, spec, fields, has_options, options)
