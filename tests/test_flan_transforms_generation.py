@@ -52,6 +52,8 @@ def test_samsum_turns_crlf_to_newlines_and_removes_each_tag():
     row = T("samsum")({"dialogue": "Ann: look <file_photo>\r\nBob: nice! <file_gif> haha", "summary": "s"})
     assert row["dialogue"] == "Ann: look  \nBob: nice!   haha"
     assert T("samsum")({"dialogue": b"A: hi", "summary": "s"})["dialogue"] == "A: hi"
+    assert T("samsum")({"dialogue": "", "summary": "problem with the content"}) is None
+    assert T("samsum")({"dialogue": "A: hi", "summary": " "}) is None
 
 
 def test_opinion_abstracts_number_the_first_ten_items():
@@ -140,3 +142,64 @@ def test_text_formatting_inputs_and_filters():
     assert ws["no_space"] == "Copenhagen'sharbour,builtin1167,isbusy." and ws["answer"] == sentence
     with pytest.raises(DataFormatError, match="'en'"):
         T("word_segment")({"da": "x"})
+
+
+# ----------------------------------------------------------------------------- real files (FLANX_DATA_DIR)
+
+def _flan2021_card(name):
+    from flanx import paths  # noqa: PLC0415
+    from flanx.data import cards  # noqa: PLC0415
+    (card,) = cards.load_card_file(paths.tasks_dir() / "flan2021" / f"{name}.yaml")
+    return card
+
+
+def _render(card, template, split, limit):
+    from flanx.data import render  # noqa: PLC0415
+    from flanx.data.cards import TaskSpec  # noqa: PLC0415
+    fmt = "zsopt" if card.has_options else "zsnoopt"
+    return render.render_examples(card, TaskSpec(f"{card.name}_check_{template}", card.name, (template,), fmt),
+                                  split, limit=limit)
+
+
+@pytest.mark.needs_data
+def test_samsum_local_files_mirror_flans_splits_and_render(data_root):
+    from flanx.data import render  # noqa: PLC0415
+    card = _flan2021_card("samsum")
+    assert card.variant == "local" and card.alternate.source == {"type": "tfds", "name": "samsum:1.0.0"}
+    counts = {split: render.count_examples(card, split) for split in card.splits}
+    # FLAN: train, validation[:200], test; one train row has an empty dialogue and is dropped.
+    assert counts == {"train": 14732 - 1, "validation": 200, "test": 819}
+    assert counts == {s: spec["num_examples"] for s, spec in card.splits.items()}
+    (first,) = _render(card, 0, "train", 1)
+    assert first["inputs_pretokenized"] == ("Amanda: I baked  cookies. Do you want some?\nJerry: Sure!\n"
+                                            "Amanda: I'll bring you tomorrow :-)\n\nSum up this chat in a sentence or two.")
+    assert first["targets_pretokenized"] == "Amanda baked cookies and will bring Jerry some tomorrow."
+    rows = render.sources.load_rows(card, "train")
+    leon = rows[13]  # id 13729567: "Leon: <file_photo>\r\nArthur: that actually looks nice"
+    assert "Leon:  \nArthur: that actually looks nice" in leon["dialogue"] and "<file_photo>" not in leon["dialogue"]
+    assert not any("\r" in r["dialogue"] for r in rows)
+    (inverted,) = _render(card, 8, "train", 1)  # inverted: write the chat from its summary
+    assert inverted["inputs_pretokenized"].endswith("Amanda baked cookies and will bring Jerry some tomorrow.")
+    assert inverted["targets_pretokenized"].startswith("Amanda: I baked  cookies.")
+
+
+@pytest.mark.needs_data
+def test_ag_news_local_test_file_is_evaluation_only(data_root, tmp_path, monkeypatch):
+    from flanx import paths  # noqa: PLC0415
+    from flanx.data import mixtures, render  # noqa: PLC0415
+    monkeypatch.setenv(paths.TFDS_DIR_ENV, str(tmp_path))  # no prepared TFDS data: only the local file
+    card = _flan2021_card("ag_news_subset")
+    assert card.variant == "local" and set(card.splits) == {"test"}   # the local file is AG News's test split
+    assert render.count_examples(card, "test") == 7600
+    assert render.num_examples(card, "train") == (30000, "recorded")  # FLAN's train[:30000], from TFDS only
+    assert mixtures.needs_preparing(card)  # no training rows here: training mixtures leave it out
+    with pytest.raises(paths.MissingDataError):  # training rows never come from the test file
+        render.sources.load_rows(card, "train")
+    (first,) = _render(card, 1, "test", 1)
+    assert first["inputs_pretokenized"].startswith("Classify the topic of this news item.\n\n"
+                                                   "Headline: Fears for T N pension after talks\nStory: Unions")
+    assert first["inputs_pretokenized"].endswith("OPTIONS:\n- World\n- Sports\n- Business\n- Science/Tech")
+    assert first["targets_pretokenized"] == "Business"   # class 3 of the file
+    topics = [r["label"] for r in render.sources.load_rows(card, "test")]
+    assert {t: topics.count(t) for t in set(topics)} == {"World": 1900, "Sports": 1900, "Business": 1900,
+                                                         "Science/Tech": 1900}

@@ -138,13 +138,16 @@ _SAMSUM_TAG = re.compile(r"<[^<>\n]*>")
 
 
 @ROW_TRANSFORMS.register("samsum")
-def samsum(row: dict) -> dict:
-    """SAMSum: CRLF line breaks become `\\n` and placeholder tags (`<file_photo>`, `<link>`) a space.
+def samsum(row: dict) -> dict | None:
+    """SAMSum: CRLF line breaks become `\\n` and placeholder tags (`<file_photo>`, `<link>`) a space;
+    drops a row whose dialogue or summary is empty (one train row has no dialogue).
 
     FLAN's pattern `<.*>` is greedy and also swallows the words between two
-    tags on one line; flanx removes each tag on its own.
+    tags on one line; flanx removes each tag on its own. FLAN keeps the empty row.
     """
     dialogue = _text(_column(row, "dialogue"), "dialogue").replace("\r\n", "\n")
+    if not dialogue.strip() or not _text(_column(row, "summary"), "summary").strip():
+        return None
     return dict(row, dialogue=_SAMSUM_TAG.sub(" ", dialogue))
 
 
