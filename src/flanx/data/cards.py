@@ -89,6 +89,13 @@ class TaskCard:
         return list(row[self.options_field]) if self.options_field else self.options
 
     @property
+    def split_names(self) -> tuple[str, ...]:
+        """Every split the card serves: its own, then those its other variant reads (a `local:` block may
+        give only some splits; the rest come from the main source)."""
+        other = tuple(s for s in (self.alternate.splits if self.alternate else ()) if s not in self.splits)
+        return tuple(self.splits) + other
+
+    @property
     def file(self) -> str:
         """The card's YAML file (or `<python>`), without the `(name)` that `path` may carry."""
         return self.path.rsplit(" (", 1)[0] if self.path.endswith(f" ({self.name})") else self.path
@@ -129,7 +136,7 @@ def load_card(spec: dict, where: str = "<python>", use_local: bool | None = None
     if spec.get("local") is None:
         return main
     local = _build(checks.local_spec(spec, where), f"{where}: local", formats=main.formats)
-    local = dataclasses.replace(local, variant="local", path=main.path)
+    local = dataclasses.replace(local, variant="local", path=main.path, templates=main.templates)
     extra = [s for s in local.splits if s not in main.splits]
     if extra:
         raise err(where, "local.splits", f"names split(s) {', '.join(extra)}, but the card has "
@@ -247,7 +254,14 @@ def task_specs(card: TaskCard) -> list[TaskSpec]:
     return specs
 
 
-# The YAML side (files, folders, collisions) lives in card_files; re-exported here for callers.
-from flanx.data.card_files import (  # noqa: E402,F401
-    check_collision, check_template_count, collection_card_files, collection_of, expand_groups, load_card_file,
-    load_card_files)
+# The YAML side (files, folders, collisions) lives in card_files; its names resolve here too, lazily
+# (card_files imports this module).
+_FILE_NAMES = ("check_collision", "check_template_count", "collection_card_files", "collection_of", "expand_groups",
+               "load_card_file", "load_card_files")
+
+
+def __getattr__(name: str):
+    if name in _FILE_NAMES:
+        from flanx.data import card_files  # noqa: PLC0415
+        return getattr(card_files, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -73,7 +73,7 @@ def eval_task(card: TaskCard) -> str:
 
 
 def eval_split(card: TaskCard) -> str:
-    return next((s for s in EVAL_SPLITS if s in card.splits), next(iter(card.splits)))
+    return next((s for s in EVAL_SPLITS if s in card.split_names), card.split_names[0])
 
 
 def _describe(cluster: str) -> tuple[str, str]:
@@ -124,7 +124,7 @@ def register_mixtures(collection: str = COLLECTION) -> list[str]:
         names.append(mixtures.register_mixture(
             f"{collection}_eval_{cluster}",
             [(eval_task(by_name[n]), mixtures.ExamplesRate(None)) for n in split.held_out], eval_desc,
-            [f"evaluate on split {eval_split(by_name[n])!r} of {n}" for n in split.held_out]))
+            ["evaluation splits: " + ", ".join(f"{n} {eval_split(by_name[n])}" for n in split.held_out)]))
     return names
 
 
