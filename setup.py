@@ -48,6 +48,7 @@ setup(
         "sentencepiece",
         "rouge-score",
         "sacrebleu",  # BLEU as T5 reports it
+        "editdistance",  # word edit distance of the text-formatting tasks (also a seqio dependency)
         "scikit-learn",  # F1, mean multi-class F1, Matthews correlation
         "scipy",  # Pearson / Spearman
         "pyyaml",

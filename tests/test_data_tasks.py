@@ -154,13 +154,10 @@ FIRST_ROWS = {  # task -> (split, text in the first input, first target), read o
     "cb_template_1_zero_shot": ("validation", None, None),
     "sst2_template_4_zero_shot": ("train", "a stirring , funny and finally transporting", "positive"),
     "trec_template_3_zero_shot": ("test", "Someone asks \"How far is it from Denver to Aspen ?\"", "numeric"),
-    "agnews_template_4_zero_shot": ("validation", "Title: Fears for T N pension after talks", "Business"),
     "gsm8k_template_0_zero_shot": ("train", "Natalia sold clips to 48 of her friends", "72"),
     "gsm8k_cot_template_0_zero_shot": ("train", "Natalia sold clips", "Natalia sold 48/2 = 24 clips in May.\n"
                                        "Natalia sold 48+24 = 72 clips altogether in April and May.\nSo the answer is 72."),
     "dialogsum_template_0_zero_shot": ("train", "Summarize the following conversation.\n\n#Person1#: Hi, Mr. Smith.", None),
-    "samsum_template_0_zero_shot": ("train", "Summarize this dialogue:\nAmanda: I baked  cookies. Do you want some?\nJerry",
-                                    "Amanda baked cookies and will bring Jerry some tomorrow."),
     "mmlu_template_2_zero_shot": ("test", "Answer this abstract algebra question.", None),
     "t0_ag_news": ("train", "Carlyle Looks Toward Commercial Aerospace", "Business"),
 }
@@ -170,7 +167,7 @@ FIRST_ROWS = {  # task -> (split, text in the first input, first target), read o
 def test_every_real_task_renders_its_first_examples(data_root):
     real = [c for c in tasks.CARDS.values() if c.vocabulary == "t5_spm" and c.path.startswith(str(paths.tasks_dir()))
             and c.collection is None]  # collections have their own tests (tests/test_flan2021_collection.py)
-    assert len(real) == 7 + 35
+    assert len(real) == 5 + 35  # bbh, dialogsum, gsm8k, gsm8k_cot, mmlu + the T0 groups
     for card in real:
         for split in card.splits:
             for spec in _specs(card):
@@ -195,7 +192,6 @@ def test_every_real_task_renders_its_first_examples(data_root):
 @pytest.mark.needs_data
 def test_real_task_counts_and_spm_tokens(data_root):
     assert render.count_examples(tasks.get_card("rte"), "train") == 2490 - 200  # FLAN holds back 200 rows
-    assert render.count_examples(tasks.get_card("agnews"), "train") == 7600 - 950
     (ex,) = pipeline.get_eval_dataset("trec_template_3_zero_shot", "test", {"inputs": 512, "targets": 8}, 1)
     vocab = flanx.data.get_vocabulary("t5_spm")
     assert vocab.vocab_size == 32100 and ex["inputs"][-1] == 1 and ex["targets"][-1] == 1

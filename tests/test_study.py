@@ -21,6 +21,9 @@ def test_experiment_configs_build_a_study_config(gin_file):
     assert cfg.arms and set(cfg.arms) <= {"single_task", "lora", "multi_task"}
     assert cfg.model_config().vocab_size in (384, 32128)
     assert cfg.target_task and cfg.arm_steps > 0
+    from flanx.experiments.forgetting import Study  # noqa: PLC0415
+    target, held_in, held_out = Study(cfg).eval_tasks()  # raises unless every task it names is registered
+    assert target == (cfg.target_eval_task or cfg.target_task) and len(held_in) == len(cfg.held_in)
 
 
 def test_study_config_is_strict_about_macros_and_bindings():

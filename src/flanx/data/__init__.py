@@ -21,6 +21,7 @@ so `flanx tasks list` stays fast.
 from __future__ import annotations
 
 from flanx.data import hub_sources  # noqa: F401 - registers the tfds and hf source types in sources.SOURCES
+from flanx.data import flan_transforms  # noqa: F401 - registers the FLAN collection's row transforms
 from flanx.data import source_files  # noqa: F401 - registers the file source types in sources.SOURCES
 from flanx.data.vocab import get_vocabulary
 

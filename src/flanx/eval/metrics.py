@@ -18,6 +18,7 @@ prediction against its best reference, the others take one reference.
 | `mean_multiclass_f1` | mean_{n}class_f1 | macro F1 over the card's options, as T5 reports CB (scikit-learn) |
 | `matthews_corrcoef` | matthews_corrcoef | CoLA's metric; answers outside the options form their own class (scikit-learn) |
 | `pearson_spearman` | pearson_corrcoef, spearman_corrcoef | STS-B; a prediction that is not a number counts as -1 as in T5 (scipy) |
+| `edit_distance` | mean_edit, median_edit, min_edit, max_edit, sum_edit | T5's word-level edit distance, lower-cased (FLAN's text formatting; `flanx.eval.edit_metrics`, editdistance) |
 | `rank_classification` | rank_accuracy | score metric: an example is right when its best-scored option is one of its correct options |
 
 `POSTPROCESSORS` map a card's `postprocess:` name to `fn(text, example=None,
@@ -397,4 +398,3 @@ def rank_classification(targets: Sequence[tuple], scores: Sequence[float]) -> di
 
 def is_score_metric(fn: Callable) -> bool:
     return _positional(fn) == ("targets", "scores")
-
