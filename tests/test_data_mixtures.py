@@ -149,7 +149,7 @@ def test_flan2022_heldin_shares_match_counts_from_the_files(data_root):
         "sst2": _count_lines(f"{d}/classic_cls/sst2/stsa.binary.train"),
         "trec": _count_lines(f"{d}/classic_cls/trec/train.txt"),
         "agnews": _count_lines(f"{d}/classic_cls/agnews/test.csv") - 1,
-        "gsm8k": _count_lines(f"{d}/gsm8k/train.jsonl"), "gsm8k_cot": _count_lines(f"{d}/gsm8k/train.jsonl"),
+        "gsm8k_cot": _count_lines(f"{d}/gsm8k/train.jsonl"),
         "samsum": _count_lines(f"{d}/samsum/samsum.train.jsonl"),
     }
     counts["agnews"] -= -(-counts["agnews"] // 8)  # every 8th article is validation
@@ -160,8 +160,8 @@ def test_flan2022_heldin_shares_match_counts_from_the_files(data_root):
         rows = [json.loads(line) for g in groups if g.startswith(group + "_")
                 for line in open(f"{t0_dir}/{g}", encoding="utf-8") if line.strip()]
         counts[card] = len(rows) - -(-len(rows) // 20)  # every 20th row is validation
-    formats = {"rte": 4, "cb": 4, "sst2": 4, "trec": 4, "agnews": 4, "gsm8k": 2, "gsm8k_cot": 2, "samsum": 2}
-    sub = {"rte": "flan", "cb": "flan", "sst2": "flan", "trec": "flan", "agnews": "flan", "gsm8k": "flan",
+    formats = {"rte": 4, "cb": 4, "sst2": 4, "trec": 4, "agnews": 4, "gsm8k_cot": 2, "samsum": 2}
+    sub = {"rte": "flan", "cb": "flan", "sst2": "flan", "trec": "flan", "agnews": "flan",
            "gsm8k_cot": "cot", "samsum": "dialog"}
     weights = {"flan": 0.4, "t0": 0.32, "cot": 0.05, "dialog": 0.03}  # niv2 has no cards: renormalize
     per_card = {c: min(3000, n) / formats.get(c, 1) for c, n in counts.items()}
@@ -180,4 +180,5 @@ def test_flan2022_heldin_shares_match_counts_from_the_files(data_root):
     for card, share in expected_card_share.items():
         assert got[card] == pytest.approx(share, rel=1e-9), card
     assert "dialogsum" not in got  # the target task stays out of the held-in mixture
+    assert "gsm8k" not in got  # answer-only GSM8K is not a FLAN 2021 dataset: in no submixture
     assert np.isclose(sum(got.values()), 1.0)

@@ -168,7 +168,8 @@ FIRST_ROWS = {  # task -> (split, text in the first input, first target), read o
 
 @pytest.mark.needs_data
 def test_every_real_task_renders_its_first_examples(data_root):
-    real = [c for c in tasks.CARDS.values() if c.vocabulary == "t5_spm" and c.path.startswith(str(paths.tasks_dir()))]
+    real = [c for c in tasks.CARDS.values() if c.vocabulary == "t5_spm" and c.path.startswith(str(paths.tasks_dir()))
+            and c.collection is None]  # collections have their own tests (tests/test_flan2021_collection.py)
     assert len(real) == 11 + 35
     for card in real:
         for split in card.splits:
@@ -257,3 +258,33 @@ def test_seqio_evaluator_scores_each_prediction_against_all_its_references():
         assert rouge1 == pytest.approx(4 / 6)  # exact matches score 1, "no idea" shares no word with either
     finally:
         tasks.unregister_card("refs_eval")
+
+
+def test_bbh_few_shot_inputs_say_q_and_a_once_whatever_the_template(tmp_path):
+    # The shipped BBH card on a small copy of the BBH layout: one task file and its CoT prompt.
+    import json  # noqa: PLC0415
+    import yaml  # noqa: PLC0415
+    (tmp_path / "bbh" / "cot-prompts").mkdir(parents=True)
+    examples = [{"input": f"not ( True ) and ( {i % 2 == 0} ) is", "target": str(i % 2 == 1)} for i in range(80)]
+    (tmp_path / "bbh" / "boolean_expressions.json").write_text(json.dumps({"examples": examples}), encoding="utf-8")
+    (tmp_path / "bbh" / "cot-prompts" / "boolean_expressions.txt").write_text(
+        "-----\nEvaluate the result of a random Boolean expression.\n\nQ: not True is\nA: Let's think step by step. "
+        "So the answer is False.\n\nQ: True is\nA: Let's think step by step. So the answer is True.", encoding="utf-8")
+    spec = yaml.safe_load((paths.tasks_dir() / "bbh.yaml").read_text(encoding="utf-8"))
+    spec["source"]["root"] = str(tmp_path)
+    card = cards_lib.load_card(spec, "bbh.yaml")
+    fs = next(s for s in cards_lib.task_specs(card) if s.name == "bbh_template_0to7_fsnoopt")
+    rendered = render.render_examples(card, fs, "test", length_fn=len)
+    used = {render._rng(fs, "test", i).randrange(8) for i in range(len(examples))}  # noqa: SLF001
+    assert used == set(range(8))  # every template was drawn, template 1 included
+    for ex in rendered:
+        inp = ex["inputs_pretokenized"]
+        assert "Q: Q:" not in inp and "A:\nA:" not in inp and "Question:" not in inp.split("\n\nQ: ")[-1], inp
+        assert inp.count("Q: ") == 3 and inp.endswith("\nA: Let's think step by step."), inp
+    # The loader refuses a template that repeats the few-shot cues, naming the file and template.
+    spec["templates"][1] = {"input": "Q: {input}\nA:", "target": "{target}"}
+    with pytest.raises(cards_lib.CardError, match=r"bbh.yaml \(bbh\): templates\[1\]: input starts with 'Q:'"):
+        cards_lib.load_card(spec, "bbh.yaml")
+    spec["templates"][1] = {"input": "{input}\nA:", "target": "{target}"}
+    with pytest.raises(cards_lib.CardError, match=r"templates\[1\]: input ends with 'A:'"):
+        cards_lib.load_card(spec, "bbh.yaml")

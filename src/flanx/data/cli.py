@@ -1,9 +1,13 @@
 """`flanx tasks ...` and `flanx mixtures ...`: look at the task collection from the shell.
 
-    flanx tasks list [--group held_in|held_out|target] [--card NAME]
+    flanx tasks list [--group G] [--card NAME] [--collection C] [--cluster K] [--cards]
     flanx tasks show NAME [-n 3] [--split train]    rendered inputs/targets with token counts
     flanx mixtures list
     flanx mixtures show NAME                        rate, share and examples per epoch per task
+
+`--cluster` takes a paper cluster (`nli`) or a FLAN code key (`entailment`);
+`--cards` prints one line per card (collection, clusters, templates, the
+source in use, recorded split sizes) instead of one per task.
 
 `tasks` reads the task cards directly (no TensorFlow, fast); `mixtures`
 registers the collection in seqio. Unknown names list close matches.
@@ -16,7 +20,8 @@ import sys
 
 from flanx import paths
 from flanx.data import cards as cards_lib
-from flanx.data import render, vocab
+from flanx.data import clusters as clusters_lib
+from flanx.data import render, sources, vocab
 
 MULTI_COMMAND = True
 
@@ -34,15 +39,68 @@ def _unknown(kind: str, name: str, known) -> int:
     return 2
 
 
+def source_line(card) -> str:
+    """Which data a card reads: its local files or its main source (and whether that data is here)."""
+    src = card.source
+    what = f"{src['type']} {src['name']}" if src.get("name") and src["type"] in ("tfds", "hf") else src["type"]
+    if src["type"] == "hf" and src.get("path"):
+        what = f"hf {src['path']}" + (f"/{src['name']}" if src.get("name") else "")
+    if card.variant == "local":
+        return f"local files ({what}, under {paths.DATA_DIR_ENV}); the card's {card.alternate.source['type']} " \
+               f"source is not used"
+    here = "" if sources.data_available(card) else "; data not here"
+    extra = "; its `local:` files are absent" if card.alternate is not None else ""
+    return f"{what}{here}{extra}"
+
+
+def _card_filter(args, cards: dict) -> tuple[set | None, int]:
+    """Card names passing --collection/--cluster (None: no filter), or an exit code for a bad value."""
+    keep = None
+    if args.collection:
+        keep = {n for n, c in cards.items() if c.collection == args.collection}
+        if not keep:
+            known = sorted({c.collection for c in cards.values() if c.collection})
+            print(f"flanx: no task cards in collection {args.collection!r}; collections: "
+                  f"{', '.join(known) or 'none'} (folders under tasks/)", file=sys.stderr)
+            return None, 1
+    if args.cluster:
+        try:
+            keys = set(clusters_lib.code_keys(args.cluster))
+        except clusters_lib.ClusterError as e:
+            print(f"flanx: {e}", file=sys.stderr)
+            return None, 2
+        in_cluster = {n for n, c in cards.items() if keys & set(c.clusters)}
+        keep = in_cluster if keep is None else keep & in_cluster
+    return keep, 0
+
+
+def _print_cards(cards: list) -> None:
+    width = max(len(c.name) for c in cards)
+    print(f"{'card'.ljust(width)}  {'collection':10} {'clusters':24} {'templates':>9}  splits (recorded rows)  source")
+    for c in cards:
+        splits = ", ".join(f"{s}={v['num_examples']}" if "num_examples" in v else s for s, v in c.splits.items())
+        print(f"{c.name.ljust(width)}  {c.collection or '-':10} {','.join(c.clusters) or '-':24} "
+              f"{len(c.templates):9d}  {splits}  {source_line(c)}")
+    print(f"\n{len(cards)} task cards")
+
+
 def tasks_list(args) -> int:
     cards, specs = _collection()
     if args.card and args.card not in cards:
         return _unknown("task card", args.card, cards)
-    rows = [(s, cards[s.card]) for s in specs.values()
-            if (not args.group or cards[s.card].group == args.group) and (not args.card or s.card == args.card)]
+    keep, code = _card_filter(args, cards)
+    if code:
+        return code
+    chosen = [c for c in cards.values() if (keep is None or c.name in keep) and (not args.group or c.group == args.group)
+              and (not args.card or c.name == args.card)]
+    if args.cards and chosen:
+        _print_cards(chosen)
+        return 0
+    rows = [(s, cards[s.card]) for s in specs.values() if cards[s.card] in chosen]
     if not rows:
         groups = sorted({c.group for c in cards.values()})
-        print(f"no tasks in group {args.group!r}; groups: {', '.join(groups)}", file=sys.stderr)
+        print(f"no tasks match (group {args.group!r}, collection {args.collection!r}, cluster {args.cluster!r}); "
+              f"groups: {', '.join(groups)}", file=sys.stderr)
         return 1
     width = max(len(s.name) for s, _ in rows)
     print(f"{'task'.ljust(width)}  {'group':9} {'submix':7} {'format':8} {'vocab':7} kind")
@@ -67,9 +125,10 @@ def tasks_show(args) -> int:
         length = vocab.length_fn(card.vocabulary)
         examples = render.render_examples(card, spec, split, length)
     except paths.MissingDataError as e:
-        print(f"flanx: {e}", file=sys.stderr)
+        print(f"flanx: {e}\n(source: {source_line(card)})", file=sys.stderr)
         return 1
     print(f"task {spec.name} (card {card.name}: {card.description})")
+    print(f"source: {source_line(card)}")
     print(f"split {split}: {len(examples)} examples; format {spec.fmt}; templates {list(spec.template_ids)}; "
           f"vocabulary {card.vocabulary}; metrics {', '.join(card.metrics) or '-'}")
     for i, ex in enumerate(examples[:args.n]):
@@ -103,11 +162,16 @@ def mixtures_show(args) -> int:
     for member, rate in mixtures.MIXTURES[args.name]:
         if member in mixtures.MIXTURES:
             print(f"  submixture {member}: weight {float(rate):.4f}")
+    for note in mixtures.NOTES.get(args.name, []):
+        print(f"  {note}")
     width = max(len(r["task"]) for r in rows)
-    print(f"\n{'task'.ljust(width)}  {'examples':>8} {'rate':>10} {'share':>8} {'ex/epoch':>9} {'epochs':>7}")
+    print(f"\n{'task'.ljust(width)}  {'examples':>8} {'rate':>10} {'share':>8} {'ex/epoch':>9} {'epochs':>7}  n from")
     for r in rows:
         print(f"{r['task'].ljust(width)}  {r['examples']:8d} {r['rate']:10.4f} {r['share']:8.2%} "
-              f"{r['examples_per_epoch']:9.0f} {r['epochs']:7.3f}")
+              f"{r['examples_per_epoch']:9.0f} {r['epochs']:7.3f}  {r['counted_from']}")
+    recorded = sum(r["counted_from"] == "recorded" for r in rows)
+    if recorded:
+        print(f"\n{recorded} task(s) use the row count recorded in their card (`num_examples`): their data is not here")
     epoch = sum(r["examples_per_epoch"] for r in rows)
     print(f"\n{len(rows)} tasks; one mixture epoch = {epoch:,.0f} examples (the tasks' training rows, "
           f"each card counted once); rate = min(cap, n) ** (1/temperature) split over formats, "
@@ -122,6 +186,9 @@ def _parser() -> argparse.ArgumentParser:
     p = t.add_parser("list", help="list registered tasks")
     p.add_argument("--group", help="only this group (held_in, held_out, target)")
     p.add_argument("--card", help="only the tasks of this task card")
+    p.add_argument("--collection", help="only the cards of this collection (a folder under tasks/, e.g. flan2021)")
+    p.add_argument("--cluster", help="only cards in this FLAN cluster: a paper cluster (nli) or code key (entailment)")
+    p.add_argument("--cards", action="store_true", help="one line per card instead of one per task")
     p.set_defaults(fn=tasks_list)
     p = t.add_parser("show", help="render the first examples of a task")
     p.add_argument("name")

@@ -13,7 +13,12 @@ arithmetic in Python for `flanx mixtures show` and the tests.
 Mixture definitions live in `tasks/mixtures.yaml`; every card also gets a
 single-task mixture `{card}_mix` over its formats. `replay_mixture(target,
 replay, ratio)` registers "target plus replay of a multi-task mixture" for
-the forgetting study.
+the forgetting study. A task's n is its training rows when the data is here,
+else the card's recorded `num_examples`, so rates are known without data. A
+Flan 2022-style mixture (`kind: flan2022`) takes a TFDS or Hugging Face card
+only when its data is prepared (`flanx data prepare`): it never names data
+that a run would have to download; `NOTES[name]` lists the cards it left
+out. The FLAN 2021 collection's mixtures live in `flanx.data.flan2021`.
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ import seqio
 import yaml
 
 from flanx import paths
-from flanx.data import render, tasks
+from flanx.data import render, sources, tasks
 from flanx.data.cards import SUBMIXTURES, TaskCard, task_specs
 
 FLAN2022_WEIGHTS = {"flan": 0.4, "t0": 0.32, "niv2": 0.2, "cot": 0.05, "dialog": 0.03}
@@ -48,14 +53,28 @@ class ExamplesRate:
 # name -> [(task or mixture name, float weight or ExamplesRate)]
 MIXTURES: dict[str, list[tuple[str, float | ExamplesRate]]] = {}
 DESCRIPTIONS: dict[str, str] = {}
+NOTES: dict[str, list[str]] = {}  # name -> lines `flanx mixtures show` prints (cards left out, ...)
+DOWNLOADED_SOURCES = ("tfds", "hf")  # source types whose data a user prepares (downloads) first
 
 
 def num_train_examples(task_name: str) -> int:
+    return train_examples(task_name)[0]
+
+
+def train_examples(task_name: str) -> tuple[int, str]:
+    """(training rows of a task's card, "data" when counted or "recorded" from the card)."""
     spec = tasks.get_spec(task_name)
-    return render.count_examples(tasks.get_card(spec.card), "train")
+    return render.num_examples(tasks.get_card(spec.card), "train")
 
 
-def register_mixture(name: str, entries: list[tuple[str, float | ExamplesRate]], description: str = "") -> str:
+def needs_preparing(card: TaskCard) -> bool:
+    """True for a TFDS/HF card whose data is not prepared here (it would need a download)."""
+    in_memory = card.source.get("dataset") is not None
+    return card.source["type"] in DOWNLOADED_SOURCES and not in_memory and not sources.data_available(card)
+
+
+def register_mixture(name: str, entries: list[tuple[str, float | ExamplesRate]], description: str = "",
+                     notes: list[str] | None = None) -> str:
     """Register (or replace) a seqio mixture and remember its structure."""
     if not entries:
         raise ValueError(f"mixture {name!r} has no tasks")
@@ -63,6 +82,7 @@ def register_mixture(name: str, entries: list[tuple[str, float | ExamplesRate]],
     seqio.MixtureRegistry.add(name, list(entries))
     MIXTURES[name] = list(entries)
     DESCRIPTIONS[name] = description
+    NOTES[name] = list(notes or [])
     return name
 
 
@@ -96,15 +116,25 @@ def _select(vocabulary: str, group: str) -> list[TaskCard]:
             if c.vocabulary == vocabulary and c.group == group and not c.eval_only]
 
 
+def _left_out_note(cards: list[TaskCard]) -> list[str]:
+    if not cards:
+        return []
+    names = sorted(c.name for c in cards)
+    return [f"left out {len(names)} TFDS/HF card(s) whose data is not prepared (`flanx data prepare`): "
+            f"{', '.join(names)}"]
+
+
 def register_flan2022(name: str, vocabulary: str, group: str = "held_in", cap: int | None = 3000,
                       temperature: float = 1.0, weights: dict | None = None, description: str = "",
                       formats=None) -> str:
     """A Flan 2022-style nested mixture over the cards of `group` using `vocabulary` (optionally only `formats`)."""
     weights = dict(weights or FLAN2022_WEIGHTS)
     rate = ExamplesRate(cap, temperature)
+    selected = [c for c in _select(vocabulary, group) if c.submixture]
+    left_out = [c for c in selected if needs_preparing(c)]
     top = []
     for sub in SUBMIXTURES:
-        cards = [c for c in _select(vocabulary, group) if c.submixture == sub]
+        cards = [c for c in selected if c.submixture == sub and c not in left_out]
         if not cards or not weights.get(sub):
             continue
         entries = [e for c in sorted(cards, key=lambda c: c.name) for e in card_entries(c, rate, formats)]
@@ -113,7 +143,7 @@ def register_flan2022(name: str, vocabulary: str, group: str = "held_in", cap: i
     if not top:
         raise ValueError(f"mixture {name!r}: no {group} task cards with vocabulary {vocabulary!r}")
     total = sum(w for _, w in top)
-    return register_mixture(name, [(n, w / total) for n, w in top], description)
+    return register_mixture(name, [(n, w / total) for n, w in top], description, _left_out_note(left_out))
 
 
 def replay_mixture(target: str, replay: str, ratio: float) -> str:
@@ -159,6 +189,8 @@ def register_collection_mixtures() -> list[str]:
             if present:
                 names.append(register_examples_mixture(name, present, formats=m.get("formats"),
                                                        description=desc, **rate))
+    from flanx.data import flan2021  # noqa: PLC0415 - it builds on this module
+    names += flan2021.register_mixtures()
     return names
 
 
@@ -192,14 +224,15 @@ def mixture_table(name: str) -> list[dict]:
     """
     rates = flat_rates(name)
     total_rate = sum(rates.values())
-    counts = {t: num_train_examples(t) for t in rates}
+    counted = {t: train_examples(t) for t in rates}
+    counts = {t: n for t, (n, _) in counted.items()}
     cards = {tasks.get_spec(t).card: counts[t] for t in rates}
     epoch = sum(cards.values())
     rows = []
     for t in sorted(rates, key=lambda t: -rates[t]):
         share = rates[t] / total_rate
-        rows.append({"task": t, "examples": counts[t], "rate": rates[t], "share": share,
-                     "examples_per_epoch": share * epoch,
+        rows.append({"task": t, "examples": counts[t], "counted_from": counted[t][1], "rate": rates[t],
+                     "share": share, "examples_per_epoch": share * epoch,
                      "epochs": share * epoch / counts[t] if counts[t] else 0.0})
     return rows
 

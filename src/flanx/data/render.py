@@ -163,3 +163,22 @@ def render_examples(card: TaskCard, spec: TaskSpec, split: str,
 def count_examples(card: TaskCard, split: str = "train") -> int:
     """Rows in a card's split (what examples-proportional mixing counts)."""
     return len(sources.load_rows(card, split))
+
+
+def num_examples(card: TaskCard, split: str = "train") -> tuple[int, str]:
+    """(rows in a split, "data" or "recorded"): counted when the data is here (TFDS: from its metadata,
+    before row filters, as FLAN counts), else the split's recorded `num_examples`. Cached on the card."""
+    key = ("num_examples", split)
+    if key not in card.row_cache:
+        recorded = card.splits[split].get("num_examples") if split in card.splits else None
+        if sources.data_available(card):
+            if card.source["type"] == "tfds":
+                from flanx.data import hub_sources  # noqa: PLC0415
+                card.row_cache[key] = (hub_sources.split_size(card, split), "data")
+            else:
+                card.row_cache[key] = (count_examples(card, split), "data")
+        elif recorded is not None:
+            card.row_cache[key] = (int(recorded), "recorded")
+        else:  # raises MissingDataError naming the data
+            card.row_cache[key] = (count_examples(card, split), "data")
+    return card.row_cache[key]

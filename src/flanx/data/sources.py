@@ -46,7 +46,7 @@ Record = tuple[str, Any]  # (origin, raw fields dict, or a DataFormatError for a
 SplitReader = Callable[[Any, dict], Iterator[Record]]
 
 __all__ = ["SOURCES", "DataFormatError", "SourceFormatError", "ROW_TRANSFORMS", "register_source",
-           "read_records", "prepare_row", "load_rows", "resolve_files"]
+           "read_records", "prepare_row", "load_rows", "resolve_files", "data_available", "files_present"]
 
 
 class SourceFormatError(DataFormatError):
@@ -57,7 +57,8 @@ SOURCES: Registry[SplitReader] = Registry(
     "source type", hint="Register one with @flanx.data.sources.register_source('name', files=...)")
 
 
-def register_source(name: str, *, files: bool, needs: dict[str, str] | None = None, override: bool = False):
+def register_source(name: str, *, files: bool, needs: dict[str, str] | None = None, override: bool = False,
+                    available: Callable | None = None):
     """Decorator registering a reader for `source.type: name`.
 
     With `files=True` the reader is `fn(path, card)` and is called for each
@@ -66,7 +67,9 @@ def register_source(name: str, *, files: bool, needs: dict[str, str] | None = No
     whole split (`split_spec["name"]` is the upstream split name). Either
     yields `(origin, record_dict)`, or `(origin, DataFormatError(...))` for a
     bad row. `needs` maps required `source` keys to what they hold; cards
-    missing one fail when loaded.
+    missing one fail when loaded. `available(card)` says whether the data
+    is there without reading it (default: the split files exist for file
+    readers, always for others); see `data_available`.
     """
     def add(fn: Callable) -> Callable:
         if files:
@@ -83,6 +86,7 @@ def register_source(name: str, *, files: bool, needs: dict[str, str] | None = No
         split_reader.reads_files = files
         split_reader.needs = dict(needs or {})
         split_reader.reader = fn
+        split_reader.available = available
         SOURCES.register(name, split_reader, override=override)
         return fn
     return add
@@ -119,6 +123,30 @@ def resolve_files(card, patterns: list[str]) -> list[Path]:
     return files
 
 
+def files_present(card) -> bool:
+    """True when every split's file patterns match a file (no error when they do not)."""
+    if card.dataset and card.dataset in paths.DATASETS and not paths.dataset_available(card.dataset):
+        return False
+    src_root = card.source.get("root")
+    base = Path(src_root) if src_root else paths.data_dir()
+    for spec in card.splits.values():
+        for pattern in spec.get("files") or ():
+            full = Path(pattern) if Path(pattern).is_absolute() else (base / pattern if base else None)
+            if full is None or not glob.glob(str(full)):
+                return False
+    return True
+
+
+def data_available(card) -> bool:
+    """Whether a card's data can be read here without downloading (files exist, TFDS data prepared, ...)."""
+    reader = SOURCES.get(card.source["type"]) if card.source else None
+    if reader is None:
+        return False
+    if getattr(reader, "available", None) is not None:
+        return bool(reader.available(card))
+    return files_present(card) if getattr(reader, "reads_files", False) else True
+
+
 def _file_fields(card, path: Path) -> dict:
     pattern = card.source.get("file_fields")
     if not pattern:
@@ -131,43 +159,6 @@ def _file_fields(card, path: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------- other sources
-
-def _decode(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    if hasattr(value, "item") and getattr(value, "shape", None) == ():
-        return _decode(value.item())
-    return value
-
-
-@register_source("tfds", files=False, needs={"name": "the TFDS builder name, e.g. glue/rte:2.0.0"})
-def read_tfds(card, spec: dict) -> Iterator[Record]:
-    """A TFDS split (`source.name`, `data_dir`, `download`)."""
-    import tensorflow_datasets as tfds  # noqa: PLC0415 - optional, heavy
-    name = card.source["name"]
-    ds = tfds.load(name, split=spec["name"], data_dir=card.source.get("data_dir"),
-                   download=card.source.get("download", False))
-    for i, ex in enumerate(tfds.as_numpy(ds)):
-        origin = f"tfds:{name}/{spec['name']}[{i}]"
-        try:
-            yield origin, {k: _decode(v) for k, v in ex.items()}
-        except UnicodeDecodeError as e:
-            yield origin, DataFormatError(f"{origin}: a text feature is not valid UTF-8 ({e.reason} at byte {e.start})")
-
-
-@register_source("hf", files=False)
-def read_hf(card, spec: dict) -> Iterator[Record]:
-    """A Hugging Face `datasets` split (`source.path`/`name`), or an in-memory `source.dataset` mapping."""
-    dataset = card.source.get("dataset")
-    label = card.source.get("path", "in-memory")
-    if dataset is None:
-        import datasets  # noqa: PLC0415 - optional, imported only for hf sources
-        dataset = datasets.load_dataset(card.source["path"], card.source.get("name"), split=spec["name"])
-    else:  # an in-memory mapping {split: rows}, e.g. a datasets.DatasetDict
-        dataset = dataset[spec["name"]]
-    for i, ex in enumerate(dataset):
-        yield f"hf:{label}/{spec['name']}[{i}]", dict(ex)
-
 
 @register_source("synthetic", files=False, needs={"generator": f"one of {', '.join(synthetic.GENERATORS)}"})
 def read_synthetic(card, spec: dict) -> Iterator[Record]:
@@ -184,6 +175,8 @@ def read_records(card, split: str) -> Iterator[Record]:
         raise KeyError(f"task card {card.name!r} has no split {split!r}; splits: {', '.join(card.splits)}")
     spec = card.splits[split]
     records = SOURCES.check(card.source["type"], f"task card {card.path}: source.type")(card, spec)
+    if spec.get("slice"):  # [start, stop] of the split's records, as Python slices them
+        records = iter(list(records)[slice(*spec["slice"])])
     take, drop = spec.get("take_every"), spec.get("drop_every")
     for i, rec in enumerate(records):
         if take and i % take[0] != take[1]:
@@ -293,4 +286,3 @@ def load_rows(card, split: str, limit: int | None = None) -> list[dict]:
     card.skipped[split] = skipped
     cache[split] = rows
     return rows
-

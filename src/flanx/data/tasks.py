@@ -8,7 +8,9 @@ after trimming. Registration reads no data: a task whose files are missing
 registers, and reading it raises `flanx.paths.MissingDataError`.
 
 Lookups by name (`get_card`, `get_spec`) list close matches when a name is
-unknown.
+unknown. Registering a TFDS card constructs its builder offline
+(`check_builders`), so an unknown builder name or version fails here,
+naming the card file and key.
 """
 from __future__ import annotations
 
@@ -21,9 +23,9 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from flanx.data import render, vocab
-from flanx.data.cards import TaskCard, TaskSpec, check_collision, collection_card_files, expand_groups, \
-    load_card, load_card_file, task_specs
+from flanx.data import hub_sources, render, vocab
+from flanx.data.cards import CardError, TaskCard, TaskSpec, check_collision, collection_card_files, \
+    expand_groups, load_card, load_card_file, task_specs
 from flanx.eval import metrics as metrics_lib
 
 # The input pipeline runs on the host: TensorFlow must not take GPU memory that JAX needs (it
@@ -142,6 +144,7 @@ def register_card(card: TaskCard) -> list[str]:
     CardError naming both files. The replaced card's tasks are removed.
     """
     check_collision(CARDS.get(card.name), card)
+    check_builders(card)
     specs = task_specs(card)
     for spec in specs:
         other = SPECS.get(spec.name)
@@ -158,6 +161,19 @@ def register_card(card: TaskCard) -> list[str]:
         names.append(spec.name)
     CARDS[card.name] = card
     return names
+
+
+def check_builders(card: TaskCard) -> None:
+    """A TFDS source must name a builder (and version) the installed tensorflow-datasets constructs offline."""
+    for variant in (card, card.alternate):
+        if variant is None or variant.source.get("type") != "tfds":
+            continue
+        name = variant.source["name"]
+        reason = hub_sources.check_builder(name)
+        if reason:
+            key = "local.source.name" if variant.variant == "local" else "source.name"
+            raise CardError(f"task card {card.path}: {key}: {name!r} is not a TFDS builder that the installed "
+                            f"tensorflow-datasets constructs offline: {reason}")
 
 
 def unregister_card(name: str) -> None:

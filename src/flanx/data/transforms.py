@@ -83,3 +83,5 @@ def mmlu(row: dict) -> dict:
         raise DataFormatError(f"field 'answer': expected 0-3, got {row['answer']!r}") from None
     return dict(row, choices=choices, answer_text=answer,
                 subject_name=str(row.get("subject", "")).replace("_", " "))
+
+import flanx.data.flan_transforms  # noqa: E402,F401 - registers the FLAN collection's transforms
