@@ -20,14 +20,21 @@ yes\\n- no" or "(A) ..."). Registered here:
 """
 from __future__ import annotations
 
+import glob
+import logging
 import re
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from flanx import paths
+from flanx.data.group_lists import GROUP_LISTS
 from flanx.data.sources import DataFormatError, Record, register_source
 from flanx.eval.metrics import METRICS, POSTPROCESSORS, references
 
+logger = logging.getLogger("flanx")
+
 COLUMNS = ("question", "answer", "rationale")
+TASK_CAP = 100_000  # FLAN's examples cap per CoT task (flan/v2/mixtures.py DEFAULT_MIXTURE_MAX_EXAMPLES)
 
 # dataset -> (file in FLANX_DATA_DIR/flan_cot, FLAN's task name, answer form). FLAN calls the two
 # lower-quality "stream of consciousness" sets stream_*; flanx names every card cot_{dataset}.
@@ -74,8 +81,8 @@ def read_cot_tsv(path: Path, card) -> Iterator[Record]:
 
 # ----------------------------------------------------------------------------- answer extraction
 
-# Markers after which a chain of thought states its answer, most specific first; the text after the
-# last occurrence of the first marker found is the answer.
+# Markers after which a chain of thought states its answer; the answer is the text after the marker
+# that ends last in the text.
 ANSWER_MARKERS = ("answer is", "final answer:", "final answer", "answer:")
 _EDGE = " \t\n.,?:;!"
 _WRAPPED = re.compile(r"^\(([A-Za-z0-9]{1,3})\)$")
@@ -86,11 +93,9 @@ def extract_answer(text) -> str:
     """The answer a chain of thought ends with (see the module docstring); idempotent."""
     text = text.decode("utf-8") if isinstance(text, bytes) else str(text)
     lower = text.lower()
-    for marker in ANSWER_MARKERS:
-        at = lower.rfind(marker)
-        if at >= 0:
-            text = text[at + len(marker):]
-            break
+    ends = [at + len(m) for m in ANSWER_MARKERS for at in [lower.rfind(m)] if at >= 0]
+    if ends:
+        text = text[max(ends):]
     text = text.strip(_EDGE)
     m = _WRAPPED.match(text)
     return m.group(1) if m else text
@@ -118,3 +123,36 @@ def cot_exact_match(targets: Sequence, predictions: Sequence[str]) -> dict[str, 
         return {"cot_exact_match": float("nan")}
     hits = sum(any(_same_answer(r, p) for r in references(t)) for t, p in zip(targets, predictions))
     return {"cot_exact_match": hits / len(targets)}
+
+
+def _split_files_here(spec: dict, group: str) -> bool:
+    source = spec.get("source") if isinstance(spec.get("source"), dict) else {}
+    root = Path(source["root"]) if source.get("root") else paths.data_dir()
+    for split in (spec.get("splits") or {}).values():
+        files = split if isinstance(split, (str, list)) else split.get("files", [])
+        for pattern in [files] if isinstance(files, str) else files:
+            full = Path(pattern.replace("{group}", group))
+            full = full if full.is_absolute() or root is None else root / full
+            if not glob.glob(str(full)):
+                return False
+    return True
+
+
+@GROUP_LISTS.register("flan_cot")
+def flan_cot_groups(spec: dict, groups: dict) -> list[str]:
+    """`groups: {list: flan_cot, exclude: [...]}`: the CoT datasets (`DATASETS`) whose files are here.
+
+    FLAN's CoT files are not all public in every copy (e-SNLI and QED are often
+    missing), so a card exists for each dataset whose TSV you have.
+    """
+    exclude = set(groups.get("exclude") or ())
+    unknown = exclude - set(DATASETS)
+    if unknown:
+        raise ValueError(f"task card {spec.get('name')!r}: groups.exclude: unknown CoT dataset "
+                         f"{sorted(unknown)[0]!r}; known: {', '.join(DATASETS)}")
+    names = [d for d in DATASETS if d not in exclude]
+    here = [d for d in names if _split_files_here(spec, d)]
+    if len(here) < len(names):
+        logger.info("task card %r: no file for CoT dataset(s) %s; their cards are left out", spec.get("name"),
+                    ", ".join(d for d in names if d not in here))
+    return here

@@ -36,6 +36,7 @@ from typing import Iterator
 from flanx.data.sources import DataFormatError, Record, register_source
 from flanx.data.transforms import ROW_TRANSFORMS
 
+TASK_CAP = 200_000  # FLAN's examples cap per dialog task (flan/v2/mixtures.py DEFAULT_MIXTURE_MAX_EXAMPLES)
 MAX_CONTEXT_PAIRS = 20  # the cut point is among the first 2 * 20 turns
 QRECC_MIN_TURN = 7  # FLAN keeps QReCC rows with turn_id > 6
 SPEAKERS = ("User", "Assistant")

@@ -34,11 +34,14 @@ import json
 import logging
 import os
 import re
+import types
 import zlib
 from pathlib import Path
 from typing import Iterator
 
 from flanx import paths
+from flanx.data import hub_sources
+from flanx.data.group_lists import GROUP_LISTS
 from flanx.data.sources import DataFormatError, Record, SourceFormatError, register_source
 
 logger = logging.getLogger("flanx")
@@ -48,6 +51,7 @@ logger = logging.getLogger("flanx")
 # filter_mmlu_fn (task ids in range(685, 738) + [664, 665, 666, 667]).
 MMLU_OVERLAP_TASK_IDS: frozenset[int] = frozenset(range(685, 738)) | frozenset({664, 665, 666, 667})
 
+TASK_CAP = 5000  # FLAN's examples cap per NIv2 task (flan/v2/mixtures.py DEFAULT_MIXTURE_MAX_EXAMPLES)
 TFDS_NAME = "natural_instructions:1.0.1"
 CHECKOUT_DIR = "natural-instructions"  # default checkout folder under FLANX_DATA_DIR
 CHECKOUT_ENV = "FLANX_NIV2_DIR"  # or point this at the checkout
@@ -185,18 +189,12 @@ def read_niv2_task_file(path: Path, card) -> Iterator[Record]:
 # ----------------------------------------------------------------------------- TFDS form
 
 def _tfds_data_dir(source: dict) -> Path:
-    value = source.get("data_dir") or os.environ.get("TFDS_DATA_DIR")
-    if value:
-        return Path(value).expanduser()
-    tfds_dir = getattr(paths, "tfds_data_dir", lambda: None)()
-    return tfds_dir if tfds_dir is not None else Path("~/tensorflow_datasets").expanduser()
+    return hub_sources.data_dir_of(types.SimpleNamespace(source=source))
 
 
 def tfds_prepared(source: dict) -> bool:
     """Whether the TFDS data of `source.name` is prepared in its data_dir (checked without TFDS)."""
-    name, _, version = source.get("name", TFDS_NAME).partition(":")
-    return (_tfds_data_dir(source) / name / (version or "") / "dataset_info.json").is_file() if version else \
-        any((_tfds_data_dir(source) / name).glob("*/dataset_info.json"))
+    return hub_sources.builder_dir(source.get("name", TFDS_NAME), _tfds_data_dir(source)) is not None
 
 
 def _cache_dir(source: dict) -> Path:
@@ -221,7 +219,8 @@ def split_tfds_by_task(source: dict) -> Path:
     name = source.get("name", TFDS_NAME)
     logger.info("NIv2: splitting TFDS %s by task into %s (once)", name, cache)
     cache.mkdir(parents=True, exist_ok=True)
-    ds = tfds.load(name, split="train", data_dir=source.get("data_dir"), download=bool(source.get("download", False)))
+    ds = tfds.load(name, split="train", data_dir=str(_tfds_data_dir(source)),
+                   download=bool(source.get("download", False)), try_gcs=False)
     buffers: dict[str, list[str]] = {}
     written: set[str] = set()
 
@@ -254,7 +253,8 @@ def _tfds_task(path: Path, task: str) -> NIv2Task:
     return parse_task({"Definition": definition, "Source": source, "Instances": instances}, task, str(path))
 
 
-@register_source("niv2_tfds", files=False, needs={"task": "the NIv2 task name, e.g. task001_quoref_question_generation"})
+@register_source("niv2_tfds", files=False, available=lambda card: tfds_prepared(card.source),
+                 needs={"task": "the NIv2 task name, e.g. task001_quoref_question_generation"})
 def read_niv2_tfds(card, spec: dict) -> Iterator[Record]:
     """One task's rows of TFDS `natural_instructions` (its only split, `train`)."""
     task = card.source["task"]
@@ -338,3 +338,45 @@ def niv2_task_names(source: dict, task_lists=None) -> list[str]:
                 listed = read_task_list(root / entry, root / "tasks")
             names += [t for t in listed if t not in names]
     return [t for t in names if not overlaps_mmlu(t)]
+
+
+@GROUP_LISTS.register("niv2_tasks")
+def niv2_groups(spec: dict, groups: dict) -> list[dict]:
+    """`groups: {list: niv2_tasks, task_lists: [...], tasks: [...]}`: one card per NIv2 task found here.
+
+    No data, no cards. `tasks` keeps only the named tasks.
+
+    A card whose `local:` block reads a checkout (`type: niv2`) takes the
+    checkout's tasks when there is one (its root is filled in); otherwise the
+    card's own source decides (a TFDS source: the builder's tasks once prepared).
+    """
+    local = spec.get("local") if isinstance(spec.get("local"), dict) else {}
+    checkout = dict(local.get("source") or {}) if (local.get("source") or {}).get("type") == "niv2" else None
+    source = dict(spec.get("source") or {})
+    extra: dict = {}
+    if source.get("type") == "niv2":
+        checkout, source = source, None
+    root = checkout_root(checkout) if checkout is not None else None
+    if root is not None and (root / "tasks").is_dir():
+        names = niv2_task_names(dict(checkout, type="niv2", root=str(root)), groups.get("task_lists"))
+        extra = {"local": {"source": {"root": str(root)}}} if source is not None else {"source": {"root": str(root)}}
+    elif source is not None:
+        names = niv2_task_names(source)
+    else:
+        names = niv2_task_names(dict(checkout or {}, type="niv2"))
+    only = groups.get("tasks")
+    if only is not None:
+        unknown = [t for t in only if t not in names]
+        if unknown:
+            raise SourceFormatError(f"task card {spec.get('name')!r}: groups.tasks: {unknown[0]!r} is not an NIv2 "
+                                    f"task here (or is one of FLAN's MMLU tasks){_close(unknown[0], names)}")
+        names = [t for t in names if t in set(only)]
+    entries, seen = [], {}
+    for task in names:
+        suffix = card_suffix(task)
+        if suffix in seen:
+            raise SourceFormatError(f"NIv2 tasks {seen[suffix]!r} and {task!r} give the same card name "
+                                    f"{spec.get('name')}_{suffix}; list only one of them")
+        seen[suffix] = task
+        entries.append({"group": task, "suffix": suffix, "set": extra})
+    return entries

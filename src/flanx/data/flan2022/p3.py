@@ -11,6 +11,9 @@ multiple choice, `answer_choices`. Source type `p3` reads one subtask
 - a P3 checkout (`source.root`, else $FLANX_P3_DIR, else FLANX_DATA_DIR/P3
   when present): a clone of huggingface.co/datasets/bigscience/P3 with its
   `data/<subtask>/{split}.tfrecord-*` and `info.{split}.json` files;
+- subtasks saved with `datasets.save_to_disk` under
+  `<flanx TFDS folder>/hf/bigscience/P3/<subtask>` (where `flanx data
+  prepare` saves Hugging Face data);
 - Hugging Face `datasets.load_dataset(source.path or "bigscience/P3",
   subtask, split=..., revision=source.revision)` (network or the local HF cache).
 
@@ -31,6 +34,7 @@ from pathlib import Path
 from typing import Iterator
 
 from flanx import paths
+from flanx.data.group_lists import GROUP_LISTS
 from flanx.data.flan2022.t0_sf_data import P3_DATASETS_IN_FLAN2021, T0_SF_SUBTASKS
 from flanx.data.sources import DataFormatError, Record, SourceFormatError, register_source
 from flanx.data.transforms import ROW_TRANSFORMS
@@ -38,6 +42,7 @@ from flanx.eval.metrics import POSTPROCESSORS
 
 logger = logging.getLogger("flanx")
 
+TASK_CAP = 20000  # FLAN's examples cap per T0-SF subtask (flan/v2/mixtures.py DEFAULT_MIXTURE_MAX_EXAMPLES)
 HUB_PATH = "bigscience/P3"
 CHECKOUT_DIR = "P3"  # default checkout folder under FLANX_DATA_DIR
 CHECKOUT_ENV = "FLANX_P3_DIR"
@@ -74,13 +79,21 @@ def checkout_root(source: dict) -> Path | None:
     return root if root is not None and (root / "data").is_dir() else None
 
 
+def saved_root(source: dict) -> Path | None:
+    """Where `flanx data prepare` saves Hugging Face data of P3 (`<TFDS folder>/hf/bigscience/P3`), if there."""
+    base = paths.tfds_data_dir()
+    root = Path(base) / "hf" / source.get("path", HUB_PATH) if base is not None else None
+    return root if root is not None and root.is_dir() else None
+
+
 def available_subtasks(source: dict) -> list[str] | None:
     """The subtasks a P3 source can read here, or None when that is any P3 subtask (the Hub)."""
     if source.get("dataset") is not None:
         return sorted(source["dataset"])
-    root = checkout_root(source)
-    if root is not None:
-        return sorted(p.name for p in (root / "data").iterdir() if p.is_dir())
+    for root in (checkout_root(source), saved_root(source)):
+        if root is not None:
+            folder = root / "data" if root == checkout_root(source) else root
+            return sorted(p.name for p in folder.iterdir() if p.is_dir())
     if source.get("hub") or os.environ.get(HUB_ENV) == "1":
         return None
     return []
@@ -143,6 +156,18 @@ def _checkout_rows(root: Path, subtask: str, split: str) -> Iterator[tuple[str, 
         yield f"{files[0].parent}/{split}.tfrecord[{i}]", row
 
 
+def _saved(root: Path, subtask: str, split: str):
+    if not (root / subtask).is_dir():
+        known = [p.name for p in root.iterdir() if p.is_dir()]
+        raise SourceFormatError(f"source.subtask: unknown P3 subtask {subtask!r}: there is no {root / subtask}"
+                                f"{_close(subtask, known)}")
+    import datasets  # noqa: PLC0415 - optional
+    saved = datasets.load_from_disk(str(root / subtask))
+    if split not in saved:
+        raise SourceFormatError(f"source.subtask {subtask!r}: no split {split!r} in {root / subtask}")
+    return saved[split]
+
+
 def _hub_rows(source: dict, subtask: str, split: str):
     import datasets  # noqa: PLC0415 - optional, only for the Hub form
     path = source.get("path", HUB_PATH)
@@ -154,7 +179,13 @@ def _hub_rows(source: dict, subtask: str, split: str):
                                 f"{hint}") from None
 
 
-@register_source("p3", files=False, needs={"subtask": "the P3 subtask, e.g. adversarial_qa_dbert_based_on"})
+def _p3_available(card) -> bool:
+    here = available_subtasks(card.source)
+    return here is None or card.source.get("subtask") in here
+
+
+@register_source("p3", files=False, available=_p3_available,
+                 needs={"subtask": "the P3 subtask, e.g. adversarial_qa_dbert_based_on"})
 def read_p3(card, spec: dict) -> Iterator[Record]:
     """One P3 subtask's split: from `source.dataset`, a P3 checkout, or the Hugging Face Hub."""
     source, subtask, split = card.source, card.source["subtask"], spec["name"]
@@ -163,6 +194,8 @@ def read_p3(card, spec: dict) -> Iterator[Record]:
     elif checkout_root(source) is not None:
         yield from _checkout_rows(checkout_root(source), subtask, split)
         return
+    elif saved_root(source) is not None:
+        rows, label = _saved(saved_root(source), subtask, split), f"p3:{subtask}/{split}"
     else:
         rows, label = _hub_rows(source, subtask, split), f"hf:{source.get('path', HUB_PATH)}/{subtask}/{split}"
     for i, row in enumerate(rows):
@@ -201,3 +234,25 @@ def take_first_word(text, example=None, is_target=False) -> str:
     """The first word (FLAN's postprocessor for P3 subtasks whose answers are one token)."""
     words = (text.decode("utf-8") if isinstance(text, bytes) else str(text)).split()
     return words[0] if words else ""
+
+
+def subtask_settings(subtask: str) -> dict:
+    """Card keys of one T0-SF subtask: answer options for `mc_options`, FLAN's postprocessor, its row count."""
+    _, kind, train_rows, target_tokens = T0_SF_SUBTASKS[subtask]
+    settings = {"splits": {"train": {"num_examples": train_rows}}}
+    if kind == "mc_options":
+        settings.update(fields={"options": "options"}, options_field="options", answer_field="answer")
+    elif kind == "qa":
+        settings["postprocess"] = "take_first_word" if target_tokens == 1 else "take_first_line"
+    return settings
+
+
+@GROUP_LISTS.register("t0_sf")
+def t0_sf_groups(spec: dict, groups: dict) -> list[dict]:
+    """`groups: {list: t0_sf, subtasks: [...]}`: one card per T0-SF subtask the card's P3 source has here."""
+    only = groups.get("subtasks")
+    if only is not None and (not isinstance(only, list) or not all(isinstance(s, str) for s in only)):
+        raise SourceFormatError(f"task card {spec.get('name')!r}: groups.subtasks: expected a list of P3 subtask "
+                                f"names")
+    return [{"group": s, "suffix": s.lower().replace(".", "_"), "set": subtask_settings(s)}
+            for s in t0_sf_subtasks(dict(spec.get("source") or {}), only)]
