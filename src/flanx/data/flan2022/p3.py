@@ -104,9 +104,11 @@ def t0_sf_subtasks(source: dict, only=None) -> list[str]:
     if only is not None:
         unknown = [s for s in only if s not in T0_SF_SUBTASKS]
         if unknown:
-            why = "is a P3 subtask of a FLAN 2021 dataset" if p3_dataset(unknown[0]) else "is not a P3 subtask"
-            raise SourceFormatError(f"groups.subtasks: {unknown[0]!r} {why}, so it is not in T0-SF"
-                                    f"{_close(unknown[0], T0_SF_SUBTASKS)}")
+            dataset = p3_dataset(unknown[0])
+            why = (f"is a P3 subtask of {dataset}, a FLAN 2021 dataset, so it is not in T0-SF"
+                   if dataset and P3_DATASETS_IN_FLAN2021[dataset] else
+                   "is not a T0-SF subtask (FLAN's P3 prompts, flanx.data.flan2022.t0_sf_data)")
+            raise SourceFormatError(f"groups.subtasks: {unknown[0]!r} {why}{_close(unknown[0], T0_SF_SUBTASKS)}")
     wanted = list(only) if only is not None else list(T0_SF_SUBTASKS)
     here = available_subtasks(source)
     if here is not None:
