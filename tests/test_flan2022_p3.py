@@ -118,7 +118,8 @@ def test_rows_and_formats():
 
 
 def test_bad_p3_input_fails_clearly():
-    with pytest.raises(sources.SourceFormatError, match="'ag_news_classify' is a P3 subtask of ag_news, a FLAN 2021 dataset"):
+    with pytest.raises(sources.SourceFormatError,
+                       match="'ag_news_classify' is a P3 subtask of ag_news, a FLAN 2021 dataset"):
         p3_cards(in_memory(), subtasks=["ag_news_classify"])
     with pytest.raises(sources.SourceFormatError, match="'qasc_is_corect_1' is not a T0-SF subtask.*did you mean: "
                                                         "qasc_is_correct_1"):
@@ -152,8 +153,8 @@ def test_p3_checkout_tfrecords(tmp_path, monkeypatch):
     for subtask, records in rows.items():
         folder = root / "data" / subtask
         folder.mkdir(parents=True)
-        features = {"inputs": {"dtype": "int32", "shape": [None]}, "inputs_pretokenized": {"dtype": "string", "shape": []},
-                    "targets": {"dtype": "int32", "shape": [None]}, "targets_pretokenized": {"dtype": "string", "shape": []}}
+        text, ids = {"dtype": "string", "shape": []}, {"dtype": "int32", "shape": [None]}
+        features = {"inputs": ids, "inputs_pretokenized": text, "targets": ids, "targets_pretokenized": text}
         if "answer_choices" in records[0]:
             features["answer_choices"] = {"dtype": "string", "shape": [None]}
         (folder / "info.train.json").write_text(json.dumps({"num_shards": 1, "features": features}))

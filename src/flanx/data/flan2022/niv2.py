@@ -278,7 +278,7 @@ def _close(name: str, known) -> str:
 
 
 def checkout_root(source: dict) -> Path | None:
-    """The natural-instructions checkout: `source.root`, else $FLANX_NIV2_DIR, else FLANX_DATA_DIR/natural-instructions."""
+    """The natural-instructions checkout: `source.root`, $FLANX_NIV2_DIR, or FLANX_DATA_DIR/natural-instructions."""
     if source.get("root"):
         return Path(source["root"]).expanduser()
     if os.environ.get(CHECKOUT_ENV):
@@ -298,16 +298,17 @@ def read_task_list(list_file: Path, tasks_dir: Path) -> list[str]:
         task = task[:-len(".json")] if task.endswith(".json") else task
         if not (tasks_dir / f"{task}.json").is_file():
             known = known if known is not None else [p.stem for p in tasks_dir.glob("*.json")]
-            raise SourceFormatError(f"{list_file}:{n}: unknown task {task!r}: there is no {tasks_dir / (task + '.json')}"
-                                    f"{_close(task, known)}")
+            raise SourceFormatError(f"{list_file}:{n}: unknown task {task!r}: there is no "
+                                    f"{tasks_dir / (task + '.json')}{_close(task, known)}")
         names.append(task)
     return names
 
 
 def tfds_task_list() -> list[str]:
     """The tasks TFDS `natural_instructions` holds (FLAN's NIv2 list, from the installed builder)."""
-    from tensorflow_datasets.datasets.natural_instructions import natural_instructions_dataset_builder as b  # noqa: PLC0415
-    return list(b._NIV2_TASKS_LIST)  # noqa: SLF001 - the builder's task list is its data
+    from tensorflow_datasets.datasets.natural_instructions import \
+        natural_instructions_dataset_builder as builder  # noqa: PLC0415 - heavy, only for this list
+    return list(builder._NIV2_TASKS_LIST)  # noqa: SLF001 - the builder's task list is its data
 
 
 def niv2_task_names(source: dict, task_lists=None) -> list[str]:
