@@ -44,6 +44,7 @@ setup(
         "tensorflow>=2.21,<2.22",
         "tensorflow-text>=2.21,<2.22",
         "tensorflow-datasets",
+        "importlib-resources",  # tensorflow-datasets needs it to prepare data and does not declare it
         "sentencepiece",
         "rouge-score",
         "sacrebleu",  # BLEU as T5 reports it

@@ -9,7 +9,9 @@ failure (steps marked `always` still run, e.g. tearing a TPU VM down).
 Launchers use only the standard library plus `flanx.io` and `flanx.mesh`
 (themselves stdlib-only at import), found in this checkout's `src/` when
 flanx is not installed, so they run on a laptop with nothing but gcloud or
-sbatch.
+sbatch. The
+mesh pre-flight reads gin files with gin's own parser (`flanx.gin_utils`)
+when gin-config is installed, and is skipped (the trainer repeats it) when not.
 """
 from __future__ import annotations
 
@@ -164,33 +166,22 @@ def packaged_name(name: str) -> str | None:
         return None
 
 
-_ASSIGN = re.compile(r"^\s*([A-Z][A-Z0-9_]*)\s*=\s*(-?\d+)\s*(?:#.*)?$")
-_INCLUDE = re.compile(r"""^\s*include\s+['"]([^'"]+)['"]""")
+def integer_macros(gin_files: list[str], bindings: list[tuple[str, str]]) -> dict[str, int] | None:
+    """Integer gin macros (`NAME = 12`) from the files, their includes, then overrides; later wins.
 
-
-def integer_macros(gin_files: list[str], bindings: list[tuple[str, str]]) -> dict[str, int]:
-    """Integer gin macros (`NAME = 12`) from the files, their includes, then overrides; later wins."""
-    found: dict[str, int] = {}
-
-    def read(name: str, seen: set) -> None:
-        path = resolve_gin_file(name)
-        if path is None:
-            raise LaunchError(f"gin file {name!r} not found here (looked in the working directory and {CONFIGS_DIR})")
-        if path.resolve() in seen:
-            return
-        seen.add(path.resolve())
-        for line in path.read_text().splitlines():
-            if m := _INCLUDE.match(line):
-                read(m.group(1), seen)
-            elif m := _ASSIGN.match(line):
-                found[m.group(1)] = int(m.group(2))
-
-    for f in gin_files:
-        read(f, set())
-    for name, value in bindings:
-        if re.fullmatch(r"-?\d+", value.strip()):
-            found[name] = int(value)
-    return found
+    Read with gin's own parser (`flanx.gin_utils.read_macros`), nothing evaluated.
+    None when gin is not installed here (the trainer repeats the checks at start-up).
+    """
+    try:
+        from flanx import gin_utils
+    except ImportError:  # a bare laptop with only gcloud / sbatch
+        return None
+    try:
+        macros = gin_utils.read_macros(gin_files, [f"{name} = {value}" for name, value in bindings])
+    except (FileNotFoundError, ValueError) as e:
+        raise LaunchError(str(e)) from None
+    return {name: value for name, value in macros.items()
+            if isinstance(value, int) and not isinstance(value, bool)}
 
 
 def preflight_mesh(args: TrainArgs, num_devices: int, num_processes: int) -> dict[str, int] | None:
@@ -199,6 +190,10 @@ def preflight_mesh(args: TrainArgs, num_devices: int, num_processes: int) -> dic
     Runs only when a mesh macro is set somewhere; the trainer repeats the check at start-up.
     """
     macros = integer_macros(args.gin_files, args.gin_bindings)
+    if macros is None:
+        print("flanx launcher: gin-config is not installed here, so the mesh pre-flight is skipped "
+              "(the trainer checks the mesh at start-up)", file=sys.stderr)
+        return None
     if not any(m in macros for m in mesh.MESH_MACROS.values()):
         return None
     shape = {axis: macros.get(macro, mesh.MESH_DEFAULTS[axis])

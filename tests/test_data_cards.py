@@ -11,7 +11,7 @@ import yaml
 
 import flanx.data
 from flanx import paths
-from flanx.data import cards, pipeline, render, tasks
+from flanx.data import cards, pipeline, render, sources, tasks
 from flanx.data.cards import CardError, load_card, load_card_file, task_specs
 
 BASE = {"name": "mini", "source": {"type": "synthetic", "generator": "chat"},
@@ -201,15 +201,15 @@ def test_same_card_name_from_two_files_needs_override(tmp_path):
     _write_card(second, name="coll", override=True, labels={"refund": "refund", "other": "other"})
     loaded = cards.load_card_files([first, second])
     assert sorted(loaded["coll"].options) == ["other", "refund"] and loaded["coll"].file == str(second)
-    # A user card named like a collection card.
-    user_rte = _write_card(tmp_path / "rte.yaml", name="rte")
-    with pytest.raises(CardError, match=rf"{user_rte} \(rte\): name: 'rte' is already the name of task card "
-                                        rf".*tasks/rte.yaml"):
-        cards.load_card_files(cards.collection_card_files() + [user_rte])
+    # A user card named like a shipped card.
+    user = _write_card(tmp_path / "dialogsum.yaml", name="dialogsum")
+    with pytest.raises(CardError, match=rf"{user} \(dialogsum\): name: 'dialogsum' is already the name of task "
+                                        rf"card .*tasks/dialogsum.yaml"):
+        cards.load_card_files(cards.collection_card_files() + [user])
     flanx.data.register_all()
-    with pytest.raises(CardError, match=r"'rte' is already the name of task card .*tasks/rte.yaml"):
-        flanx.data.register_task_card(str(user_rte))
-    assert tasks.get_card("rte").file.endswith("tasks/rte.yaml")
+    with pytest.raises(CardError, match=r"'dialogsum' is already the name of task card .*tasks/dialogsum.yaml"):
+        flanx.data.register_task_card(str(user))
+    assert tasks.get_card("dialogsum").file.endswith("tasks/dialogsum.yaml")
 
 
 def test_override_replaces_the_card_and_its_stale_task_names(tmp_path):
@@ -267,3 +267,173 @@ def test_seqio_task_metrics_bind_options_and_scale():
         assert "scaled_template_0to1_zsopt_scoring" in names
     finally:
         tasks.unregister_card("scaled")
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def test_local_block_with_evaluation_splits_only_reads_train_from_the_main_source(tmp_path, monkeypatch):
+    """AG News style: the local files give only the test split; train (and few-shot exemplars) stay with
+    the main source, the card yields the same tasks either way, and row counts come from the main source."""
+    main_rows = [{"text": f"main {i}", "label": i % 2} for i in range(6)]
+    local_rows = [{"Text": f"local {i}", "Class": "B" if i % 2 else "A"} for i in range(4)]
+    spec = {"name": "evalonly", "vocabulary": "byte", "group": "test_group",
+            "source": {"type": "jsonl", "root": str(tmp_path)},
+            "splits": {"train": {"files": _jsonl(tmp_path / "train.jsonl", main_rows), "num_examples": 6},
+                       "test": {"files": _jsonl(tmp_path / "test.jsonl", main_rows[:2]), "num_examples": 2}},
+            "local": {"source": {"type": "jsonl", "root": str(tmp_path)},
+                      "splits": {"test": {"files": _jsonl(tmp_path / "local_test.jsonl", local_rows),
+                                          "num_examples": 4}},
+                      "fields": {"text": "Text", "label": "Class"}, "labels": {"A": "no", "B": "yes"}},
+            "fields": {"text": "text", "label": "label"}, "labels": {0: "no", 1: "yes"},
+            "templates": [{"input": "{text}?{options}", "target": "{label}"}] * 8}
+    local = load_card(json.loads(json.dumps(spec)), use_local=True)
+    main = local.alternate
+    assert (local.variant, main.variant) == ("local", "main")
+    assert set(local.splits) == {"test"} and local.formats == main.formats == ("zsopt", "zsnoopt", "fsopt", "fsnoopt")
+    assert [s.name for s in task_specs(local)] == [s.name for s in task_specs(main)]
+    assert [r["text"] for r in render.sources.load_rows(local, "test")] == [f"local {i}" for i in range(4)]
+    assert [r["text"] for r in render.sources.load_rows(local, "train")] == [f"main {i}" for i in range(6)]
+    assert render.num_examples(local, "train") == (6, "data") and render.num_examples(local, "test") == (4, "data")
+    fs = next(s for s in task_specs(local) if s.fmt == "fsopt" and not s.per_template and not s.scoring)
+    (first, *_) = render.render_examples(local, fs, "test", length_fn=len)
+    assert "main " in first["inputs_pretokenized"] and first["inputs_pretokenized"].rstrip().endswith("local 0?\n\nOPTIONS:\n- no\n- yes")
+    # Training mixtures leave such a card out while its main source is not prepared (an empty TFDS dir here).
+    from flanx.data import mixtures  # noqa: PLC0415
+    monkeypatch.setenv(paths.TFDS_DIR_ENV, str(tmp_path / "no_tfds"))
+    tfds_spec = json.loads(json.dumps(spec))
+    tfds_spec["source"] = {"type": "tfds", "name": "glue/wnli:2.0.0"}
+    tfds_spec["splits"] = {"train": {"name": "train", "num_examples": 6}, "test": {"name": "validation"}}
+    tfds_local = load_card(tfds_spec, use_local=True)
+    assert mixtures.needs_preparing(tfds_local) and not mixtures.needs_preparing(local)
+    assert render.num_examples(tfds_local, "train") == (6, "recorded")
+    bad = json.loads(json.dumps(spec))
+    bad["local"]["splits"]["dev"] = bad["local"]["splits"]["test"]
+    with pytest.raises(CardError, match=r"local.splits: names split\(s\) dev, but the card has train, test"):
+        load_card(bad)
+
+
+# ----------------------------------------------------------------------------- collections, clusters, local data
+
+def _write_rows(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+NLI10 = [{"input": f"t{i}: {{premise}} / {{hypothesis}}{{options}}", "target": "{label}"} for i in range(10)]
+
+
+def tfds_card(**overrides):
+    spec = {"name": "nli_demo", "clusters": ["entailment"], "source": {"type": "tfds", "name": "super_glue/rte:1.0.2"},
+            "splits": {"train": {"name": "train[:-3]", "num_examples": 7}, "validation": {"name": "train[-3:]"}},
+            "fields": {"premise": "premise", "hypothesis": "hypothesis", "label": "label"},
+            "labels": {0: "yes", 1: "no"}, "templates": NLI10}
+    spec.update(overrides)
+    return spec
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"clusters": ["entailmnt"]}, r"clusters: unknown cluster 'entailmnt'; did you mean: entailment"),
+    ({"clusters": ["nli"]}, r"clusters: 'nli' is a paper cluster; cards name its code key\(s\): entailment"),
+    ({"clusters": "entailment "}, r"clusters: unknown cluster"),
+    ({"clusters": [3]}, r"clusters: expected a list of FLAN cluster keys"),
+    ({"splits": {"train": {"name": "train", "num_examples": -1}}}, r"splits.train.num_examples: expected a row count"),
+    ({"splits": {"train": {"name": "train", "num_examples": "2k"}}}, r"splits.train.num_examples"),
+    ({"splits": {"train": {"name": "train", "slice": [0, -5]}}}, r"splits.train.slice: `slice` cuts the rows of "
+                                                                 r"files; a `tfds` split says it in its name"),
+    ({"mock": {"label": 1}}, r"mock: expected a mapping source column -> non-empty list"),
+    ({"collection": "Flan 2021"}, r"collection: 'Flan 2021' must be lowercase"),
+    ({"local": {"templates": []}}, r"local.templates: a local block cannot change the card's name, templates"),
+    ({"local": {"sourec": {"type": "jsonl"}}}, r"local.sourec: unknown key"),
+    ({"local": {"source": {"type": "jsonl"}}}, r"\(nli_demo\): local: splits.train: a `jsonl` source reads files"),
+    ({"local": {"source": {"type": "jsonl"}, "splits": {"train": "x.jsonl", "dev": "y.jsonl"}}},
+     r"local.splits: names split\(s\) dev, but the card has train, validation"),
+    ({"local": {"source": {"type": "jsonl"}, "splits": {"train": "a", "validation": {"files": "b", "slice": [1]}}}},
+     r"local: splits.validation.slice: expected \[start, stop\]"),
+    ({"local": {"source": {"type": "jsonl"}, "splits": {"train": "a", "validation": "b"}, "labels": {"e": True}}},
+     r"local: labels: YAML read an unquoted yes/no"),
+])
+def test_collection_keys_are_checked_naming_card_and_key(overrides, match):
+    with pytest.raises(CardError, match=match):
+        load_card(tfds_card(**overrides), "tasks/flan2021/nli_demo.yaml")
+
+
+def test_local_block_is_used_when_its_files_exist_and_slices_mirror_flans_splits(tmp_path, monkeypatch):
+    rows = [{"premise": f"p{i}", "hypothesis": f"h{i}", "label": "entailment" if i % 3 else "not_entailment"}
+            for i in range(10)]
+    local = {"dataset": "nli_demo_files", "source": {"type": "jsonl"},
+             "splits": {"train": {"files": "nli/train.jsonl", "slice": [0, -3], "num_examples": 7},
+                        "validation": {"files": "nli/train.jsonl", "slice": [-3, None]}},
+             "labels": {"entailment": "yes", "not_entailment": "no"}}
+    monkeypatch.setenv(paths.DATA_DIR_ENV, str(tmp_path))
+    absent = load_card(tfds_card(local=local))
+    assert absent.variant == "main" and absent.source["type"] == "tfds" and absent.alternate.variant == "local"
+    _write_rows(tmp_path / "nli" / "train.jsonl", rows)
+    present = load_card(tfds_card(local=local))
+    assert present.variant == "local" and present.source == {"type": "jsonl"}
+    assert present.alternate.source["name"] == "super_glue/rte:1.0.2"
+    assert present.name == "nli_demo" and present.clusters == ("entailment",) and present.templates == absent.templates
+    train, val = sources.load_rows(present, "train"), sources.load_rows(present, "validation")
+    assert [r["premise"] for r in train] == [f"p{i}" for i in range(7)]
+    assert [r["premise"] for r in val] == ["p7", "p8", "p9"]
+    assert [r["label"] for r in val] == ["yes", "yes", "no"]  # rows 7, 8, 9: i % 3 == 0 is not_entailment
+    assert render.num_examples(present, "train") == (7, "data")
+    assert render.num_examples(absent, "train") == (7, "recorded")
+    assert load_card(tfds_card(local=local), use_local=False).variant == "main"
+
+
+def test_cards_in_a_tasks_folder_belong_to_its_collection(tmp_path, monkeypatch):
+    tasks_dir = tmp_path / "tasks"
+    (tasks_dir / "demo").mkdir(parents=True)
+    (tasks_dir / "clusters.yaml").write_text((paths.tasks_dir() / "clusters.yaml").read_text())
+    _write_card(tasks_dir / "top.yaml", name="top")
+    _write_card(tasks_dir / "demo" / "inner.yaml", name="inner")
+    monkeypatch.setattr(paths, "tasks_dir", lambda: tasks_dir)
+    files = cards.collection_card_files()
+    assert [p.name for p in files] == ["top.yaml", "inner.yaml"]  # top-level first, clusters.yaml is no card
+    assert cards.collection_card_files("demo") == [tasks_dir / "demo" / "inner.yaml"]
+    loaded = cards.load_card_files(files)
+    assert loaded["top"].collection is None and loaded["inner"].collection == "demo"
+    _write_card(tasks_dir / "demo" / "wrong.yaml", name="wrong", collection="other")
+    with pytest.raises(CardError, match=r"wrong.yaml: collection: 'other', but the card sits in the folder of "
+                                        r"collection 'demo'"):
+        load_card_file(tasks_dir / "demo" / "wrong.yaml")
+    (tasks_dir / "demo" / "wrong.yaml").unlink()
+    # A collection card with a top-level card's name: the top-level card is to be replaced, said plainly.
+    _write_card(tasks_dir / "demo" / "top.yaml", name="top")
+    with pytest.raises(CardError, match=r"demo/top.yaml \(top\): name: 'top' is already the name of the top-level "
+                                        r"task card .*tasks/top.yaml. A collection card that supersedes a top-level "
+                                        r"card replaces it: delete top.yaml"):
+        cards.load_card_files(cards.collection_card_files())
+
+
+@pytest.mark.slow  # imports TensorFlow Datasets
+def test_unknown_tfds_builder_fails_at_registration_naming_file_and_key(tmp_path):
+    path = tmp_path / "nli_demo.yaml"
+    path.write_text(yaml.safe_dump(tfds_card(source={"type": "tfds", "name": "super_glue/rtee:1.0.2"})))
+    with pytest.raises(CardError, match=rf"{path} \(nli_demo\): source.name: 'super_glue/rtee:1.0.2' is not a "
+                                        rf"TFDS builder that the installed tensorflow-datasets constructs offline"):
+        flanx.data.register_task_card(str(path), refresh_mixtures=False)
+    path.write_text(yaml.safe_dump(tfds_card(source={"type": "tfds", "name": "super_glue/rte:9.9.9"})))
+    with pytest.raises(CardError, match=r"source.name: 'super_glue/rte:9.9.9' is not a TFDS builder"):
+        flanx.data.register_task_card(str(path), refresh_mixtures=False)
+    assert "nli_demo" not in tasks.CARDS
+
+
+def test_a_partial_local_block_still_serves_every_split_in_seqio(tmp_path, monkeypatch):
+    monkeypatch.setenv(paths.DATA_DIR_ENV, str(tmp_path))
+    _write_rows(tmp_path / "nli" / "test.jsonl", [{"premise": "p", "hypothesis": "h", "label": "entailment"}])
+    spec = tfds_card(name="partial_demo", vocabulary="byte",
+                     splits={"train": {"name": "train[:-3]", "num_examples": 7}, "test": {"name": "validation"}},
+                     local={"source": {"type": "jsonl"}, "splits": {"test": "nli/test.jsonl"},
+                            "labels": {"entailment": "yes", "not_entailment": "no"}})
+    card = load_card(spec)
+    assert card.variant == "local" and list(card.splits) == ["test"] and card.split_names == ("test", "train")
+    tasks.register_card(card)
+    try:
+        assert set(seqio.get_mixture_or_task("partial_demo_template_0to9_zsopt").splits) == {"test", "train"}
+        assert render.num_examples(card, "train") == (7, "recorded")  # the main source's count: not prepared here
+    finally:
+        tasks.unregister_card("partial_demo")

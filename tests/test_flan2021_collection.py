@@ -13,6 +13,7 @@ One card: `pytest tests/test_flan2021_collection.py -k rte`.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 
@@ -116,7 +117,32 @@ def mock_tfds(card):
         except (ValueError, TypeError):  # ragged `mock:` values
             return tf.data.Dataset.from_generator(lambda: iter(rows), output_signature=signature)
 
-    return tfds.testing.mock_data(num_examples=MOCK_ROWS, as_dataset_fn=as_dataset)
+    return _MockOnce(tfds.testing.mock_data(num_examples=MOCK_ROWS, as_dataset_fn=as_dataset))
+
+
+class _MockOnce:
+    """The mocked `tfds.load` builds one dataset per card and serves it for every split (mock rows
+    do not depend on the split), which keeps the collection test fast."""
+
+    def __init__(self, mocked):
+        self.mocked = mocked
+
+    def __enter__(self):
+        import tensorflow_datasets as tfds  # noqa: PLC0415
+        self.mocked.__enter__()
+        self.original, datasets = tfds.load, {}
+
+        def load(name, **kwargs):
+            if name not in datasets:
+                datasets[name] = self.original(name, **kwargs)
+            return datasets[name]
+        tfds.load = load
+        return self
+
+    def __exit__(self, *exc):
+        import tensorflow_datasets as tfds  # noqa: PLC0415
+        tfds.load = self.original
+        return self.mocked.__exit__(*exc)
 
 
 def _columns(rows: list, signature):
@@ -208,6 +234,8 @@ def test_local_files_render_and_match_recorded_counts(name):
     for split, spec in local.splits.items():
         if "num_examples" in spec:
             assert render.count_examples(local, split) == spec["num_examples"], (name, split)
+    if local.fewshot.pool_split not in local.splits:  # evaluation files only: exemplars need the main source
+        local = dataclasses.replace(local, formats=tuple(f for f in local.formats if f.startswith("zs")))
     vocab_free = render_all(local)
     assert vocab_free > 0
 
@@ -238,3 +266,44 @@ def test_collection_lists_all_flan2021_tasks_with_ten_templates(capsys):
     assert set(listed) == set(FLAN_TASKS)
     few = {n: k for n, k in listed.items() if k < MIN_TEMPLATES}
     assert not few, f"cards with fewer than {MIN_TEMPLATES} templates: {few}"
+
+
+# FLAN 2021's training-mixture sizes: the sum of min(3000, n) over the tasks each mixture trains on
+# (flan/mixtures.py rates over flan/tasks.py split sizes). Paper clusters, then the code keys spelled otherwise.
+FLAN_RATE_SUMS = {
+    "nli": 152276, "commonsense": 174350, "sentiment": 176371, "paraphrase": 152276, "closed_book_qa": 179401,
+    "struct_to_text": 176371, "translation": 164371, "reading_comprehension": 164371,
+    "reading_comprehension_with_commonsense": 156350, "coreference": 183745, "misc": 161371, "summarization": 156712,
+    "structure_to_text": 176371, "open_domain_qa": 179401, "text_formatting": 179371, "common_sense": 174350,
+    "entailment": 152276, "math": 185371, "conversational_qa": 182371, "word_disambiguation": 185371,
+    "linguistic_acceptability": 185371, "question_classification": 185371, "read_comp_and_common_sense": 156350,
+}
+FLAN_RATE_TOTAL = 188371  # all 69 tasks
+
+
+@pytest.fixture(scope="module")
+def registered():
+    import flanx.data  # noqa: PLC0415 - seqio and TensorFlow
+    flanx.data.register_all()
+    from flanx.data import flan2021, mixtures  # noqa: PLC0415
+    present = {c.name for c in flan2021.collection_cards()}
+    missing = sorted(set(FLAN_TASKS) - present)
+    assert not missing, f"the FLAN 2021 mixtures need all 69 cards; missing: {missing}"
+    return mixtures
+
+
+def test_flan2021_mixtures_have_flans_rates(registered):
+    mixtures = registered
+    assert sum(mixtures.flat_rates("flan2021").values()) == pytest.approx(FLAN_RATE_TOTAL)
+    for cluster, total in FLAN_RATE_SUMS.items():
+        assert sum(mixtures.flat_rates(f"flan2021_minus_{cluster}").values()) == pytest.approx(total), cluster
+
+
+def test_mixtures_show_prints_heldout_nli_rates(registered, capsys):
+    assert cli.main(["mixtures", "show", "flan2021_minus_nli"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if re.match(r"\w+_template_0to\d+_(zs|fs)n?o?opt ", line)]
+    cards = {r[0].split("_template_")[0] for r in rows}
+    assert len(cards) == 55 and not cards & set(clusters_lib.cluster_table().clusters["paraphrase"].tasks)
+    assert sum(float(r[2]) for r in rows) == pytest.approx(FLAN_RATE_SUMS["nli"], abs=0.01 * len(rows))
+    assert "removed by the overlap rules: glue_mrpc, glue_qqp, paws_wiki, stsb" in out

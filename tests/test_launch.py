@@ -180,6 +180,23 @@ def test_slurm_bad_preset_fails_before_submitting(clean_env, capsys):
                     "--gin.MESH_MODEL=6", "--gin.BATCH_SIZE=4", "--dry_run"])
 
 
+def test_preflight_reads_gin_files_with_gins_parser(clean_env, tmp_path):
+    """Macros set through other macros, includes, multi-line values and overrides are read as gin reads
+    them (a regex saw none of `MESH_MODEL = %TP`); a file gin cannot parse is an error naming it."""
+    mine = tmp_path / "my_mesh.gin"
+    mine.write_text("include 'meshes/cpu_8_2x2x2.gin'\nTP = 4\nMESH_MODEL = %TP\n"
+                    "MESH_DATA = \\\n    2\nLENGTHS = {'inputs': 8,\n           'targets': 4}\n")
+    args = common.split_train_args([f"--gin_file={mine}", "--gin.BATCH_SIZE=1_024"], "/x")
+    assert common.integer_macros(args.gin_files, args.gin_bindings) == {
+        "MESH_DATA": 2, "MESH_FSDP": 2, "MESH_MODEL": 4, "TP": 4, "BATCH_SIZE": 1024}
+    with pytest.raises(common.LaunchError, match=r"needs 16 devices but only 8"):
+        common.preflight_mesh(args, num_devices=8, num_processes=1)
+    broken = tmp_path / "broken.gin"
+    broken.write_text("MESH_DATA = (2\n")
+    with pytest.raises(common.LaunchError, match="broken.gin"):
+        common.integer_macros([str(broken)], [])
+
+
 @pytest.mark.slow
 def test_slurm_xla_flags_are_known_to_installed_jaxlib():
     """An unknown flag in XLA_FLAGS aborts every process at start-up; check ours parse (and a bogus one fails)."""

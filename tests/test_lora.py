@@ -124,3 +124,24 @@ def test_export_hf_merges_adapters(base_params, tmp_path):
     params, config = import_hf(tmp_path / "hf")
     assert config.lora is None and config.vocab_size == BASE.vocab_size
     np.testing.assert_allclose(_logits(config, params, enc, dec), _logits(LORA, trained, enc, dec), atol=1e-4)
+
+
+def test_setup_is_the_one_lora_preparation(base_params):
+    """No LoRA: params as given, everything trains. LoRA on base weights: fresh adapters (as add_lora with
+    the same key), mask = adapters only. Params that already have adapters (shapes too) keep them."""
+    same, mask = lora.setup(base_params, BASE, jax.random.PRNGKey(1))
+    assert same is base_params and mask is None
+    prepared, mask = lora.setup(base_params, LORA, jax.random.PRNGKey(1))
+    expected = flatten(lora.add_lora(base_params, LORA, jax.random.PRNGKey(1)))
+    assert set(flatten(prepared)) == set(expected)
+    for path, value in flatten(prepared).items():
+        np.testing.assert_array_equal(np.asarray(value), np.asarray(expected[path]), err_msg=path)
+    trainable = {p for p, m in flatten(mask).items() if m}
+    assert trainable == {p for p in expected if p.endswith(("lora_a", "lora_b"))}
+    kept, _ = lora.setup(prepared, LORA, jax.random.PRNGKey(7))
+    assert kept is prepared
+    shapes = jax.eval_shape(lambda: init_params(LORA, jax.random.PRNGKey(0)))
+    _, shape_mask = lora.setup(shapes, LORA)
+    assert {p for p, m in flatten(shape_mask).items() if m} == trainable
+    with pytest.raises(ValueError, match="no LoRA adapters.*rng="):
+        lora.setup(base_params, LORA)

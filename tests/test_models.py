@@ -45,13 +45,61 @@ def _model_from_gin(config=gin.REQUIRED):
     return config
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
-def test_gin_model_config_equals_preset(name):
+MODEL_GINS = sorted((paths.configs_dir() / "models").glob("*.gin"))
+
+
+@pytest.mark.parametrize("path", MODEL_GINS, ids=lambda p: p.stem)
+def test_model_gin_names_its_preset_and_evaluates_to_it(path):
+    """A model gin is a delta over the one preset table: it names a preset and repeats no size."""
+    text = path.read_text()
+    bindings = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    assert bindings == ["MODEL_CONFIG = @flanx.get_config()", f"flanx.get_config.name = '{path.stem}'"]
+    assert path.stem in PRESETS
     gin.clear_config()
     try:
-        gin_utils.parse_gin([f"models/{name}.gin"], ["_model_from_gin.config = %MODEL_CONFIG"],
+        gin_utils.parse_gin([str(path)], ["_model_from_gin.config = %MODEL_CONFIG"], finalize=False)
+        assert _model_from_gin() == get_config(path.stem)
+        # Fields bound on flanx.T5Config override the preset (how runs set dropout and users resize).
+        gin_utils.parse_gin([str(path)], ["_model_from_gin.config = %MODEL_CONFIG",
+                                          "flanx.T5Config.dropout_rate = 0.25", "flanx.T5Config.d_ff = 96"],
                             finalize=False)
+        assert _model_from_gin() == get_config(path.stem, dropout_rate=0.25, d_ff=96)
+    finally:
+        gin.clear_config()
+
+
+def test_a_new_size_is_one_registered_entry():
+    name = "test_only_size"
+    PRESETS.register(name, get_config("tiny", d_model=48, num_heads=3))
+    try:
+        assert get_config(name).d_model == 48 and name in PRESETS
+        with pytest.raises(ValueError, match="already registered"):
+            PRESETS.register(name, get_config("tiny"))
+        gin.clear_config()
+        gin_utils.parse_gin([], ["_model_from_gin.config = %MODEL_CONFIG", "MODEL_CONFIG = @flanx.get_config()",
+                                 f"flanx.get_config.name = '{name}'"], finalize=False)
         assert _model_from_gin() == get_config(name)
+    finally:
+        PRESETS.unregister(name)
+        gin.clear_config()
+
+
+def test_model_gin_lora_example_is_shell_quoted():
+    """The LoRA override in the model gins' header, pasted into bash, reaches gin intact and builds LoRA."""
+    import re
+
+    text = (paths.configs_dir() / "models" / "tiny.gin").read_text()
+    lines = [line[1:].strip() for line in text.splitlines() if line.startswith("#   --gin")]
+    command = " ".join(re.sub(r"\\$", "", re.sub(r"\s+#.*$", "", line)).strip() for line in lines)
+    out = subprocess.run(["bash", "-c", f"printf '%s\\n' {command}"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    files, bindings, rest = gin_utils.split_gin_args(out.stdout.splitlines())
+    assert not files and not rest and len(bindings) == 3
+    gin.clear_config()
+    try:
+        gin_utils.parse_gin(["models/tiny.gin"], ["_model_from_gin.config = %MODEL_CONFIG", *bindings],
+                            finalize=False)
+        assert _model_from_gin().lora.rank == 32
     finally:
         gin.clear_config()
 

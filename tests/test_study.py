@@ -23,6 +23,14 @@ def test_experiment_configs_build_a_study_config(gin_file):
     assert cfg.target_task and cfg.arm_steps > 0
 
 
+def test_study_config_is_strict_about_macros_and_bindings():
+    with pytest.raises(ValueError, match=r"unknown gin macro\(s\): INITIAL_CHECKPOINT_PAT .*"
+                                         r"did you mean: INITIAL_CHECKPOINT_PATH\?"):
+        study_cli.load_study_config(["experiments/dialogsum_recipe.gin"], ["INITIAL_CHECKPOINT_PAT = 'ckpt'"])
+    with pytest.raises(ValueError, match=r"named 'arm_step'; did you mean: arm_steps\b"):
+        study_cli.load_study_config([study_cli.DEFAULT_GIN], ["flanx.StudyConfig.arm_step = 3"])
+
+
 def test_recipe_config_matches_the_published_recipe():
     cfg = study_cli.load_study_config(["experiments/dialogsum_recipe.gin"], [])
     assert (cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets) == (32, 32.0, 0.05, ("query", "value"))

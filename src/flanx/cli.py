@@ -19,6 +19,8 @@ COMMANDS = {
     "convert": ("flanx.convert", "convert checkpoints between Hugging Face, T5X and flanx formats"),
     "tasks": ("flanx.data.cli", "list and show registered tasks: `flanx tasks list|show NAME`"),
     "mixtures": ("flanx.data.cli", "show a mixture's rates and shares: `flanx mixtures show NAME`"),
+    "data": ("flanx.data.prepare", "prepare a collection's TFDS/HF data for offline use: "
+                                   "`flanx data prepare --collection flan2021 --data_dir DIR`"),
 }
 
 

@@ -3,17 +3,24 @@
 Each takes `--gin_file=F` (repeatable) and `--gin.NAME=VALUE` overrides, plus
 the distributed flags `--coordinator_address --num_processes --process_id`
 (or SLURM / `FLANX_*` environment, see `flanx.distributed`). The run configs
-in `t5x_configs/runs/` use T5X's macro names; this module turns the macros
-into typed configs (`TrainConfig`, `OptimizerConfig`, ...) and calls the
-plain-Python APIs (`flanx.train.trainer.train`, `flanx.eval.evaluator`,
-`flanx.infer`). A required macro that is missing fails at start-up naming it.
+in `t5x_configs/runs/` use T5X's macro names. Macros are strict: one that
+nothing uses is an error naming the closest known name, and a required one
+that is missing fails at start-up naming it.
 
-train: MODEL_CONFIG (a model gin file), MODEL_DIR, MIXTURE_OR_TASK_NAME,
-  TASK_FEATURE_LENGTHS, TRAIN_STEPS (absolute), BATCH_SIZE; optional
-  INITIAL_CHECKPOINT_PATH, DROPOUT_RATE, LEARNING_RATE, LOSS_NORMALIZING_FACTOR,
-  EVAL_PERIOD, EVAL_MIXTURES, EVAL_SPLIT, EVAL_EXAMPLES, CHECKPOINT_PERIOD,
-  KEEP_CHECKPOINTS, RANDOM_SEED, NUM_MICROBATCHES, PACK, LOG_EVERY, MESH_DATA/FSDP/MODEL;
-  finer knobs as bindings on flanx.OptimizerConfig / flanx.LossConfig / flanx.DecodeConfig.
+train: evaluates `flanx.train` (`flanx.train.config.TrainRun`: the model config, `TrainConfig`,
+  `DataConfig`, the initial checkpoint and in-training evaluation), as bound
+  by `runs/pretrain.gin` / `runs/finetune.gin` through `base/train.gin`, and
+  calls `flanx.train.trainer.train`. This module holds no defaults: they are
+  the dataclasses' own. Macros: MODEL_CONFIG (a model gin file), MODEL_DIR,
+  MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS, TRAIN_STEPS (absolute), BATCH_SIZE,
+  DROPOUT_RATE, LEARNING_RATE; optional INITIAL_CHECKPOINT_PATH,
+  LOSS_NORMALIZING_FACTOR, EVAL_PERIOD, EVAL_MIXTURES, EVAL_SPLIT, EVAL_EXAMPLES,
+  CHECKPOINT_PERIOD, KEEP_CHECKPOINTS, RANDOM_SEED, NUM_MICROBATCHES, PACK,
+  SHUFFLE, LOG_EVERY, MESH_DATA/FSDP/MODEL; finer knobs as bindings on
+  flanx.OptimizerConfig / flanx.LossConfig / flanx.DecodeConfig / flanx.T5Config.
+  MODEL_DIR gets config.gin (every binding) and operative_config.gin (every
+  value the run uses, macros included) before training starts; the operative
+  config alone (with a new MODEL_DIR) re-runs the run.
 eval:  CHECKPOINT_PATH, EVAL_OUTPUT_DIR, MIXTURE_OR_TASK_NAME (a name or a list);
   optional MODEL_CONFIG (else the checkpoint's), TASK_FEATURE_LENGTHS, SPLIT, EVAL_EXAMPLES.
 infer: CHECKPOINT_PATH, INFER_OUTPUT_DIR, MIXTURE_OR_TASK_NAME or INFER_INPUT_FILE;
@@ -28,16 +35,23 @@ import os
 import gin
 
 from flanx import distributed, gin_utils
-from flanx.mesh import MESH_DEFAULTS, MESH_MACROS
 from flanx.progress import setup_logging, setup_process_logging
 
 logger = logging.getLogger("flanx")
 MODEL_HINT = "include a model gin file, e.g. --gin_file=models/flan_t5_base.gin (sets MODEL_CONFIG)"
 m = gin_utils.resolved_macro
+# Macros each command reads itself (train reads none: its macros reach it through bindings).
+DIRECT_MACROS = {
+    "train": (),
+    "eval": ("CHECKPOINT_PATH", "EVAL_OUTPUT_DIR", "MIXTURE_OR_TASK_NAME", "MODEL_CONFIG", "TASK_FEATURE_LENGTHS",
+             "SPLIT", "EVAL_EXAMPLES"),
+    "infer": ("CHECKPOINT_PATH", "INFER_OUTPUT_DIR", "MIXTURE_OR_TASK_NAME", "INFER_INPUT_FILE", "MODEL_CONFIG",
+              "TASK_FEATURE_LENGTHS", "SPLIT", "INFER_EXAMPLES", "WITH_SCORES", "VOCABULARY"),
+}
 
 
 def _start(argv: list[str], command: str) -> None:
-    """Split flags, start multi-process JAX, parse gin. Exits on --help or unknown flags."""
+    """Split flags, start multi-process JAX, parse gin, check the macros. Exits on --help or unknown flags."""
     dist_flags, argv = distributed.split_distributed_args(list(argv))
     files, bindings, rest = gin_utils.split_gin_args(argv)
     if any(a in ("-h", "--help") for a in rest):
@@ -51,6 +65,7 @@ def _start(argv: list[str], command: str) -> None:
     distributed.initialize(distributed.resolve(dist_flags))
     gin_utils.reset()
     gin_utils.parse_gin(files, bindings, finalize=False)
+    gin_utils.prepare_macros(read=DIRECT_MACROS[command], hints={"MODEL_CONFIG": MODEL_HINT})
 
 
 def _require(*names: str, maybe: tuple[str, ...] = ()) -> None:
@@ -91,93 +106,40 @@ def _decode_config(**overrides):
 # ---------------------------------------------------------------- train
 
 
-def _train_configs():
-    from flanx.train.config import MeshConfig, TrainConfig
-
-    model_config = m("MODEL_CONFIG", hint=MODEL_HINT)
-    dropout = m("DROPOUT_RATE", None)
-    if dropout is not None:
-        model_config = model_config.replace(dropout_rate=float(dropout))
-    lr = m("LEARNING_RATE", None)
-    optimizer = gin.get_configurable("flanx.OptimizerConfig")(**({"learning_rate": float(lr)} if lr else {}))
-    norm = m("LOSS_NORMALIZING_FACTOR", None)
-    loss = gin.get_configurable("flanx.LossConfig")(**({"normalization": norm} if norm is not None else {}))
-    mesh = MeshConfig(**{a: int(m(MESH_MACROS[a], MESH_DEFAULTS[a]))
-                         for a in ("data", "fsdp", "model")})
-    cfg = TrainConfig(
-        train_steps=int(m("TRAIN_STEPS")), batch_size=int(m("BATCH_SIZE")), model_dir=str(m("MODEL_DIR")),
-        seed=int(m("RANDOM_SEED", 0)), num_microbatches=int(m("NUM_MICROBATCHES", 1)),
-        checkpoint_period=int(m("CHECKPOINT_PERIOD", 1000)), keep_checkpoints=m("KEEP_CHECKPOINTS", None),
-        eval_period=int(m("EVAL_PERIOD", 0) or 0), log_every=int(m("LOG_EVERY", 10)),
-        optimizer=optimizer, loss=loss, mesh=mesh)
-    return model_config, cfg
-
-
-def _initial_params(path: str | None, model_config, model_dir: str, train_steps: int):
-    """Params and step of INITIAL_CHECKPOINT_PATH, unless MODEL_DIR already has checkpoints to resume."""
-    from flanx.train.checkpointing import Checkpointer
-
-    ckpt = Checkpointer(os.path.join(model_dir, "checkpoints"))
-    resuming = ckpt.latest_step() is not None
-    ckpt.close()
-    if resuming or not path:
-        return None, 0
-    from flanx.checkpoints import load_params
-
-    base_config = model_config.replace(lora=None) if model_config.lora is not None else model_config
-    params, _, step = load_params(path, base_config)  # host numpy; the trainer lays it out on the mesh
-    step = int(step or 0)
-    if train_steps <= step:
-        raise ValueError(f"TRAIN_STEPS={train_steps} is not beyond the initial checkpoint's step {step} "
-                         f"({path}); TRAIN_STEPS is absolute (T5X): set TRAIN_STEPS={step} + the steps to train")
-    if model_config.lora is not None:  # fresh adapters on the loaded base weights
-        import jax
-
-        from flanx.models import lora
-        params = jax.device_get(lora.add_lora(params, model_config, jax.random.PRNGKey(int(m("RANDOM_SEED", 0)))))
-    return params, step
-
-
 def train(argv: list[str]) -> int:
-    """`python -m flanx.train`: gin -> TrainConfig -> `flanx.train.trainer.train`."""
+    """`python -m flanx.train`: gin -> `flanx.train` (a TrainRun) -> `flanx.train.trainer.train`."""
     _start(argv, "train")
-    _require("MODEL_CONFIG", "MODEL_DIR", "MIXTURE_OR_TASK_NAME", "TASK_FEATURE_LENGTHS", "TRAIN_STEPS",
-             "BATCH_SIZE", maybe=("INITIAL_CHECKPOINT_PATH",))
-    model_config, cfg = _train_configs()
+    run = gin_utils.evaluate("flanx.train")
+    cfg, model_config, data = run.config, run.model, run.data
     import jax
     setup_process_logging(cfg.model_dir, jax.process_index())  # MODEL_DIR/logs/process_{i}.log
-    name = m("MIXTURE_OR_TASK_NAME")
-    lengths = dict(m("TASK_FEATURE_LENGTHS"))
-    pack, shuffle = bool(m("PACK", True)), bool(m("SHUFFLE", True))
     if _is_primary():
         gin_utils.write_config(cfg.model_dir)
-    init, init_step = _initial_params(m("INITIAL_CHECKPOINT_PATH", None), model_config, cfg.model_dir,
-                                      cfg.train_steps)
+        gin_utils.write_operative_config(cfg.model_dir)
 
     def data_factory(shard):
         import seqio
 
         from flanx.data import pipeline
         info = seqio.ShardInfo(shard.index, shard.num_shards) if shard.num_shards > 1 else None
-        return pipeline.get_dataset(name, lengths, split="train", batch_size=shard.local_batch_size,
-                                    shuffle=shuffle, seed=cfg.seed, pack=pack, shard_info=info)
+        return pipeline.get_dataset(data.mixture_or_task_name, data.task_feature_lengths, split=data.split,
+                                    batch_size=shard.local_batch_size, shuffle=data.shuffle, seed=data.seed,
+                                    pack=data.pack, shard_info=info)
 
     eval_fn = None
-    eval_names = m("EVAL_MIXTURES", ()) or ()
-    if eval_names:
+    if run.eval_mixtures:
         from flanx.eval.evaluator import EvalRunner
-        eval_fn = EvalRunner(model_config, list(eval_names), m("EVAL_SPLIT", "validation"), lengths,
-                             _decode_config(), m("EVAL_EXAMPLES", None))
+        eval_fn = EvalRunner(model_config, list(run.eval_mixtures), run.eval_split, data.task_feature_lengths,
+                             run.decode or _decode_config(), run.eval_examples)
 
     from flanx.train import preemption, trainer
     try:
-        result = trainer.train(cfg, model_config, data_factory, init_params=init, eval_fn=eval_fn,
-                               init_step=init_step)
+        result = trainer.train(cfg, model_config, data_factory, eval_fn=eval_fn,
+                               init_checkpoint=run.initial_checkpoint_path)
     except preemption.Preempted as e:
         logger.warning("%s", e)
         return preemption.EXIT_CODE
     if _is_primary():
-        gin_utils.write_operative_config(cfg.model_dir, "operative_config.gin")
         last = result.losses.get(result.step)
         print(json.dumps({"model_dir": cfg.model_dir, "step": result.step, "resumed_from": result.resumed_from,
                           "final_loss": last, "evals": result.evals[-1:] if result.evals else []}))

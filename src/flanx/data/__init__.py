@@ -2,8 +2,9 @@
 
 Public API:
 
-- `register_all()`: register every task card in `tasks/` and every mixture
-  (`tasks/mixtures.yaml`, `{card}_mix`) in seqio. Idempotent.
+- `register_all()`: register every task card in `tasks/` (collections in its
+  folders included) and every mixture (`tasks/mixtures.yaml`, `{card}_mix`,
+  the FLAN 2021 collection's `flan2021*`) in seqio. Idempotent.
 - `register_task_card(card)`: add a dataset from Python: `card` is a dict with
   the same keys as a YAML card, or the path of a YAML card. Returns the names
   of the seqio tasks it registered (see `docs/tasks.md`).
@@ -19,8 +20,8 @@ so `flanx tasks list` stays fast.
 """
 from __future__ import annotations
 
+from flanx.data import hub_sources  # noqa: F401 - registers the tfds and hf source types in sources.SOURCES
 from flanx.data import source_files  # noqa: F401 - registers the file source types in sources.SOURCES
-from flanx.data import hub_sources  # noqa: F401 - registers the tfds and hf source types
 from flanx.data import flan2022  # noqa: F401 - registers the Flan 2022 sources, transforms and metrics
 from flanx.data.vocab import get_vocabulary
 
@@ -34,10 +35,17 @@ def register_all() -> None:
     global _REGISTERED
     if _REGISTERED:
         return
-    from flanx.data import mixtures, tasks  # noqa: PLC0415 - seqio/TensorFlow on first use
+    from flanx.data import tasks  # noqa: PLC0415 - seqio/TensorFlow on first use
     tasks.register_collection()
-    mixtures.register_collection_mixtures()
+    _register_mixtures()
     _REGISTERED = True
+
+
+def _register_mixtures() -> None:
+    """tasks/mixtures.yaml's mixtures, `{card}_mix`, and the FLAN 2021 collection's mixtures."""
+    from flanx.data import flan2021, mixtures  # noqa: PLC0415
+    mixtures.register_collection_mixtures()
+    flan2021.register_mixtures()
 
 
 def register_task_card(card, *, refresh_mixtures: bool = True) -> list[str]:
@@ -49,11 +57,11 @@ def register_task_card(card, *, refresh_mixtures: bool = True) -> list[str]:
     `synth_multitask` for byte-vocabulary cards), e.g. an NIv2 card fills the
     `niv2` submixture.
     """
-    from flanx.data import mixtures, tasks  # noqa: PLC0415
+    from flanx.data import tasks  # noqa: PLC0415
     register_all()
     names = []
     for c in tasks.cards_from(card):
         names += tasks.register_card(c)
     if refresh_mixtures:
-        mixtures.register_collection_mixtures()
+        _register_mixtures()
     return names

@@ -23,15 +23,22 @@ clusters they belong to (`clusters:`, checked against `tasks/clusters.yaml`).
 A card with a `local:` block describes the same dataset twice: the
 top-level keys (e.g. a TFDS source) and, overriding some of them, files under
 FLANX_DATA_DIR; `load_card` picks the local variant when its files exist
-(`card.variant`, the other one in `card.alternate`). Splits may record their
-row counts (`num_examples`), which mixtures use when the data is absent.
+(`card.variant`, the other one in `card.alternate`). A local block may give
+only some of the splits (AG News: only its test file); the others are read
+from the main source. Splits may record their row counts (`num_examples`),
+which mixtures use when the data is absent.
 """
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
+import yaml
+
+from flanx import paths
 from flanx.data import card_checks as checks
 from flanx.data.card_checks import KEYS, NAME, CardError, err
+from flanx.data.group_lists import GROUP_LISTS
 from flanx.data.sources import data_available
 from flanx.data.templates import FORMATS, FewShotConfig, Template
 from flanx.data.transforms import ROW_TRANSFORMS
@@ -87,6 +94,13 @@ class TaskCard:
         return list(row[self.options_field]) if self.options_field else self.options
 
     @property
+    def split_names(self) -> tuple[str, ...]:
+        """Every split the card serves: its own, then those its other variant reads (a `local:` block may
+        give only some splits; the rest come from the main source)."""
+        other = tuple(s for s in (self.alternate.splits if self.alternate else ()) if s not in self.splits)
+        return tuple(self.splits) + other
+
+    @property
     def file(self) -> str:
         """The card's YAML file (or `<python>`), without the `(name)` that `path` may carry."""
         return self.path.rsplit(" (", 1)[0] if self.path.endswith(f" ({self.name})") else self.path
@@ -126,18 +140,23 @@ def load_card(spec: dict, where: str = "<python>", use_local: bool | None = None
     main = _build(spec, where)
     if spec.get("local") is None:
         return main
-    local = _build(checks.local_spec(spec, where), f"{where}: local")
-    local = dataclasses.replace(local, variant="local", path=main.path)
-    if set(local.splits) != set(main.splits):
-        raise err(where, "local.splits", f"names splits {', '.join(local.splits)}, but the card has "
-                                          f"{', '.join(main.splits)}; a local block reads the same splits")
+    local = _build(checks.local_spec(spec, where), f"{where}: local", formats=main.formats)
+    local = dataclasses.replace(local, variant="local", path=main.path, templates=main.templates)
+    extra = [s for s in local.splits if s not in main.splits]
+    if extra:
+        raise err(where, "local.splits", f"names split(s) {', '.join(extra)}, but the card has "
+                                          f"{', '.join(main.splits)}; a local block reads the card's splits, or "
+                                          f"some of them (the others, e.g. train, stay with the main source)")
     main.alternate, local.alternate = local, main
     if use_local is None:
         use_local = data_available(local)
     return local if use_local else main
 
 
-def _build(spec: dict, where: str) -> TaskCard:
+def _build(spec: dict, where: str, formats: tuple[str, ...] | None = None) -> TaskCard:
+    """One variant of a card; a local variant gets the main variant's `formats` (its few-shot pool may
+    then be a split that only the main source has)."""
+    inherited = formats
     name = spec["name"]
     source = dict(spec["source"]) if isinstance(spec["source"], dict) else None
     splits = checks.split_specs(spec["splits"], where)
@@ -177,7 +196,7 @@ def _build(spec: dict, where: str) -> TaskCard:
     fs = dict(spec.get("fewshot") or {})
     has_pool = bool(fs.get("exemplars_field")) or fs.get("pool_split", "train") in splits
     formats = tuple(f for f in (FORMATS if has_options else ("zsnoopt", "fsnoopt")) if has_pool or f.startswith("zs"))
-    formats = tuple(spec.get("formats") or formats)
+    formats = tuple(inherited or spec.get("formats") or formats)
     for fmt in formats:
         checks.choice(where, "formats", fmt, FORMATS)
         if fmt.endswith("opt") and not fmt.endswith("noopt") and not has_options:
@@ -193,7 +212,8 @@ def _build(spec: dict, where: str) -> TaskCard:
         if value and value not in fields:
             raise err(where, f"fewshot.{key}", f"{value!r} is not in `fields`")
     checks.check_fewshot_layout(where, templates, formats, fewshot)
-    if any(f.startswith("fs") for f in formats) and not fewshot.exemplars_field and fewshot.pool_split not in splits:
+    if any(f.startswith("fs") for f in formats) and not fewshot.exemplars_field and fewshot.pool_split not in splits \
+            and not inherited:
         raise err(where, "fewshot.pool_split", f"{fewshot.pool_split!r} is not a split of this card")
     dataset = spec.get("dataset")
     metrics = checks.check_metrics(where, spec, fields, has_options, options)
@@ -239,7 +259,152 @@ def task_specs(card: TaskCard) -> list[TaskSpec]:
     return specs
 
 
-# The YAML side (files, folders, collisions) lives in card_files; re-exported here for callers.
-from flanx.data.card_files import (  # noqa: E402,F401
-    check_collision, check_template_count, collection_card_files, collection_of, expand_groups, load_card_file,
-    load_card_files)
+# ----------------------------------------------------------------------------- card files and collections
+
+NOT_CARDS = ("mixtures.yaml", "clusters.yaml")  # the other YAML files in tasks/
+
+
+def _fill(value, group: str):
+    """`value` with `{group}` filled in its strings (nested in lists and mappings)."""
+    if isinstance(value, str):
+        return value.replace("{group}", group)
+    if type(value) is list:  # plain containers only: a source may hold an in-memory dataset
+        return [_fill(v, group) for v in value]
+    if type(value) is dict:
+        return {k: _fill(v, group) for k, v in value.items()}
+    return value
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if type(value) is dict and type(out.get(key)) is dict else value
+    return out
+
+
+def _group_entries(spec: dict) -> list[dict]:
+    groups = spec["groups"]
+    if isinstance(groups, dict):  # listed from the data by a registered function
+        lister = GROUP_LISTS.check(groups.get("list"), f"task card {spec.get('name')!r}: groups.list")
+        groups = lister(spec, groups)
+    return [g if isinstance(g, dict) else {"group": str(g)} for g in groups]
+
+
+def expand_groups(spec: dict) -> list[dict]:
+    """A card with `groups: [a, b]` (or `groups: {list: NAME}`, see `flanx.data.group_lists`) becomes one
+    card per group, `{group}` filled in its split file patterns, its `source` values and its `local:` block."""
+    groups = spec.get("groups")
+    if not groups:
+        return [spec]
+    out = []
+    for entry in _group_entries(spec):
+        group = entry["group"]
+        card = {k: v for k, v in spec.items() if k != "groups"}
+        card["name"] = f"{spec['name']}_{entry.get('suffix', group.lower())}"
+        splits = {}
+        for split, s in spec["splits"].items():
+            s = {"files": s} if isinstance(s, (str, list)) else dict(s)
+            if "files" in s:
+                files = [s["files"]] if isinstance(s["files"], str) else s["files"]
+                s["files"] = [f.replace("{group}", group) for f in files]
+            splits[split] = s
+        card["splits"] = splits
+        if isinstance(spec.get("source"), dict):
+            card["source"] = _fill(spec["source"], group)
+        if type(spec.get("local")) is dict:
+            card["local"] = _fill(spec["local"], group)
+        out.append(_merge(card, entry.get("set", {})))
+    return out
+
+
+def collection_of(path: str | Path) -> str | None:
+    """The collection of a card file: its folder's name when it sits in a folder directly under `tasks/`."""
+    path = Path(path).resolve()
+    try:
+        tasks = paths.tasks_dir().resolve()
+    except FileNotFoundError:
+        return None
+    return path.parent.name if path.parent.parent == tasks else None
+
+
+def _relative_root(spec: dict, path: Path) -> None:
+    """A relative `source.root` (also in a `local:` block) is relative to the card file."""
+    for holder in (spec, spec.get("local") if isinstance(spec.get("local"), dict) else None):
+        source = holder.get("source") if holder else None
+        root = source.get("root") if isinstance(source, dict) else None
+        if root:
+            root = Path(root).expanduser()
+            holder["source"] = dict(source, root=str(root if root.is_absolute() else path.parent / root))
+
+
+def load_card_file(path: str | Path, use_local: bool | None = None) -> list[TaskCard]:
+    """All cards in one YAML file (one card, or one per group)."""
+    path = Path(path)
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise CardError(f"task card {path}: not valid YAML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise CardError(f"task card {path}: byte at offset {e.start} is not valid UTF-8; save the card as "
+                        f"UTF-8") from None
+    except OSError as e:
+        raise CardError(f"task card {path}: cannot read it ({e.strerror})") from None
+    if not isinstance(spec, dict):
+        raise CardError(f"task card {path}: expected a mapping at the top level")
+    _relative_root(spec, path)
+    folder = collection_of(path)
+    if folder is not None:
+        if spec.get("collection", folder) != folder:
+            raise CardError(f"task card {path}: collection: {spec['collection']!r}, but the card sits in the "
+                            f"folder of collection {folder!r}; drop the key or move the file")
+        spec["collection"] = folder
+    cards = [load_card(s, str(path), use_local) for s in expand_groups(spec)]
+    for card in cards:
+        check_template_count(card)
+    return cards
+
+
+def check_template_count(card: TaskCard) -> None:
+    """A card file with FLAN task names needs `MIN_FLAN_TEMPLATES` templates (a single one: `task_naming: plain`)."""
+    n = len(card.templates)
+    if card.task_naming == "flan" and n < MIN_FLAN_TEMPLATES:
+        raise err(card.path, "templates", f"{n} template(s), but a card with FLAN task names (task_naming: "
+                                          f"flan, the default) needs at least {MIN_FLAN_TEMPLATES}, so that its "
+                                          f"`_template_0to{{N}}` tasks vary the instruction as FLAN does. Add "
+                                          f"templates, or set `task_naming: plain` for one task named "
+                                          f"{card.name!r} that uses the first template")
+
+
+def check_collision(existing: TaskCard | None, card: TaskCard) -> None:
+    """A card may replace a same-named card from another file only when it says `override: true`."""
+    if existing is None or existing.file == card.file or card.override:
+        return
+    if card.collection and not existing.collection:
+        raise err(card.path, "name", f"{card.name!r} is already the name of the top-level task card "
+                                     f"{existing.file}. A collection card that supersedes a top-level card "
+                                     f"replaces it: delete {Path(existing.file).name} (its files can become "
+                                     f"this card's `local:` block), or rename one of them")
+    raise err(card.path, "name", f"{card.name!r} is already the name of task card {existing.file}; rename "
+                                 f"this card, or set `override: true` in it to replace that card")
+
+
+def load_card_files(files, use_local: bool | None = None) -> dict[str, TaskCard]:
+    """Name -> card for every card in `files`, in order; a later card replaces an earlier one only with
+    `override: true` (see `check_collision`)."""
+    cards: dict[str, TaskCard] = {}
+    for path in files:
+        for card in load_card_file(path, use_local):
+            check_collision(cards.get(card.name), card)
+            cards[card.name] = card
+    return cards
+
+
+def collection_card_files(collection: str | None = None) -> list[Path]:
+    """The YAML task cards shipped in `tasks/`: top-level ones, then each collection folder's
+    (only `collection`'s when given)."""
+    root = paths.tasks_dir()
+    top = sorted(p for p in root.glob("*.yaml") if p.name not in NOT_CARDS)
+    nested = sorted(p for p in root.glob("*/*.yaml"))
+    if collection is not None:
+        return [p for p in nested if p.parent.name == collection]
+    return top + nested

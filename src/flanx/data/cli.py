@@ -117,9 +117,10 @@ def tasks_show(args) -> int:
         return _unknown("task", args.name, specs)
     spec = specs[args.name]
     card = cards[spec.card]
-    split = args.split or next(iter(card.splits))
-    if split not in card.splits:
-        print(f"flanx: task {args.name!r} has no split {split!r}; splits: {', '.join(card.splits)}", file=sys.stderr)
+    split = args.split or card.split_names[0]
+    if split not in card.split_names:
+        print(f"flanx: task {args.name!r} has no split {split!r}; splits: {', '.join(card.split_names)}",
+              file=sys.stderr)
         return 2
     try:
         length = vocab.length_fn(card.vocabulary)

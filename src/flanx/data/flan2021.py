@@ -73,7 +73,7 @@ def eval_task(card: TaskCard) -> str:
 
 
 def eval_split(card: TaskCard) -> str:
-    return next((s for s in EVAL_SPLITS if s in card.splits), next(iter(card.splits)))
+    return next((s for s in EVAL_SPLITS if s in card.split_names), card.split_names[0])
 
 
 def _describe(cluster: str) -> tuple[str, str]:
@@ -124,20 +124,20 @@ def register_mixtures(collection: str = COLLECTION) -> list[str]:
         names.append(mixtures.register_mixture(
             f"{collection}_eval_{cluster}",
             [(eval_task(by_name[n]), mixtures.ExamplesRate(None)) for n in split.held_out], eval_desc,
-            [f"evaluate on split {eval_split(by_name[n])!r} of {n}" for n in split.held_out]))
+            ["evaluation splits: " + ", ".join(f"{n} {eval_split(by_name[n])}" for n in split.held_out)]))
     return names
 
 
 def heldout_split(cluster: str, collection: str = COLLECTION) -> HeldoutSplit:
-    """The mixture names of FLAN's held-out-cluster experiment for `cluster` (paper name or code key)."""
+    """The mixture names of FLAN's held-out-cluster experiment for `cluster` (paper name or code key),
+    after `flanx.data.register_all()`."""
     clusters_lib.code_keys(cluster)  # ClusterError for an unknown name, listing the known ones
-    import flanx.data  # noqa: PLC0415
-    flanx.data.register_all()
     train, evaluation = f"{collection}_minus_{cluster}", f"{collection}_eval_{cluster}"
     for name in (train, evaluation):
         if name not in mixtures.MIXTURES:
-            raise KeyError(f"mixture {name!r} is not registered: collection {collection} has no cards for one "
-                           f"side of it (tasks/{collection}/)")
+            why = "call flanx.data.register_all() first" if not collection_cards(collection) else \
+                f"collection {collection} has no cards for one side of it (tasks/{collection}/)"
+            raise KeyError(f"mixture {name!r} is not registered: {why}")
     return HeldoutSplit(train, evaluation, tuple(cluster_cards(cluster, collection_cards(collection)).excluded))
 
 

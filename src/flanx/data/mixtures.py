@@ -68,7 +68,10 @@ def train_examples(task_name: str) -> tuple[int, str]:
 
 
 def needs_preparing(card: TaskCard) -> bool:
-    """True for a TFDS/HF card whose data is not prepared here (it would need a download)."""
+    """True for a TFDS/HF card whose data is not prepared here (it would need a download), also when
+    only its training split is missing (a local variant with evaluation files only reads train from it)."""
+    if "train" not in card.splits and card.alternate is not None:
+        return needs_preparing(card.alternate)
     in_memory = card.source.get("dataset") is not None
     return card.source["type"] in DOWNLOADED_SOURCES and not in_memory and not sources.data_available(card)
 
@@ -189,8 +192,6 @@ def register_collection_mixtures() -> list[str]:
             if present:
                 names.append(register_examples_mixture(name, present, formats=m.get("formats"),
                                                        description=desc, **rate))
-    from flanx.data import flan2021  # noqa: PLC0415 - it builds on this module
-    names += flan2021.register_mixtures()
     return names
 
 

@@ -168,6 +168,8 @@ def count_examples(card: TaskCard, split: str = "train") -> int:
 def num_examples(card: TaskCard, split: str = "train") -> tuple[int, str]:
     """(rows in a split, "data" or "recorded"): counted when the data is here (TFDS: from its metadata,
     before row filters, as FLAN counts), else the split's recorded `num_examples`. Cached on the card."""
+    if split not in card.splits and card.alternate is not None and split in card.alternate.splits:
+        return num_examples(card.alternate, split)  # a split the local files do not give
     key = ("num_examples", split)
     if key not in card.row_cache:
         recorded = card.splits[split].get("num_examples") if split in card.splits else None

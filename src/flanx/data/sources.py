@@ -245,7 +245,13 @@ def _label(card, value: Any) -> str:
 
 
 def load_rows(card, split: str, limit: int | None = None) -> list[dict]:
-    """The prepared rows of `split` (cached on the card); `limit` reads only the first rows (uncached)."""
+    """The prepared rows of `split` (cached on the card); `limit` reads only the first rows (uncached).
+
+    A split that a card's local variant lacks (its `local:` block gives only some splits) is read
+    from the main variant."""
+    alternate = getattr(card, "alternate", None)
+    if split not in card.splits and alternate is not None and split in alternate.splits:
+        return load_rows(alternate, split, limit)
     cache = card.row_cache
     if split in cache:
         return cache[split] if limit is None else cache[split][:limit]

@@ -66,7 +66,7 @@ class FlanxSource(seqio.FunctionDataSource):
         def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
             return _examples_dataset(card, spec, split, shuffle_files, seed)
 
-        super().__init__(dataset_fn=dataset_fn, splits=tuple(card.splits), caching_permitted=False)
+        super().__init__(dataset_fn=dataset_fn, splits=card.split_names, caching_permitted=False)
 
     def num_input_examples(self, split: str) -> None:
         return None

@@ -23,16 +23,15 @@ def _register() -> None:
     gin.external_configurable(StudyConfig, name="StudyConfig", module="flanx")
 
 
-if _register not in gin_utils._EXTRA_REGISTRATIONS:  # noqa: SLF001 - the module's extension point
-    gin_utils._EXTRA_REGISTRATIONS.append(_register)
+gin_utils.add_registration(_register)
 
 
 def load_study_config(gin_files: list[str], gin_bindings: list[str]):
-    """Parse gin and build the StudyConfig it describes."""
-    gin.clear_config()
-    gin_utils._REGISTERED = False  # noqa: SLF001 - re-register after clear_config
+    """Parse gin and build the StudyConfig it describes (macros strict, as for training)."""
+    gin_utils.reset()
     gin_utils.parse_gin(gin_files, gin_bindings, finalize=False)
-    return gin.get_configurable("flanx.StudyConfig")()
+    gin_utils.prepare_macros()
+    return gin_utils.evaluate("flanx.StudyConfig")
 
 
 def run(gin_files: list[str], gin_bindings: list[str]) -> dict:

@@ -206,7 +206,8 @@ class Study:
                                self.model_config, init_params=base)
         if arm == "lora":
             lcfg = self.model_config.replace(lora=cfg.lora)
-            start = _to_host(lora.add_lora(base, lcfg, jax.random.PRNGKey(cfg.seed + 1)))
+            start, _ = lora.setup(base, lcfg, jax.random.PRNGKey(cfg.seed + 1))  # the trainer's own set-up
+            start = _to_host(start)
             trained = self._train(model_dir, cfg.target_task, cfg.arm_steps, cfg.lora_learning_rate,
                                   lcfg, init_params=start, optimizer=cfg.lora_optimizer)
             return _to_host(lora.merge_lora(trained, lcfg))

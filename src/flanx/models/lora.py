@@ -17,6 +17,10 @@ The base weights stay frozen: give `trainable_mask(params)` to the optimizer
 (e.g. `optax.masked`), `count_trainable(params)` counts what is trained (works
 on `jax.eval_shape` output too), and `merge_lora(params, config)` folds the
 adapters into plain T5 kernels for export or fast inference.
+
+`setup(params, config, rng)` is the one LoRA set-up every trainer path uses
+(`python -m flanx.train`, the forgetting study, `flanx.train.trainer`): the
+parameters to start from and the mask of what trains.
 """
 from __future__ import annotations
 
@@ -80,6 +84,24 @@ def add_lora(params, config, rng):
         raise ValueError("add_lora: config.lora is None; set it, e.g. config.replace(lora=LoraConfig(rank=8))")
     fresh = jax.jit(lambda r: _only_lora(init_params(config, r)))(rng)  # base init is dead code
     return _overlay(params, fresh)
+
+
+def setup(params, config, rng=None):
+    """(params, trainable mask) to fine-tune `config` from `params`.
+
+    Without `config.lora`: `params` unchanged and mask None (everything trains).
+    With it: `params` keeps its adapters when it has them (a resumed or already
+    prepared run; shapes from `jax.eval_shape` are fine) or gets fresh ones from
+    `rng` (a base checkpoint), and the mask selects only the adapters.
+    """
+    if getattr(config, "lora", None) is None:
+        return params, None
+    if not has_lora(params):
+        if rng is None:
+            raise ValueError("lora.setup: the parameters have no LoRA adapters to train; pass rng= to add fresh "
+                             "ones (or start from parameters made with this LoRA config)")
+        params = add_lora(params, config, rng)
+    return params, trainable_mask(params)
 
 
 def _merge_node(node: dict, scale: float) -> dict:

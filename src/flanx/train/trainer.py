@@ -1,7 +1,7 @@
 """The training loop: plain Python, no gin, no TensorFlow.
 
     result = train(train_cfg, model_config, data_iter_factory,
-                   init_params=None, eval_fn=None, init_step=0)
+                   init_params=None, eval_fn=None, init_step=0, init_checkpoint=None)
 
 - `data_iter_factory(shard: HostShard)` returns an iterator of host-local
   numpy batches (`shard.local_batch_size` rows; T5X feature names). For
@@ -10,11 +10,16 @@
 - `init_params`: a parameter tree to start from (e.g. from
   `flanx.checkpoints.load_params`), else fresh `init_params(model_config)`;
   `init_step` is that checkpoint's step (`train_steps` counts from 0, T5X style).
+- `init_checkpoint`: a checkpoint path (any format `load_params` reads) to
+  start from instead; loaded only when the run does not resume, and its step
+  becomes `init_step`. With `model_config.lora` set, the base weights get fresh
+  adapters (`flanx.models.lora.setup`) and only the adapters train.
 - `eval_fn(params, step) -> {task: {metric: value}}` runs every
   `eval_period` steps and at the end.
 
-With `model_dir` set, a run resumes from the newest committed checkpoint in
-`model_dir/checkpoints` (ignoring `init_params`), saves every
+The trainer alone decides whether a run resumes: with `model_dir` set, a run
+resumes from the newest committed checkpoint in `model_dir/checkpoints`
+(ignoring `init_params` and `init_checkpoint`), saves every
 `checkpoint_period` steps and at the end, appends metrics to
 `model_dir/metrics.jsonl` and TensorBoard, and logs a progress line every
 `log_every` steps. A non-finite loss raises `FloatingPointError` naming the
@@ -80,13 +85,17 @@ def _iterator_state(it):
     return it.state() if hasattr(it, "state") else None
 
 
-def _trainable_mask(model_config, params, given):
-    if given is not None:
-        return given
-    if getattr(model_config, "lora", None) is None:
-        return None
-    from flanx.models import lora
-    return lora.trainable_mask(params)
+def _load_initial(path: str, model_config, train_steps: int):
+    """(host params, step) of the checkpoint a new run starts from (base weights, no adapters)."""
+    from flanx.checkpoints import load_params
+
+    base = model_config.replace(lora=None) if getattr(model_config, "lora", None) is not None else model_config
+    params, _, step = load_params(path, base)
+    step = int(step or 0)
+    if train_steps <= step:
+        raise ValueError(f"TRAIN_STEPS={train_steps} is not beyond the initial checkpoint's step {step} "
+                         f"({path}); TRAIN_STEPS is absolute (T5X): set TRAIN_STEPS={step} + the steps to train")
+    return params, step
 
 
 def _write_run_config(cfg: TrainConfig, model_config) -> None:
@@ -116,8 +125,10 @@ class _Run:
             params_shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
                                          if not hasattr(x, "dtype") else jax.ShapeDtypeStruct(x.shape, x.dtype),
                                          init_params)
-        mask = _trainable_mask(model_config, params_shapes, trainable_mask)
-        self.trainable = step_lib.trainable_paths(mask)
+        if trainable_mask is None:  # LoRA: the adapters only; else everything
+            from flanx.models import lora
+            _, trainable_mask = lora.setup(params_shapes, model_config)
+        self.trainable = step_lib.trainable_paths(trainable_mask)
         if getattr(model_config, "lora", None) is not None and cfg.optimizer.name == "adafactor" \
                 and cfg.optimizer.multiply_by_parameter_scale:
             logger.warning("LoRA with Adafactor's parameter scaling: lora_b starts at zero, so its steps are "
@@ -170,19 +181,30 @@ class _Run:
 
 def train(cfg: TrainConfig, model_config, data_iter_factory: Callable[[partitioning.HostShard], Iterator],
           init_params=None, eval_fn: Callable | None = None, *, init_step: int = 0,
-          trainable_mask=None, mesh=None, apply_fn: Callable | None = None) -> TrainResult:
+          init_checkpoint: str | None = None, trainable_mask=None, mesh=None,
+          apply_fn: Callable | None = None) -> TrainResult:
     """Train `model_config` on batches from `data_iter_factory` up to `cfg.train_steps` (absolute)."""
-    run = _Run(cfg, model_config, init_params, init_step, trainable_mask, mesh, apply_fn)
     ckpt = writer = None
     if cfg.model_dir:
-        if jax.process_index() == 0:
-            _write_run_config(cfg, model_config)
         ckpt = Checkpointer(os.path.join(cfg.model_dir, "checkpoints"), cfg.keep_checkpoints,
                             cfg.async_checkpointing)
+    latest = ckpt.latest_step() if ckpt else None  # the one place a run decides to resume
+    try:
+        if latest is None and init_checkpoint:
+            init_params, init_step = _load_initial(init_checkpoint, model_config, cfg.train_steps)
+        if latest is None and init_params is not None:  # fresh adapters on base weights (LoRA only)
+            from flanx.models import lora
+            init_params, _ = lora.setup(init_params, model_config, jax.random.PRNGKey(cfg.seed))
+        run = _Run(cfg, model_config, init_params, init_step, trainable_mask, mesh, apply_fn)
+    except BaseException:
+        if ckpt:
+            ckpt.close()
+        raise
+    if cfg.model_dir and jax.process_index() == 0:
+        _write_run_config(cfg, model_config)
     writer = MetricsWriter(cfg.model_dir)
 
     resumed_from, data_state, start_step = None, None, init_step
-    latest = ckpt.latest_step() if ckpt else None
     if latest is not None:
         state, data_state, meta = ckpt.restore(latest, run.abstract_state)
         resumed_from, start_step = latest, int(meta.get("start_step", init_step))
