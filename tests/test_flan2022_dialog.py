@@ -163,3 +163,30 @@ def test_wiki_dialog_from_tfds(data):
     assert len(got) == len(rows)
     for g, r in zip(got, rows):
         check_next_turn(g, r["utterances"][1:])
+
+
+@pytest.mark.parametrize("name", ["wiki_dialog", "wiki_dialog_ii", "qrecc", "qrecc_ii"])
+def test_dialog_cards_render_on_mock_rows_of_their_tfds_builders(data, name):
+    """Rows built from each builder's own features (offline), with the card's `mock:` values."""
+    import tensorflow_datasets as tfds
+
+    (card,) = load_card_file(TASKS / f"{name}.yaml")
+    features = tfds.builder(card.source["name"], try_gcs=False).info.features
+    assert set(card.mock) <= set(features.keys())
+
+    def value(column, feature, i):
+        if column in card.mock:
+            return card.mock[column][i % len(card.mock[column])]
+        if isinstance(feature, tfds.features.Sequence):
+            return [value(column, feature.feature, 3 * i + j) for j in range(4)]
+        return f"{column} {i}" if isinstance(feature, tfds.features.Text) else i
+
+    rows = [{k: value(k, f, i) for k, f in features.items()} for i in range(6)]
+    transform = dialog.wiki_dialog if name.startswith("wiki") else dialog.qrecc
+    examples = [r for r in map(transform, rows) if r is not None]
+    assert len(examples) == 6
+    card = chars_budget(dataclasses.replace(card, row_cache={"train": [
+        {field: ex[column] for field, column in card.fields.items()} for ex in examples]}))
+    for spec in task_specs(card):
+        rendered = render.render_examples(card, spec, "train")
+        assert len(rendered) == 6 and all(ex["targets_pretokenized"] for ex in rendered), spec.name

@@ -138,6 +138,26 @@ def test_bad_p3_input_fails_clearly():
         sources.load_rows(card, "train")
 
 
+def test_hub_errors_say_what_to_do(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def refuse(path, name, split, revision=None):
+        calls.append((path, name, split, revision))
+        raise RuntimeError("Dataset scripts are no longer supported, but found P3.py")
+
+    monkeypatch.setattr(datasets, "load_dataset", refuse)
+    monkeypatch.setenv(p3.HUB_ENV, "1")
+    monkeypatch.delenv(p3.CHECKOUT_ENV, raising=False)
+    monkeypatch.setenv(paths.DATA_DIR_ENV, "/nonexistent")
+    cards = p3_cards(None, subtasks=[QA])
+    with pytest.raises(sources.SourceFormatError, match="could not load it .*scripts are no longer supported.*"
+                                                        "source.revision"):
+        sources.load_rows(cards[card_name(QA)], "train")
+    assert calls == [("bigscience/P3", QA, "train", None)]
+
+
 def test_postprocessors():
     from flanx.eval.metrics import POSTPROCESSORS
     assert POSTPROCESSORS["take_first_line"](" Paris\nbecause it is the capital") == "Paris"

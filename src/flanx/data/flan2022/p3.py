@@ -175,10 +175,13 @@ def _hub_rows(source: dict, subtask: str, split: str):
     path = source.get("path", HUB_PATH)
     try:
         return datasets.load_dataset(path, subtask, split=split, revision=source.get("revision"))
-    except (ValueError, FileNotFoundError) as e:
-        hint = _close(subtask, T0_SF_SUBTASKS) if "config" in str(e).lower() or "not found" in str(e).lower() else ""
-        raise SourceFormatError(f"source.subtask {subtask!r}: Hugging Face {path} could not load it ({e})"
-                                f"{hint}") from None
+    except (ValueError, FileNotFoundError, RuntimeError) as e:  # unknown config, missing files, scripts refused
+        hint = _close(subtask, T0_SF_SUBTASKS) if subtask not in T0_SF_SUBTASKS else ""
+        if "script" in str(e).lower():
+            hint += ("; a loading-script dataset needs `source.revision` naming a revision without the script "
+                     "(e.g. refs/convert/parquet), or use a P3 checkout (source.root)")
+        raise SourceFormatError(f"source.subtask {subtask!r}: Hugging Face {path} could not load it "
+                                f"({' '.join(str(e).split())[:300]}){hint}") from None
 
 
 def _p3_available(card) -> bool:
