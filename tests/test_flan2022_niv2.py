@@ -152,6 +152,9 @@ def test_task_lists_and_selected_tasks(checkout, tmp_path):
     assert [e["group"] for e in entries] == ["task900_big_task"]
     with pytest.raises(sources.SourceFormatError, match="task700_mmmlu.* is not an NIv2 task here"):
         niv2.niv2_groups(spec, {"tasks": ["task700_mmmlu_answer_generation_high_school_chemistry"]})
+    flans = niv2.niv2_groups(spec, {"task_lists": ["tfds"]})  # the checkout's tasks that FLAN trained on
+    assert [e["group"] for e in flans] == ["task001_quoref_question_generation",
+                                           "task074_squad1.1_question_generation"]
     (checkout / "splits" / "default" / "test_tasks.txt").write_text("task900_big_task\n", encoding="utf-8")
     (checkout / "splits" / "default" / "train_tasks.txt").write_text("task001_quoref_question_generation\n")
     both = niv2.niv2_groups(spec, {"task_lists": ["splits/default/train_tasks.txt", "splits/default/test_tasks.txt"]})
