@@ -88,7 +88,8 @@ def test_collection_cards_are_valid_and_varied():
     held_out = {n for n, c in by_name.items() if c.group == "held_out"}
     assert {"mmlu", "bbh", "synth_chat_customer_name", "synth_chat_refund"} <= held_out
     assert by_name["mmlu"].eval_only and by_name["bbh"].eval_only
-    assert by_name["t0_ag_news"].submixture == "t0" and by_name["gsm8k_cot"].submixture == "cot"
+    assert by_name["t0_adversarial_qa_dbert"].submixture == "t0" and by_name["gsm8k_cot"].submixture == "cot"
+    assert by_name["t0_ag_news"].submixture is None  # FLAN 2021 has AG News: not in T0-SF
 
 
 def test_register_task_card_from_python_dict():

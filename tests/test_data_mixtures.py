@@ -156,14 +156,18 @@ def test_flan2022_heldin_shares_match_counts_from_the_files(data_root):
     }
     t0_dir = f"{d}/t0_train_50k_per_template"
     groups = sorted({os.path.basename(p) for p in glob.glob(f"{t0_dir}/*.jsonl")})
-    for card in [c for c in tasks.CARDS if c.startswith("t0_")]:
+    for card in [c for c in tasks.CARDS if c.startswith("t0_") and tasks.get_card(c).submixture == "t0"]:
         group = tasks.get_card(card).splits["train"]["files"][0].split("/")[-1][:-len("_*.jsonl")]
         rows = [json.loads(line) for g in groups if g.startswith(group + "_")
                 for line in open(f"{t0_dir}/{g}", encoding="utf-8") if line.strip()]
         counts[card] = len(rows) - -(-len(rows) // 20)  # every 20th row is validation
     formats = {"rte": 4, "cb": 4, "sst2": 4, "trec": 4, "gsm8k_cot": 2, "samsum": 2}
     sub = {"rte": "flan", "cb": "flan", "sst2": "flan", "trec": "flan", "gsm8k_cot": "cot", "samsum": "flan"}
-    weights = {"flan": 0.4, "t0": 0.32, "cot": 0.05}  # niv2 and dialog have no held-in cards: renormalize
+    for tsv in glob.glob(f"{d}/flan_cot/*_train.tsv"):  # FLAN's CoT files: direct (not GSM8K) and inverted cards
+        dataset = os.path.basename(tsv)[:-len("_train.tsv")]
+        for card in ([f"cot_{dataset}"] if dataset != "gsm8k" else []) + [f"cot_ii_{dataset}"]:
+            counts[card], formats[card], sub[card] = _count_lines(tsv), 2, "cot"
+    weights = {"flan": 0.4, "t0": 0.32, "cot": 0.05}  # niv2 and dialog have no held-in cards with data: renormalize
     per_card = {c: min(3000, n) / formats.get(c, 1) for c, n in counts.items()}
     totals = collections.Counter()
     for c, r in per_card.items():

@@ -23,6 +23,7 @@ from __future__ import annotations
 from flanx.data import hub_sources  # noqa: F401 - registers the tfds and hf source types in sources.SOURCES
 from flanx.data import flan_transforms  # noqa: F401 - registers the FLAN collection's row transforms
 from flanx.data import source_files  # noqa: F401 - registers the file source types in sources.SOURCES
+from flanx.data import flan2022  # noqa: F401 - registers the Flan 2022 sources, transforms and metrics
 from flanx.data.vocab import get_vocabulary
 
 _REGISTERED = False

@@ -38,6 +38,7 @@ import yaml
 from flanx import paths
 from flanx.data import card_checks as checks
 from flanx.data.card_checks import KEYS, NAME, CardError, err
+from flanx.data.group_lists import GROUP_LISTS
 from flanx.data.sources import data_available
 from flanx.data.templates import FORMATS, FewShotConfig, Template
 from flanx.data.transforms import ROW_TRANSFORMS
@@ -264,23 +265,56 @@ def task_specs(card: TaskCard) -> list[TaskSpec]:
 NOT_CARDS = ("mixtures.yaml", "clusters.yaml")  # the other YAML files in tasks/
 
 
+def _fill(value, group: str):
+    """`value` with `{group}` filled in its strings (nested in lists and mappings)."""
+    if isinstance(value, str):
+        return value.replace("{group}", group)
+    if type(value) is list:  # plain containers only: a source may hold an in-memory dataset
+        return [_fill(v, group) for v in value]
+    if type(value) is dict:
+        return {k: _fill(v, group) for k, v in value.items()}
+    return value
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if type(value) is dict and type(out.get(key)) is dict else value
+    return out
+
+
+def _group_entries(spec: dict) -> list[dict]:
+    groups = spec["groups"]
+    if isinstance(groups, dict):  # listed from the data by a registered function
+        lister = GROUP_LISTS.check(groups.get("list"), f"task card {spec.get('name')!r}: groups.list")
+        groups = lister(spec, groups)
+    return [g if isinstance(g, dict) else {"group": str(g)} for g in groups]
+
+
 def expand_groups(spec: dict) -> list[dict]:
-    """A card with `groups: [a, b]` becomes one card per group, `{group}` filled in its file patterns."""
+    """A card with `groups: [a, b]` (or `groups: {list: NAME}`, see `flanx.data.group_lists`) becomes one
+    card per group, `{group}` filled in its split file patterns, its `source` values and its `local:` block."""
     groups = spec.get("groups")
     if not groups:
         return [spec]
     out = []
-    for group in groups:
+    for entry in _group_entries(spec):
+        group = entry["group"]
         card = {k: v for k, v in spec.items() if k != "groups"}
-        card["name"] = f"{spec['name']}_{group.lower()}"
+        card["name"] = f"{spec['name']}_{entry.get('suffix', group.lower())}"
         splits = {}
         for split, s in spec["splits"].items():
             s = {"files": s} if isinstance(s, (str, list)) else dict(s)
-            files = [s["files"]] if isinstance(s["files"], str) else s["files"]
-            s["files"] = [f.replace("{group}", group) for f in files]
+            if "files" in s:
+                files = [s["files"]] if isinstance(s["files"], str) else s["files"]
+                s["files"] = [f.replace("{group}", group) for f in files]
             splits[split] = s
         card["splits"] = splits
-        out.append(card)
+        if isinstance(spec.get("source"), dict):
+            card["source"] = _fill(spec["source"], group)
+        if type(spec.get("local")) is dict:
+            card["local"] = _fill(spec["local"], group)
+        out.append(_merge(card, entry.get("set", {})))
     return out
 
 
