@@ -18,6 +18,8 @@ eval:  CHECKPOINT_PATH, EVAL_OUTPUT_DIR, MIXTURE_OR_TASK_NAME (a name or a list)
   optional MODEL_CONFIG (else the checkpoint's), TASK_FEATURE_LENGTHS, SPLIT, EVAL_EXAMPLES.
 infer: CHECKPOINT_PATH, INFER_OUTPUT_DIR, MIXTURE_OR_TASK_NAME or INFER_INPUT_FILE;
   optional TASK_FEATURE_LENGTHS, SPLIT, INFER_EXAMPLES, WITH_SCORES, VOCABULARY.
+all three: USE_CACHED_TASKS (T5X's name; default False) reads the tasks from their offline cache
+  (`flanx cache`) in TASK_CACHE_DIRS (a directory or a list).
 """
 from __future__ import annotations
 
@@ -81,6 +83,15 @@ def _load(path: str, model_config):
     from flanx.checkpoints import load_params
     params, config, step = load_params(path, model_config)
     return jax.device_put(params) if jax.process_count() == 1 else params, config, step
+
+
+def _use_cached(names=(), split: str = "train") -> bool:
+    """USE_CACHED_TASKS / TASK_CACHE_DIRS; when cached, fail now if a task of `names` is not."""
+    from flanx.data import cache
+    use = cache.configure(m("USE_CACHED_TASKS", False), m("TASK_CACHE_DIRS", None))
+    for name in names if use else ():
+        cache.require_cached(name, split)
+    return use
 
 
 def _decode_config(**overrides):
@@ -148,6 +159,7 @@ def train(argv: list[str]) -> int:
     name = m("MIXTURE_OR_TASK_NAME")
     lengths = dict(m("TASK_FEATURE_LENGTHS"))
     pack, shuffle = bool(m("PACK", True)), bool(m("SHUFFLE", True))
+    use_cached = _use_cached([name], "train")
     if _is_primary():
         gin_utils.write_config(cfg.model_dir)
     init, init_step = _initial_params(m("INITIAL_CHECKPOINT_PATH", None), model_config, cfg.model_dir,
@@ -159,14 +171,15 @@ def train(argv: list[str]) -> int:
         from flanx.data import pipeline
         info = seqio.ShardInfo(shard.index, shard.num_shards) if shard.num_shards > 1 else None
         return pipeline.get_dataset(name, lengths, split="train", batch_size=shard.local_batch_size,
-                                    shuffle=shuffle, seed=cfg.seed, pack=pack, shard_info=info)
+                                    shuffle=shuffle, seed=cfg.seed, pack=pack, shard_info=info,
+                                    use_cached=use_cached)
 
     eval_fn = None
     eval_names = m("EVAL_MIXTURES", ()) or ()
     if eval_names:
         from flanx.eval.evaluator import EvalRunner
         eval_fn = EvalRunner(model_config, list(eval_names), m("EVAL_SPLIT", "validation"), lengths,
-                             _decode_config(), m("EVAL_EXAMPLES", None))
+                             _decode_config(), m("EVAL_EXAMPLES", None), use_cached=use_cached)
 
     from flanx.train import preemption, trainer
     try:
@@ -202,7 +215,8 @@ def eval(argv: list[str]) -> int:  # noqa: A001 - the command's name
     params, config, step = _load(path, m("MODEL_CONFIG", None))
     lengths = m("TASK_FEATURE_LENGTHS", None)
     results = evaluate(params, config, names, split=m("SPLIT", "validation"), feature_lengths=lengths,
-                       decode=_decode_config(), num_examples=m("EVAL_EXAMPLES", None), step=step)
+                       decode=_decode_config(), num_examples=m("EVAL_EXAMPLES", None), step=step,
+                       use_cached=_use_cached(names, m("SPLIT", "validation")))
     writer = MetricsWriter(out_dir)
     writer.write(step or 0, "eval", results)
     writer.close()
@@ -238,7 +252,8 @@ def infer(argv: list[str]) -> int:
 
         from flanx.data import pipeline
         split = m("SPLIT", "validation")
-        examples = pipeline.get_eval_dataset(task, split, lengths, m("INFER_EXAMPLES", None))
+        examples = pipeline.get_eval_dataset(task, split, lengths, m("INFER_EXAMPLES", None),
+                                             use_cached=_use_cached())
         vocab = seqio.get_mixture_or_task(task).output_features["targets"].vocabulary
         out_name = f"{task}-{split}.jsonl"
     if _is_primary():
