@@ -197,6 +197,9 @@ def test_uncached_tasks_fail_naming_the_task_and_the_command(synthetic_cache, ca
         seqio.set_global_cache_dirs(saved)
     assert _flanx("cache", "cachetest_sum_templat_0to1", "--output_cache_dir", "unused")[0] == 1
     assert "did you mean: cachetest_sum_template_0to1_zsnoopt" in capsys.readouterr().err
+    # Beam options pass through; a task name after them would silently not be cached
+    assert _flanx("cache", SUM_TASK, "--output_cache_dir", "unused", "--project", "p", REFUND_TASK)[0] == 2
+    assert f"['{REFUND_TASK}'] come after the options" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- real data: DialogSum

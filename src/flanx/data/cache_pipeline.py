@@ -188,8 +188,23 @@ def run(args: argparse.Namespace, beam_args: list[str]) -> dict:
             "output_cache_dir": args.output_cache_dir}
 
 
+def _stray_names(beam_args: list[str]) -> list[str]:
+    """Words among the pass-through arguments that are no option's value (task names given too late)."""
+    stray, prev = [], None
+    for arg in beam_args:
+        if not arg.startswith("-") and not (prev and prev.startswith("-") and "=" not in prev):
+            stray.append(arg)
+        prev = arg
+    return stray
+
+
 def main(argv: list[str] | None = None) -> int:
     args, beam_args = build_parser().parse_known_args(sys.argv[1:] if argv is None else argv)
+    stray = _stray_names(beam_args)
+    if stray:
+        print(f"flanx cache: {stray} come after the options; give task and mixture names first "
+              "(flanx cache NAME... --output_cache_dir DIR ...)", file=sys.stderr)
+        return 2
     try:
         import apache_beam  # noqa: F401
     except ImportError:
