@@ -18,6 +18,7 @@ from flanx import cli
 from flanx.data import cache, mixtures, pipeline, tasks
 
 pytest.importorskip("apache_beam")
+pytestmark = pytest.mark.slow  # every test here runs Beam pipelines (DirectRunner) or reads their output
 
 LENGTHS = {"inputs": 64, "targets": 8}
 SUM_CARD = {"name": "cachetest_sum", "group": "cache_test", "vocabulary": "byte",
@@ -165,17 +166,29 @@ def test_eval_examples_including_scoring_features_match(synthetic_cache):
     assert ex["idx"].shape == (2,) and isinstance(ex["is_correct"], bool)
 
 
-def test_rerun_skips_cached_tasks_and_overwrite_recreates(synthetic_cache):
+def test_rerun_skips_cached_splits_adds_missing_ones_and_overwrite_recreates(synthetic_cache):
     out, card_files, _ = synthetic_cache
+    task_dir = out / SUM_TASK
+    train_files = {p: p.stat().st_mtime_ns for p in task_dir.glob("*train*")}
     rc, summary = _flanx("cache", SUM_TASK, "--output_cache_dir", out, "--task_card", card_files[0])
     assert rc == 0 and summary["cached"] == {} and summary["skipped"] == 1
-    stats = out / SUM_TASK / "stats.validation.json"
-    before = stats.read_text()
-    stats.write_text("{}")
+    # a split missing from a completed cache is added; the other split is left alone
+    stats = (task_dir / "stats.validation.json").read_text()
+    for p in task_dir.glob("*validation*"):
+        p.unlink()
     rc, summary = _flanx("cache", SUM_TASK, "--output_cache_dir", out, "--task_card", card_files[0],
-                         "--overwrite", "--splits", "train,validation", "--min_shards", 3)
-    assert rc == 0 and summary["cached"] == {SUM_TASK: {"train": 23, "validation": 7}}
-    assert stats.read_text() == before
+                         "--min_shards", 3)
+    assert rc == 0 and summary["cached"] == {SUM_TASK: {"validation": 7}}
+    assert (task_dir / "COMPLETED").is_file() and (task_dir / "stats.validation.json").read_text() == stats
+    assert {p: p.stat().st_mtime_ns for p in task_dir.glob("*train*")} == train_files
+    # --overwrite re-creates the splits asked for
+    (task_dir / "stats.train.json").write_text("{}")
+    rc, summary = _flanx("cache", SUM_TASK, "--output_cache_dir", out, "--task_card", card_files[0],
+                         "--overwrite", "--splits", "train", "--min_shards", 3)
+    assert rc == 0 and summary["cached"] == {SUM_TASK: {"train": 23}}
+    assert json.loads((task_dir / "stats.train.json").read_text())["examples"] == 23
+    _assert_same_examples(pipeline.get_eval_dataset(SUM_TASK, "validation", LENGTHS),
+                          pipeline.get_eval_dataset(SUM_TASK, "validation", LENGTHS, use_cached=True))
 
 
 def test_uncached_tasks_fail_naming_the_task_and_the_command(synthetic_cache, capsys):
@@ -217,7 +230,6 @@ DIALOGSUM_LENGTHS = {"inputs": 128, "targets": 32}
 
 
 @pytest.mark.needs_data
-@pytest.mark.slow
 def test_dialogsum_cache_gives_the_uncached_batches_and_training(tmp_path, data_root, cache_dirs):
     card = tmp_path / "dialogsum_slice.yaml"
     card.write_text(yaml.safe_dump(DIALOGSUM_SLICE))

@@ -55,6 +55,7 @@ def flanx_logits(params, config, enc, dec):
     return np.asarray(Transformer(config).apply({"params": params}, jnp.asarray(enc), jnp.asarray(dec)))
 
 
+@pytest.mark.slow
 def test_flanx_peft_flanx_round_trip_is_exact(tmp_path):
     config, lora = LORAS["v1_1"]
     config = config.replace(lora=lora)
@@ -75,6 +76,7 @@ def test_flanx_peft_flanx_round_trip_is_exact(tmp_path):
         np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=k)
 
 
+@pytest.mark.slow
 def test_export_refuses_a_model_without_adapters_and_merge(tmp_path):
     C.save_params(tmp_path / "plain", lora_params(V11), V11)
     with pytest.raises(CheckpointError, match="no LoRA adapters"):

@@ -152,7 +152,7 @@ class OrderedCacheSource(seqio.FunctionDataSource):
                 functools.partial(_restore_order, num_examples=num_examples, cache_dir=cache_dir)).cache()
             ds = whole.flat_map(functools.partial(_rows, num_examples=num_examples))
             if shuffle_files and seed is not None:
-                ds = ds.shuffle(num_examples, seed=int(seed), reshuffle_each_iteration=True)
+                ds = ds.shuffle(max(num_examples, 1), seed=int(seed), reshuffle_each_iteration=True)
             return ds
 
         super().__init__(dataset_fn=dataset_fn, splits=(split,), caching_permitted=False)

@@ -35,20 +35,22 @@ import time
 
 logger = logging.getLogger("flanx")
 
-_REGISTERED_CARD_FILES: set[str] = set()
+_CARD_TASKS: dict[str, list[str]] = {}  # card file -> the task names it registered in this process
 
 
 def _register(data_dir: str | None, card_files: tuple[str, ...]) -> None:
     """Make flanx's tasks (and extra cards) known in this process: on the launcher and on each Beam worker."""
     if data_dir:
         os.environ["FLANX_DATA_DIR"] = data_dir
+    import seqio
+
     from flanx import data
 
     data.register_all()
     for path in card_files:
-        if path not in _REGISTERED_CARD_FILES:
-            data.register_task_card(path)
-            _REGISTERED_CARD_FILES.add(path)
+        known = _CARD_TASKS.get(path)
+        if not known or any(name not in seqio.TaskRegistry.names() for name in known):
+            _CARD_TASKS[path] = data.register_task_card(path)
 
 
 def select_tasks(names: list[str]) -> list[str]:
@@ -114,8 +116,23 @@ def add_task(pipeline, task, output_dir: str, splits: list[str], setup_fn, min_s
              append_trailing_newlines=False))
 
 
+def _split_files(output_dir: str, split: str) -> list[str]:
+    import seqio
+    import tensorflow as tf
+
+    return (tf.io.gfile.glob(seqio.get_cached_tfrecord_prefix(output_dir, split) + "-*")
+            + [p for p in (seqio.get_cached_info_path(output_dir, split), seqio.get_cached_stats_path(output_dir, split))
+               if tf.io.gfile.exists(p)])
+
+
 def plan(task_names: list[str], output_cache_dir: str, splits: list[str] | None, overwrite: bool):
-    """[(task, output_dir, splits)] to cache; tasks already cached in `output_cache_dir` are skipped."""
+    """[(task, output_dir, splits)] still to cache in `output_cache_dir`, clearing what they replace.
+
+    A completed task gets only its missing splits (all `--overwrite` ones: their
+    files are removed first; other splits stay), its COMPLETED removed until the
+    job re-writes it; a task directory without COMPLETED (an interrupted job) is
+    started afresh.
+    """
     import seqio
     import tensorflow as tf
 
@@ -125,15 +142,21 @@ def plan(task_names: list[str], output_cache_dir: str, splits: list[str] | None,
         if not task.supports_caching:
             raise ValueError(f"task {name!r} has no seqio.CacheDatasetPlaceholder and cannot be cached")
         output_dir = os.path.join(output_cache_dir, seqio.get_task_dir_from_name(name))
-        if tf.io.gfile.exists(os.path.join(output_dir, "COMPLETED")) and not overwrite:
-            logger.info("skipping %s: already cached in %s (--overwrite re-creates it)", name, output_dir)
-            continue
-        if tf.io.gfile.exists(output_dir):
-            tf.io.gfile.rmtree(output_dir)  # a partial or overwritten cache: start clean
         wanted = [s for s in task.splits if splits is None or s in splits]
         if not wanted:
             logger.warning("skipping %s: none of its splits %s is among --splits %s", name, task.splits, splits)
             continue
+        completed = os.path.join(output_dir, "COMPLETED")
+        if tf.io.gfile.exists(completed):
+            if not overwrite:
+                wanted = [s for s in wanted if not tf.io.gfile.exists(seqio.get_cached_info_path(output_dir, s))]
+            if not wanted:
+                logger.info("skipping %s: already cached in %s (--overwrite re-creates it)", name, output_dir)
+                continue
+            for path in [completed] + [f for s in wanted for f in _split_files(output_dir, s)]:
+                tf.io.gfile.remove(path)
+        elif tf.io.gfile.exists(output_dir):
+            tf.io.gfile.rmtree(output_dir)
         todo.append((task, output_dir, wanted))
     return todo
 
