@@ -17,6 +17,7 @@ COMMANDS = {
     "eval": ("flanx.entrypoints:eval", "evaluate a checkpoint on tasks/mixtures"),
     "infer": ("flanx.entrypoints:infer", "write predictions for a task to JSONL"),
     "convert": ("flanx.convert", "convert checkpoints between Hugging Face, T5X and flanx formats"),
+    "cache": ("flanx.data.cache_pipeline", "cache tasks/mixtures offline with Apache Beam (seqio's cache format)"),
     "tasks": ("flanx.data.cli", "list and show registered tasks: `flanx tasks list|show NAME`"),
     "mixtures": ("flanx.data.cli", "show a mixture's rates and shares: `flanx mixtures show NAME`"),
     "data": ("flanx.data.prepare", "prepare a collection's TFDS/HF data for offline use: "

@@ -25,6 +25,8 @@ eval:  CHECKPOINT_PATH, EVAL_OUTPUT_DIR, MIXTURE_OR_TASK_NAME (a name or a list)
   optional MODEL_CONFIG (else the checkpoint's), TASK_FEATURE_LENGTHS, SPLIT, EVAL_EXAMPLES.
 infer: CHECKPOINT_PATH, INFER_OUTPUT_DIR, MIXTURE_OR_TASK_NAME or INFER_INPUT_FILE;
   optional TASK_FEATURE_LENGTHS, SPLIT, INFER_EXAMPLES, WITH_SCORES, VOCABULARY.
+all three: USE_CACHED_TASKS (T5X's name; default False) reads the tasks from their offline cache
+  (`flanx cache`) in TASK_CACHE_DIRS (a directory or a list).
 """
 from __future__ import annotations
 
@@ -44,9 +46,10 @@ m = gin_utils.resolved_macro
 DIRECT_MACROS = {
     "train": (),
     "eval": ("CHECKPOINT_PATH", "EVAL_OUTPUT_DIR", "MIXTURE_OR_TASK_NAME", "MODEL_CONFIG", "TASK_FEATURE_LENGTHS",
-             "SPLIT", "EVAL_EXAMPLES"),
+             "SPLIT", "EVAL_EXAMPLES", "USE_CACHED_TASKS", "TASK_CACHE_DIRS"),
     "infer": ("CHECKPOINT_PATH", "INFER_OUTPUT_DIR", "MIXTURE_OR_TASK_NAME", "INFER_INPUT_FILE", "MODEL_CONFIG",
-              "TASK_FEATURE_LENGTHS", "SPLIT", "INFER_EXAMPLES", "WITH_SCORES", "VOCABULARY"),
+              "TASK_FEATURE_LENGTHS", "SPLIT", "INFER_EXAMPLES", "WITH_SCORES", "VOCABULARY", "USE_CACHED_TASKS",
+              "TASK_CACHE_DIRS"),
 }
 
 
@@ -99,6 +102,21 @@ def _load(path: str, model_config):
     return jax.device_put(params) if jax.process_count() == 1 else params, config, step
 
 
+def _use_cached(names=(), split: str = "train", use: bool | None = None, cache_dirs=None) -> bool:
+    """USE_CACHED_TASKS / TASK_CACHE_DIRS (from the DataConfig for training, read directly by eval and
+    infer); when cached, fail now if a task of `names` is not."""
+    from flanx.data import cache
+    if use is None:
+        use, cache_dirs = m("USE_CACHED_TASKS", False), m("TASK_CACHE_DIRS", None)
+    use = cache.configure(use, cache_dirs or None)
+    if use and names:
+        from flanx.data import register_all
+        register_all()
+    for name in names if use else ():
+        cache.require_cached(name, split)
+    return use
+
+
 def _decode_config(**overrides):
     return gin.get_configurable("flanx.DecodeConfig")(**overrides)
 
@@ -113,6 +131,7 @@ def train(argv: list[str]) -> int:
     cfg, model_config, data = run.config, run.model, run.data
     import jax
     setup_process_logging(cfg.model_dir, jax.process_index())  # MODEL_DIR/logs/process_{i}.log
+    use_cached = _use_cached([data.mixture_or_task_name], data.split, data.use_cached, data.cache_dirs)
     if _is_primary():
         gin_utils.write_config(cfg.model_dir)
         gin_utils.write_operative_config(cfg.model_dir)
@@ -124,13 +143,14 @@ def train(argv: list[str]) -> int:
         info = seqio.ShardInfo(shard.index, shard.num_shards) if shard.num_shards > 1 else None
         return pipeline.get_dataset(data.mixture_or_task_name, data.task_feature_lengths, split=data.split,
                                     batch_size=shard.local_batch_size, shuffle=data.shuffle, seed=data.seed,
-                                    pack=data.pack, shard_info=info)
+                                    pack=data.pack, shard_info=info,
+                                    use_cached=use_cached)
 
     eval_fn = None
     if run.eval_mixtures:
         from flanx.eval.evaluator import EvalRunner
         eval_fn = EvalRunner(model_config, list(run.eval_mixtures), run.eval_split, data.task_feature_lengths,
-                             run.decode or _decode_config(), run.eval_examples)
+                             run.decode or _decode_config(), run.eval_examples, use_cached=use_cached)
 
     from flanx.train import preemption, trainer
     try:
@@ -165,7 +185,8 @@ def eval(argv: list[str]) -> int:  # noqa: A001 - the command's name
     params, config, step = _load(path, m("MODEL_CONFIG", None))
     lengths = m("TASK_FEATURE_LENGTHS", None)
     results = evaluate(params, config, names, split=m("SPLIT", "validation"), feature_lengths=lengths,
-                       decode=_decode_config(), num_examples=m("EVAL_EXAMPLES", None), step=step)
+                       decode=_decode_config(), num_examples=m("EVAL_EXAMPLES", None), step=step,
+                       use_cached=_use_cached(names, m("SPLIT", "validation")))
     writer = MetricsWriter(out_dir)
     writer.write(step or 0, "eval", results)
     writer.close()
@@ -201,7 +222,8 @@ def infer(argv: list[str]) -> int:
 
         from flanx.data import pipeline
         split = m("SPLIT", "validation")
-        examples = pipeline.get_eval_dataset(task, split, lengths, m("INFER_EXAMPLES", None))
+        examples = pipeline.get_eval_dataset(task, split, lengths, m("INFER_EXAMPLES", None),
+                                             use_cached=_use_cached())
         vocab = seqio.get_mixture_or_task(task).output_features["targets"].vocabulary
         out_name = f"{task}-{split}.jsonl"
     if _is_primary():

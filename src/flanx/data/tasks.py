@@ -4,7 +4,10 @@
 its source renders examples in Python (`flanx.data.render`) and serves them
 as `inputs_pretokenized` / `targets_pretokenized`; preprocessors copy them to
 `inputs` / `targets`, tokenize with the card's vocabulary and append EOS
-after trimming. Registration reads no data: a task whose files are missing
+after trimming. Tokenized examples can be cached offline (`flanx cache`: the
+`seqio.CacheDatasetPlaceholder` sits before the EOS step) and read back with
+`use_cached=True` in the same order (`flanx.data.cache.CacheableTask`).
+Registration reads no data: a task whose files are missing
 registers, and reading it raises `flanx.paths.MissingDataError`.
 
 Lookups by name (`get_card`, `get_spec`) list close matches when a name is
@@ -23,7 +26,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from flanx.data import hub_sources, render, vocab
+from flanx.data import cache, hub_sources, render, vocab
 from flanx.data.cards import CardError, TaskCard, TaskSpec, check_collision, collection_card_files, \
     expand_groups, load_card, load_card_file, task_specs
 from flanx.eval import metrics as metrics_lib
@@ -66,7 +69,7 @@ class FlanxSource(seqio.FunctionDataSource):
         def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
             return _examples_dataset(card, spec, split, shuffle_files, seed)
 
-        super().__init__(dataset_fn=dataset_fn, splits=card.split_names, caching_permitted=False)
+        super().__init__(dataset_fn=dataset_fn, splits=card.split_names, caching_permitted=True)
 
     def num_input_examples(self, split: str) -> None:
         return None
@@ -124,11 +127,11 @@ def _seqio_task(card: TaskCard, spec: TaskSpec) -> seqio.Task:
         postprocess = metrics_lib.POSTPROCESSORS[card.postprocess]
         if card.references_field:
             postprocess = metrics_lib.with_references(postprocess)
-    return seqio.Task(
+    return cache.CacheableTask(
         spec.name,
         source=FlanxSource(card, spec),
         output_features=output_features(card.vocabulary),
-        preprocessors=[_copy_pretokenized, seqio.preprocessors.tokenize,
+        preprocessors=[_copy_pretokenized, seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
                        seqio.preprocessors.append_eos_after_trim],
         postprocess_fn=postprocess,
         metric_fns=metric_fns(card, spec),

@@ -10,6 +10,9 @@ Plain-Python API (the forgetting study and the trainer call these; no gin):
     runner = EvalRunner(model_config, task_names, split, feature_lengths, decode, num_examples)
     runner(params, step)   # the same, reusing seqio's cached eval datasets: the trainer's eval_fn
 
+`use_cached=True` (both) reads the tasks from their offline cache (`flanx cache`);
+an uncached task fails at construction naming the command that caches it.
+
 Names may be tasks or mixtures (a mixture evaluates each of its tasks that has
 metrics and the split). Predict metrics get the model's decoded outputs
 (greedy, beam search or sampling: `flanx.predict.DecodeConfig`); score
@@ -59,10 +62,10 @@ class EvalRunner:
 
     def __init__(self, model_config, task_names: Sequence[str] | str, split: str = "validation",
                  feature_lengths: Mapping[str, int] | None = None, decode: DecodeConfig = DecodeConfig(),
-                 num_examples: int | None = None, seed: int = 42):
+                 num_examples: int | None = None, seed: int = 42, use_cached: bool = False):
         import seqio
 
-        from flanx.data import register_all
+        from flanx.data import cache, register_all
         register_all()
         names = [task_names] if isinstance(task_names, str) else list(task_names)
         if not names:
@@ -76,9 +79,11 @@ class EvalRunner:
                 close = difflib.get_close_matches(name, sorted(known), n=5)
                 raise ValueError(f"unknown evaluation task or mixture {name!r}"
                                  + (f"; close matches: {', '.join(close)}" if close else ""))
+            if use_cached:
+                cache.require_cached(name, split)
             ev = seqio.Evaluator(
                 mixture_or_task_name=name, feature_converter=seqio.EncDecFeatureConverter(pack=False),
-                eval_split=split, use_cached=False, seed=seed,
+                eval_split=split, use_cached=use_cached, seed=seed,
                 sequence_length=dict(feature_lengths) if feature_lengths else None,
                 num_examples=num_examples, shuffle=False, use_memory_cache=True)
             if not ev.eval_tasks:
@@ -109,9 +114,11 @@ class EvalRunner:
 
 def evaluate(params, model_config, task_names: Sequence[str] | str, split: str = "validation",
              feature_lengths: Mapping[str, int] | None = None, decode: DecodeConfig = DecodeConfig(),
-             num_examples: int | None = None, step: int | None = None) -> dict[str, dict[str, float]]:
+             num_examples: int | None = None, step: int | None = None,
+             use_cached: bool = False) -> dict[str, dict[str, float]]:
     """Evaluate `params` on tasks/mixtures -> {task: {metric: value}} (see the module docstring)."""
-    runner = EvalRunner(model_config, task_names, split, feature_lengths, decode, num_examples)
+    runner = EvalRunner(model_config, task_names, split, feature_lengths, decode, num_examples,
+                        use_cached=use_cached)
     try:
         return runner(params, step)
     finally:

@@ -2,12 +2,15 @@
 
 The study is configured by one gin file (`t5x_configs/experiments/*.gin`)
 binding `flanx.StudyConfig` (and `flanx.T5Config` / `flanx.LoraConfig` through
-the model gin files it includes). Re-running the same command resumes: arms
+the model gin files it includes). The macros `USE_CACHED_TASKS` and
+`TASK_CACHE_DIRS`, when set, read the tasks from their offline cache (as for
+`flanx train`). Re-running the same command resumes: arms
 already evaluated are reused, an interrupted arm resumes from its checkpoint.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 import gin
@@ -30,8 +33,16 @@ def load_study_config(gin_files: list[str], gin_bindings: list[str]):
     """Parse gin and build the StudyConfig it describes (macros strict, as for training)."""
     gin_utils.reset()
     gin_utils.parse_gin(gin_files, gin_bindings, finalize=False)
-    gin_utils.prepare_macros()
-    return gin_utils.evaluate("flanx.StudyConfig")
+    gin_utils.prepare_macros(read=("USE_CACHED_TASKS", "TASK_CACHE_DIRS"))
+    cfg = gin_utils.evaluate("flanx.StudyConfig")
+    use_cached, cache_dirs = gin_utils.resolved_macro("USE_CACHED_TASKS", None), \
+        gin_utils.resolved_macro("TASK_CACHE_DIRS", None)
+    if use_cached is not None:
+        cfg = dataclasses.replace(cfg, use_cached_tasks=bool(use_cached))
+    if cache_dirs:
+        cfg = dataclasses.replace(cfg, task_cache_dirs=tuple([cache_dirs] if isinstance(cache_dirs, str)
+                                                             else cache_dirs))
+    return cfg
 
 
 def run(gin_files: list[str], gin_bindings: list[str]) -> dict:

@@ -87,6 +87,9 @@ class StudyConfig:
     eval_batch_size: int = 50
     max_decode_length: int = 64
     reference: dict | None = None
+    # Read every task from its offline cache (`flanx cache`; same examples, same order).
+    use_cached_tasks: bool = False
+    task_cache_dirs: tuple = ()
 
     def model_config(self) -> T5Config:
         return get_config(self.model) if isinstance(self.model, str) else self.model
@@ -134,6 +137,9 @@ class Study:
         self.cfg = cfg
         self.model_config = cfg.model_config()
         data.register_all()
+        from flanx.data import cache
+
+        self.use_cached = cache.configure(cfg.use_cached_tasks, cfg.task_cache_dirs)
         self.base_curves: dict[str, list] = {}
         self.timings: dict[str, float] = {}
 
@@ -141,7 +147,7 @@ class Study:
     def _factory(self, mixture: str, seed: int):
         from flanx.data import pipeline
 
-        cfg = self.cfg
+        cfg, use_cached = self.cfg, self.use_cached
 
         def make(shard):
             import seqio
@@ -149,7 +155,8 @@ class Study:
             return pipeline.get_dataset(
                 mixture, task_feature_lengths=dict(cfg.task_feature_lengths), split="train",
                 batch_size=shard.local_batch_size, shuffle=True, seed=seed, pack=cfg.pack,
-                shard_info=seqio.ShardInfo(shard.index, shard.num_shards) if shard.num_shards > 1 else None)
+                shard_info=seqio.ShardInfo(shard.index, shard.num_shards) if shard.num_shards > 1 else None,
+                use_cached=use_cached)
         return make
 
     def eval_tasks(self) -> tuple[str, list[str], list[str]]:
@@ -230,7 +237,7 @@ class Study:
         for split, tasks in by_split.items():
             results.update(evaluator.evaluate(params, self.model_config, tasks, split=split,
                                               feature_lengths=dict(cfg.task_feature_lengths), decode=decode,
-                                              num_examples=cfg.eval_examples))
+                                              num_examples=cfg.eval_examples, use_cached=self.use_cached))
         return results
 
     # ---- the whole study --------------------------------------------------
@@ -319,8 +326,9 @@ def _config_dict(cfg: StudyConfig) -> dict:
     return out
 
 
-# Fields that only name or describe a study: changing them keeps its results valid.
-_PRESENTATION_FIELDS = ("name", "out_dir", "description", "reference")
+# Fields that only name or describe a study, or say where its (identical) data is read from:
+# changing them keeps its results valid.
+_PRESENTATION_FIELDS = ("name", "out_dir", "description", "reference", "use_cached_tasks", "task_cache_dirs")
 STUDY_CONFIG_FILE = "study_config.json"
 
 

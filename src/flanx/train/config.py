@@ -177,6 +177,8 @@ class DataConfig:
     shuffle: bool = True
     seed: int = 0
     pack: bool = True
+    use_cached: bool = False
+    cache_dirs: tuple = ()
 
     def __post_init__(self):
         if not isinstance(self.mixture_or_task_name, str) or not self.mixture_or_task_name:
@@ -194,6 +196,12 @@ class DataConfig:
             raise ValueError(f"DataConfig.split must be a split name, got {self.split!r}")
         _check_bool("DataConfig", "shuffle", self.shuffle, "SHUFFLE")
         _check_bool("DataConfig", "pack", self.pack, "PACK")
+        _check_bool("DataConfig", "use_cached", self.use_cached, "USE_CACHED_TASKS")
+        dirs = (self.cache_dirs,) if isinstance(self.cache_dirs, str) else tuple(self.cache_dirs or ())
+        if not all(isinstance(d, str) and d for d in dirs):
+            raise ValueError(f"DataConfig.cache_dirs (TASK_CACHE_DIRS) must be a directory or a list of them, "
+                             f"got {self.cache_dirs!r}")
+        object.__setattr__(self, "cache_dirs", dirs)
         check_int("DataConfig", "seed", self.seed, "RANDOM_SEED")
 
 
