@@ -3,10 +3,15 @@
 Public API:
 
 - `register_all()`: register every task card in `tasks/` and every mixture
-  (`tasks/mixtures.yaml`, `{card}_mix`) in seqio. Idempotent.
+  (`tasks/mixtures.yaml`, `{card}_mix`) in seqio, then the user's cards and
+  mixtures named by `FLANX_TASKS_PATH` (`flanx.data.user_tasks`). Idempotent;
+  entries added to `FLANX_TASKS_PATH` later are registered by the next call.
 - `register_task_card(card)`: add a dataset from Python: `card` is a dict with
   the same keys as a YAML card, or the path of a YAML card. Returns the names
   of the seqio tasks it registered (see `docs/tasks.md`).
+- `import_tasks(spec)`: T5X's MIXTURE_OR_TASK_MODULE: import a Python module
+  that registers tasks, or register a card file / folder of cards (with its
+  `mixtures.yaml`) as a `FLANX_TASKS_PATH` entry would be.
 - `get_vocabulary("t5_spm" | "byte")`: the seqio vocabulary.
 - `flanx.data.pipeline.get_dataset(...)`: resumable numpy batches for training;
   `get_eval_dataset(...)`: examples for evaluation.
@@ -22,20 +27,25 @@ from __future__ import annotations
 from flanx.data import source_files  # noqa: F401 - registers the file source types in sources.SOURCES
 from flanx.data.vocab import get_vocabulary
 
-_REGISTERED = False
+_STATE = {"collection": False, "mixtures": False}  # what register_all has registered
 
-__all__ = ["register_all", "register_task_card", "get_vocabulary"]
+__all__ = ["register_all", "register_task_card", "import_tasks", "get_vocabulary"]
 
 
 def register_all() -> None:
-    """Register the whole collection (task cards, then mixtures) in seqio, once."""
-    global _REGISTERED
-    if _REGISTERED:
+    """Register the collection and the user's FLANX_TASKS_PATH (task cards, then mixtures) in seqio."""
+    from flanx.data import user_tasks  # noqa: PLC0415
+    entries = user_tasks.path_entries()  # a bad FLANX_TASKS_PATH fails before anything registers
+    if _STATE["mixtures"] and not user_tasks.register_entries(entries):
         return
     from flanx.data import mixtures, tasks  # noqa: PLC0415 - seqio/TensorFlow on first use
-    tasks.register_collection()
+    if not _STATE["collection"]:
+        tasks.register_collection()
+        _STATE["collection"] = True
+    user_tasks.register_entries(entries)
+    _STATE["mixtures"] = False  # until every mixtures file (the collection's, then the user's) has registered
     mixtures.register_collection_mixtures()
-    _REGISTERED = True
+    _STATE["mixtures"] = True
 
 
 def register_task_card(card, *, refresh_mixtures: bool = True) -> list[str]:
@@ -55,3 +65,36 @@ def register_task_card(card, *, refresh_mixtures: bool = True) -> list[str]:
     if refresh_mixtures:
         mixtures.register_collection_mixtures()
     return names
+
+
+def import_tasks(spec, macro: str = "MIXTURE_OR_TASK_MODULE") -> None:
+    """Make the tasks of `spec` known: a card file or folder (registered like a FLANX_TASKS_PATH
+    entry, with its mixtures.yaml), or a Python module to import; a list does each. None: nothing."""
+    import importlib  # noqa: PLC0415
+    import os  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    from flanx.data import user_tasks  # noqa: PLC0415
+    if spec is None or spec == "":
+        return
+    if isinstance(spec, (list, tuple)):
+        for item in spec:
+            import_tasks(item, macro)
+        return
+    if not isinstance(spec, str):
+        raise user_tasks.TasksPathError(f"{macro} must be a module name, a card file or a folder (a string), "
+                                        f"got {spec!r}")
+    if os.sep in spec or spec.endswith((".yaml", ".yml")) or Path(spec).exists():
+        register_all()
+        if user_tasks.register_entries(user_tasks.path_entries(spec, source=macro)):
+            from flanx.data import mixtures  # noqa: PLC0415
+            mixtures.register_collection_mixtures()
+        return
+    try:
+        importlib.import_module(spec)
+    except ModuleNotFoundError as e:
+        if e.name and spec.startswith(e.name):
+            raise user_tasks.TasksPathError(
+                f"{macro}={spec!r} is neither a card file or folder (no such path in {os.getcwd()}) nor an "
+                f"importable Python module (is its folder on PYTHONPATH?)") from None
+        raise

@@ -6,7 +6,8 @@
     flanx mixtures show NAME                        rate, share and examples per epoch per task
 
 `tasks` reads the task cards directly (no TensorFlow, fast); `mixtures`
-registers the collection in seqio. Unknown names list close matches.
+registers the collection in seqio. Both include the user's cards and
+mixtures named by `FLANX_TASKS_PATH`. Unknown names list close matches.
 """
 from __future__ import annotations
 
@@ -16,13 +17,14 @@ import sys
 
 from flanx import paths
 from flanx.data import cards as cards_lib
-from flanx.data import render, vocab
+from flanx.data import render, user_tasks, vocab
 
 MULTI_COMMAND = True
 
 
 def _collection() -> tuple[dict, dict]:
-    cards = cards_lib.load_card_files(cards_lib.collection_card_files())
+    # The collection, then the user's cards ($FLANX_TASKS_PATH): same names need `override: true`.
+    cards = cards_lib.load_card_files(cards_lib.collection_card_files() + user_tasks.user_card_files())
     specs = {spec.name: spec for card in cards.values() for spec in cards_lib.task_specs(card)}
     return cards, specs
 
