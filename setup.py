@@ -57,7 +57,8 @@ setup(
         "tensorboardX",
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout", "torch==2.13.0", "transformers>=4.40", "datasets"],
+        "test": ["pytest", "pytest-timeout", "torch==2.13.0", "transformers>=4.40", "datasets",
+                 "tensorboard"],  # to view MODEL_DIR/tb (`tensorboard --logdir MODEL_DIR/tb`)
         "hf": ["torch==2.13.0", "transformers>=4.40"],
         "gpu": ["jax[cuda12]>=0.10,<0.11"],
         "tpu": ["jax[tpu]>=0.10,<0.11"],
