@@ -10,8 +10,10 @@ in when a user adds one. seqio computes a nested task's rate as
 `weight(sub) * rate(task) / total_rate(sub)`; `mixture_table` does the same
 arithmetic in Python for `flanx mixtures show` and the tests.
 
-Mixture definitions live in `tasks/mixtures.yaml`; every card also gets a
-single-task mixture `{card}_mix` over its formats. `replay_mixture(target,
+Mixture definitions live in `tasks/mixtures.yaml` and in a user's own
+`mixtures.yaml` files (`register_user_mixtures`, same schema; found through
+`FLANX_TASKS_PATH` / MIXTURE_OR_TASK_MODULE by `flanx.data.user_tasks`);
+every card also gets a single-task mixture `{card}_mix` over its formats. `replay_mixture(target,
 replay, ratio)` registers "target plus replay of a multi-task mixture" for
 the forgetting study.
 """
