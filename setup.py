@@ -67,7 +67,8 @@ setup(
         "tensorboardX",
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout", "datasets"] + HF + CACHE,
+        "test": ["pytest", "pytest-timeout", "datasets",
+                 "tensorboard"] + HF + CACHE,  # tensorboard: to view MODEL_DIR/tb (`tensorboard --logdir MODEL_DIR/tb`)
         "hf": HF,
         "gpu": ["jax[cuda12]>=0.10,<0.11"],
         "tpu": ["jax[tpu]>=0.10,<0.11"],

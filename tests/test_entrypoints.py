@@ -80,6 +80,13 @@ def test_train_entry_point_holds_no_default_numbers():
     (["--gin.DROPOUT_RATE=1.5"], r"dropout_rate \(DROPOUT_RATE\) must be a number in \[0, 1\)"),
     (["--gin.MESH_MODEL=0"], r"MeshConfig.model \(MESH_MODEL\) must be >= 1, or -1"),
     (["--gin.MODEL_DIR=/data/runs/a"], r"Unable to parse value.*quotes.*--gin.MODEL_DIR=\"'/data/runs/a'\""),
+    (["--gin.MIXTURE_OR_TASK_NAME=my_task"], r"=my_task: not a Python literal\. gin reads values as Python literals, "
+                                             r"so a string needs quotes inside the shell's: "
+                                             r"--gin.MIXTURE_OR_TASK_NAME=\"'my_task'\"$"),
+    # `--gin.TASK_FEATURE_LENGTHS={'inputs': 64}` typed without the shell's quotes reaches gin unquoted.
+    (["--gin.TASK_FEATURE_LENGTHS={inputs: 64, targets: 16}"],
+     r"The shell removed the quotes inside the value: quote the whole value, "
+     r"--gin.TASK_FEATURE_LENGTHS=\"\{'inputs': 64, 'targets': 16\}\"$"),
 ])
 def test_bad_config_is_refused_naming_the_macro(extra, message):
     with pytest.raises(ValueError, match=message):

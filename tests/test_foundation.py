@@ -96,6 +96,38 @@ def test_setup_process_logging_writes_per_process_file(tmp_path, process_id):
     assert ("trainer info" in proc.stderr) == (process_id == 0)  # other processes: warnings only
 
 
+ENTRY_POINT_LOGGING = """
+import logging, sys
+from flanx import progress
+progress.setup_process_logging(sys.argv[1], int(sys.argv[2]))  # all `python -m flanx.train` sets up
+progress.Progress("train", 4, every=2).update(2, 100, loss=1.5)
+logging.getLogger("flanx").warning("trainer warning")
+"""
+
+
+@pytest.mark.parametrize("process_id", [0, 1])
+def test_train_progress_reaches_the_console_and_the_log(tmp_path, process_id):
+    """`python -m flanx.train` calls setup_process_logging alone: process 0's progress lines must show on the
+    console as well as in MODEL_DIR/logs, and a warning once."""
+    proc = subprocess.run([sys.executable, "-c", ENTRY_POINT_LOGGING, str(tmp_path), str(process_id)],
+                          capture_output=True, text=True, timeout=60, check=True)
+    line = "[train] step 2/4 (50.0%) loss=1.5000 tokens/s="
+    assert line in (tmp_path / "logs" / f"process_{process_id}.log").read_text()
+    assert (line in proc.stderr) == (process_id == 0)
+    assert proc.stderr.count("trainer warning") == 1
+
+
+def test_progress_over_examples_writes_about_every_n():
+    lines, t = [], iter(range(100))
+    p = progress.Progress("eval", total=100, every=30, unit="examples", what="examples", emit=lines.append,
+                          clock=lambda: next(t))
+    for n in (16, 16, 16, 16, 16, 16, 4):
+        p.advance(n)  # 16, 32, ..., 96, 100: lines on passing 30, 60, 90, and at the total
+    assert [x.split(" (")[0] for x in lines] == ["[eval] examples 32/100", "[eval] examples 64/100",
+                                                "[eval] examples 96/100", "[eval] examples 100/100"]
+    assert lines[0].endswith("examples/s=32 eta=2s")  # 32 examples by the first tick; 68 left at 32/tick
+
+
 def test_cli_usage_and_unknown_command(capsys):
     assert cli.main([]) == 0
     out = capsys.readouterr().out

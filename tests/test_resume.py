@@ -123,6 +123,84 @@ def test_sigterm_saves_the_current_step_and_resumes_exactly(tmp_path):
     assert max(diffs) <= 1e-6, diffs
 
 
+FAST_DATA_DRIVER = textwrap.dedent("""
+    import json, sys, time
+    from flanx.models import get_config
+    from flanx.train import trainer
+    from flanx.train.config import OptimizerConfig, TrainConfig
+    from flanx.train.preemption import Preempted
+    from flanx.train.synthetic import SyntheticBatches
+
+    model_dir, steps, drawn_file = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+
+    class CountedBatches(SyntheticBatches):  # instant data: the host can run far ahead of the device
+        def __next__(self):
+            batch = super().__next__()
+            with open(drawn_file, "a") as f:
+                f.write(f"{self.position} {time.time()}\\n")
+            return batch
+
+    # Checkpoints and log lines (which wait for the device) only at the end: nothing paces the host.
+    cfg = TrainConfig(train_steps=steps, batch_size=64, log_every=100000, checkpoint_period=100000,
+                      model_dir=model_dir, optimizer=OptimizerConfig(learning_rate=0.01))
+    model = get_config("tiny", d_ff=512)  # a step of the device takes far longer than the host's batch
+    try:
+        res = trainer.train(cfg, model, lambda shard: CountedBatches(shard, 256, 64, vocab_size=256))
+    except Preempted as e:
+        print("STOPPED " + json.dumps({"step": e.step}), flush=True)
+        sys.exit(e.exit_code)
+    print("RESULT " + json.dumps({"resumed_from": res.resumed_from, "step": res.step}), flush=True)
+""")
+
+
+def _drawn(path) -> list[tuple[int, float]]:
+    """(batch number, time drawn) of every batch the driver has drawn so far."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [(int(n), float(t)) for n, t in (line.split() for line in lines if line.count(" ") == 1)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_saves_the_step_in_flight_and_exits_promptly(tmp_path, signum, code):
+    """With instant data the host could queue thousands of steps; a signal must still be answered after
+    the step in flight (saved, exit 128+signal within seconds), and Ctrl-C must save too."""
+    (tmp_path / "driver.py").write_text(FAST_DATA_DRIVER)
+    victim, drawn = tmp_path / "victim", tmp_path / "drawn.txt"
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(victim), "5000", str(drawn)],
+                            env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(_drawn(drawn)) < 3:  # compiled and training
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        time.sleep(0.05)
+    time.sleep(3.0)  # long enough for an unpaced host to queue a backlog of steps
+    draws = _drawn(drawn)
+    at_signal = draws[-1][0]
+    # After compilation the host draws a batch per step of the device (it waits for the step before).
+    step_time = max(b - a for (_, a), (_, b) in zip(draws[1:], draws[2:])) if len(draws) > 2 else 1.0
+    sent = time.time()
+    os.kill(proc.pid, signum)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"no exit within 60 s of the signal (batches drawn at the signal: {at_signal})")
+    took = time.time() - sent
+    assert proc.returncode == code, err[-3000:]
+    stopped = json.loads([x for x in out.splitlines() if x.startswith("STOPPED ")][-1].split(" ", 1)[1])["step"]
+    # The host draws the next batch while the device runs the step in flight: at most 2 steps past the signal.
+    assert at_signal - 2 <= stopped <= at_signal + 2, (at_signal, stopped)
+    # Two steps, the save and the exit; not a backlog of queued steps.
+    assert took < 2 * step_time + 10, (took, step_time)
+    assert sorted(int(d) for d in os.listdir(victim / "checkpoints") if d.isdigit()) == [stopped]
+    if signum == signal.SIGTERM:
+        return  # resuming after SIGTERM is checked exactly above
+    resumed = subprocess.run([sys.executable, str(tmp_path / "driver.py"), str(victim), str(stopped + 2),
+                              str(tmp_path / "drawn2.txt")], env=_env(tmp_path), capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads(resumed.stdout.split("RESULT ", 1)[1]) == {"resumed_from": stopped, "step": stopped + 2}
+
+
 KILL_DURING_SAVE = textwrap.dedent("""
     import os, signal, sys
     import jax, jax.numpy as jnp

@@ -3,6 +3,7 @@
     python -m flanx.convert [--from auto|hf|t5x|flanx|peft] --to flanx|hf|t5x|peft INPUT OUTPUT
         [--model NAME | --config FILE] [--scan_layers true|false] [--merge_lora] [--step N] [--overwrite]
         [--base PATH_OR_NAME] [--with_base]
+        [--vocabulary t5_spm|byte|FILE.model|none]
 
 INPUT is detected by its files unless --from says otherwise. T5X checkpoints
 carry no model config: name the preset with --model (e.g. flan_t5_base), or
@@ -11,7 +12,14 @@ OUTPUT is a directory: a flanx checkpoint, a Hugging Face model directory, or
 a T5X model dir holding `checkpoint_<step>/`. It is written under a temporary
 name beside OUTPUT and renamed when complete, so an interrupted conversion
 never leaves a directory that looks like a finished checkpoint; an existing
-non-empty OUTPUT is replaced only with --overwrite.
+non-empty OUTPUT is replaced only with --overwrite. Output files get the
+usual modes (0644 / 0755 under umask 022).
+
+`--to hf` also writes the tokenizer (the run's vocabulary, recorded in
+MODEL_DIR by `python -m flanx.train`, or `--vocabulary`; a Hugging Face input
+keeps its own) and a model card `README.md` with the run's settings and eval
+metrics, so `AutoTokenizer` / `T5ForConditionalGeneration.from_pretrained(OUTPUT)`
+work as is (`flanx.checkpoints.hf_files`).
 
 PEFT (`flanx.checkpoints.peft`): `--to peft` writes a LoRA checkpoint's adapters
 as `adapter_config.json` + `adapter_model.safetensors` (`--with_base` adds the
@@ -59,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", help="PEFT: --from peft: the adapter's base checkpoint; --to peft: the base model "
                                   "name to record (e.g. google/flan-t5-base)")
     p.add_argument("--with_base", action="store_true", help="--to peft: also write the base model (HF) to OUTPUT/base")
+    p.add_argument("--vocabulary", default=None,
+                   help="--to hf: the tokenizer to write: t5_spm, byte, a SentencePiece .model file, or none "
+                        "(default: the vocabulary the run recorded in MODEL_DIR, or a Hugging Face input's own)")
     p.add_argument("input", help="checkpoint to read")
     p.add_argument("output", help="directory to write")
     return p
@@ -96,7 +107,7 @@ def load_config_file(path: str | os.PathLike):
 def convert(input_path: str | os.PathLike, output: str | os.PathLike, dst_format: str, *, src_format: str = "auto",
             model: str | None = None, config_file: str | None = None, scan_layers: bool | None = None, step: int | None = None,
             merge_lora: bool = False, overwrite: bool = False, base: str | None = None,
-            with_base: bool = False) -> Path:
+            with_base: bool = False, vocabulary: str | None = None) -> Path:
     """Convert `input_path` to `dst_format` at `output`; return `output`."""
     from flanx import checkpoints, io
 
@@ -158,6 +169,7 @@ def convert(input_path: str | os.PathLike, output: str | os.PathLike, dst_format
             from flanx.checkpoints import hf
 
             hf.export_hf(checkpoints.unstack_layers(params), dataclasses.replace(config, scan_layers=False), tmp)
+            _hf_extras(tmp, output, input_path, fmt, config, step, vocabulary)
         elif dst_format == "peft":
             peft.export_peft(params, config, tmp, base_model_name_or_path=str(output / "base") if with_base else base)
             if with_base:
@@ -167,11 +179,30 @@ def convert(input_path: str | os.PathLike, output: str | os.PathLike, dst_format
                              dataclasses.replace(config, scan_layers=False, lora=None), tmp / "base")
         else:
             raise SystemExit(f"flanx convert: unknown output format {dst_format!r}")
+        from flanx.checkpoints.hf_files import normalize_modes
+        normalize_modes(tmp)
         io.publish(tmp, output)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return output
+
+
+def _hf_extras(tmp: Path, output: Path, input_path: Path, fmt: str, config, step, vocabulary: str | None) -> None:
+    """Tokenizer files and README.md beside an HF export's weights."""
+    from flanx.checkpoints import hf_files
+
+    record, source = hf_files.resolve_record(input_path, vocabulary)
+    if record is not None:
+        files = hf_files.write_tokenizer(tmp, record)
+    elif fmt == "hf" and vocabulary is None:
+        files, source = hf_files.copy_hf_tokenizer(input_path, tmp), str(input_path)
+    else:
+        files = []
+    if not files and vocabulary != "none":
+        print(f"flanx convert: no tokenizer written ({input_path} records no vocabulary); pass --vocabulary "
+              "t5_spm|byte|FILE.model to add one", file=sys.stderr)
+    (tmp / "README.md").write_text(hf_files.model_card(output.name, config, input_path, step, files, source))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         out = convert(args.input, args.output, args.dst_format, src_format=args.src_format, model=args.model,
                       config_file=args.config,
                       scan_layers=args.scan_layers, step=args.step, merge_lora=args.merge_lora,
-                      overwrite=args.overwrite, base=args.base, with_base=args.with_base)
+                      overwrite=args.overwrite, base=args.base, with_base=args.with_base,
+                      vocabulary=args.vocabulary)
     except (CheckpointError, ValueError) as e:  # bad input: say what and why, no traceback
         print(f"flanx convert: {e}", file=sys.stderr)
         return 1

@@ -46,10 +46,10 @@ m = gin_utils.resolved_macro
 DIRECT_MACROS = {
     "train": (),
     "eval": ("CHECKPOINT_PATH", "EVAL_OUTPUT_DIR", "MIXTURE_OR_TASK_NAME", "MODEL_CONFIG", "TASK_FEATURE_LENGTHS",
-             "SPLIT", "EVAL_EXAMPLES", "USE_CACHED_TASKS", "TASK_CACHE_DIRS"),
+             "SPLIT", "EVAL_EXAMPLES", "USE_CACHED_TASKS", "TASK_CACHE_DIRS", "MIXTURE_OR_TASK_MODULE"),
     "infer": ("CHECKPOINT_PATH", "INFER_OUTPUT_DIR", "MIXTURE_OR_TASK_NAME", "INFER_INPUT_FILE", "MODEL_CONFIG",
               "TASK_FEATURE_LENGTHS", "SPLIT", "INFER_EXAMPLES", "WITH_SCORES", "VOCABULARY", "USE_CACHED_TASKS",
-              "TASK_CACHE_DIRS"),
+              "TASK_CACHE_DIRS", "MIXTURE_OR_TASK_MODULE"),
 }
 
 
@@ -121,6 +121,35 @@ def _decode_config(**overrides):
     return gin.get_configurable("flanx.DecodeConfig")(**overrides)
 
 
+def _model_name(source: str = "MODEL_CONFIG") -> str:
+    """'the model (MODEL_CONFIG: preset 'tiny')' for start-up messages."""
+    try:
+        return f"the model ({source}: preset {gin.query_parameter('flanx.get_config.name')!r})"
+    except ValueError:
+        return f"the model ({source})"
+
+
+_CHECKPOINT_FIX = "This checkpoint was trained on another vocabulary: evaluate it on tasks that use that one"
+
+
+def _write_vocabulary_record(model_dir: str, names: list[str]) -> None:
+    """MODEL_DIR/vocabulary.json: the run's vocabulary, for `flanx convert --to hf` to write its tokenizer."""
+    if len(names) != 1:
+        return
+    from flanx import io
+    from flanx.data import vocab
+    with io.open_output(os.path.join(model_dir, "vocabulary.json")) as f:
+        json.dump(vocab.vocabulary_record(names[0]), f, indent=2)
+
+
+def _prepare_tasks(module, names, vocab_size: int, model: str, fix: str | None = None) -> None:
+    """Load MIXTURE_OR_TASK_MODULE and the user's FLANX_TASKS_PATH; check each name's vocabulary fits."""
+    from flanx.data import checks, import_tasks
+    import_tasks(module)
+    for name in names:
+        checks.check_vocabulary(name, vocab_size, model, fix=fix)
+
+
 # ---------------------------------------------------------------- train
 
 
@@ -129,12 +158,17 @@ def train(argv: list[str]) -> int:
     _start(argv, "train")
     run = gin_utils.evaluate("flanx.train")
     cfg, model_config, data = run.config, run.model, run.data
+    _prepare_tasks(data.module, [data.mixture_or_task_name, *run.eval_mixtures], model_config.vocab_size,
+                   _model_name())
     import jax
     setup_process_logging(cfg.model_dir, jax.process_index())  # MODEL_DIR/logs/process_{i}.log
     use_cached = _use_cached([data.mixture_or_task_name], data.split, data.use_cached, data.cache_dirs)
     if _is_primary():
         gin_utils.write_config(cfg.model_dir)
         gin_utils.write_operative_config(cfg.model_dir)
+        from flanx.data import checks
+        _write_vocabulary_record(cfg.model_dir, checks.vocabularies(data.mixture_or_task_name))
+        checks.warn_truncation(data.mixture_or_task_name, data.task_feature_lengths, data.split)
 
     def data_factory(shard):
         import seqio
@@ -158,7 +192,7 @@ def train(argv: list[str]) -> int:
                                init_checkpoint=run.initial_checkpoint_path)
     except preemption.Preempted as e:
         logger.warning("%s", e)
-        return preemption.EXIT_CODE
+        return e.exit_code
     if _is_primary():
         last = result.losses.get(result.step)
         print(json.dumps({"model_dir": cfg.model_dir, "step": result.step, "resumed_from": result.resumed_from,
@@ -183,10 +217,13 @@ def eval(argv: list[str]) -> int:  # noqa: A001 - the command's name
     if _is_primary():
         gin_utils.write_config(out_dir)
     params, config, step = _load(path, m("MODEL_CONFIG", None))
+    _prepare_tasks(m("MIXTURE_OR_TASK_MODULE", None), names, config.vocab_size, f"the checkpoint's model ({path})",
+                   fix=_CHECKPOINT_FIX)
     lengths = m("TASK_FEATURE_LENGTHS", None)
     results = evaluate(params, config, names, split=m("SPLIT", "validation"), feature_lengths=lengths,
                        decode=_decode_config(), num_examples=m("EVAL_EXAMPLES", None), step=step,
-                       use_cached=_use_cached(names, m("SPLIT", "validation")))
+                       use_cached=_use_cached(names, m("SPLIT", "validation")),
+                       predictions_dir=out_dir if _is_primary() else None)
     writer = MetricsWriter(out_dir)
     writer.write(step or 0, "eval", results)
     writer.close()
@@ -211,10 +248,17 @@ def infer(argv: list[str]) -> int:
         raise ValueError("set MIXTURE_OR_TASK_NAME (a task) or INFER_INPUT_FILE (JSONL with \"inputs\", or text)")
     lengths = m("TASK_FEATURE_LENGTHS", None)
     params, config, _ = _load(path, m("MODEL_CONFIG", None))
+    model = f"the checkpoint's model ({path})"
+    _prepare_tasks(m("MIXTURE_OR_TASK_MODULE", None), [task] if task and not input_file else [], config.vocab_size,
+                   model, fix=_CHECKPOINT_FIX)
     decode = _decode_config()
     if input_file:
-        from flanx.data import get_vocabulary
-        vocab = get_vocabulary(m("VOCABULARY", "t5_spm"))
+        from flanx.data import checks, get_vocabulary
+        vocab_name = m("VOCABULARY", "t5_spm")
+        checks.check_vocabulary_fits(vocab_name, config.vocab_size, model, "VOCABULARY is",
+                                     fix="Set VOCABULARY to the one the checkpoint was trained with, e.g. "
+                                         "--gin.VOCABULARY=\"'byte'\" for the byte-level models")
+        vocab = get_vocabulary(vocab_name)
         examples = infer_lib.read_prompts(input_file, vocab, (lengths or {}).get("inputs", 512))
         out_name = os.path.splitext(os.path.basename(input_file))[0] + ".jsonl"
     else:

@@ -123,6 +123,7 @@ def _drop_gin_search_misses(record: logging.LogRecord) -> bool:
 
 
 _LITERAL_START = tuple("'\"[({@%-+.0123456789")
+_BARE_WORD = re.compile(r"(?<![\w'\"./-])[A-Za-z_][\w./-]*(?![\w'\"(])")  # an unquoted word inside a dict/list
 
 
 def _explain(error: Exception, binding: str | None = None) -> str:
@@ -135,11 +136,18 @@ def _explain(error: Exception, binding: str | None = None) -> str:
     if m := re.search(r"No configurable matching '([\w.]+)'", text):
         known = [s for s, _ in gin.config._REGISTRY.items() if s.startswith("flanx.")]  # noqa: SLF001
         return f"{text}{suggest(m.group(1), known)}"
+    text = re.sub(r"malformed node or string on line \d+: <ast\.\w+ object at 0x[0-9a-f]+>", "not a Python literal",
+                  text)
     if binding and "=" in binding and isinstance(error, SyntaxError):
         name, value = (part.strip() for part in binding.split("=", 1))
         if value and not value.startswith(_LITERAL_START) and value not in ("True", "False", "None"):
             return (f"{text}. gin reads values as Python literals, so a string needs quotes inside the shell's: "
                     f"--gin.{name}=\"'{value}'\"")
+        if value.startswith(("{", "[", "(")) and _BARE_WORD.search(value):
+            quoted = _BARE_WORD.sub(lambda m: m.group(0) if m.group(0) in ("True", "False", "None")
+                                    else f"'{m.group(0)}'", value)
+            return (f"{text}. The shell removed the quotes inside the value: quote the whole value, "
+                    f"--gin.{name}=\"{quoted}\"")
     return text
 
 

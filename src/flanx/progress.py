@@ -62,6 +62,7 @@ def setup_process_logging(model_dir: str, process_id: int, level: int = logging.
     WARNING. With a remote MODEL_DIR the local file is copied to MODEL_DIR/logs/ at exit.
     Returns the local log file path.
     """
+    setup_logging(level)  # the `flanx` console handler: progress lines reach the terminal, not only the file
     path = process_log_path(model_dir, process_id)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fmt = logging.Formatter(f"%(asctime)s [p{process_id}] %(levelname)s %(name)s: %(message)s")
@@ -123,12 +124,16 @@ class Progress:
     `total` is the number of steps (None when unknown), `every` how many steps
     between lines, `unit` what throughput counts (`tokens`, `examples`). Call
     `update(step, n_units, **scalars)` after each step; the first line after
-    `warmup` steps excludes compilation from the throughput estimate.
+    `warmup` steps excludes compilation from the throughput estimate. For work
+    counted in items (evaluation and inference examples), `advance(n)` adds `n`
+    items and writes a line whenever the count passes a multiple of `every`
+    (`what="examples"` names the count in the line).
     """
 
     def __init__(self, name: str, total: int | None, every: int = 10, unit: str = "tokens",
-                 start_step: int = 0, emit=None, clock=time.perf_counter):
+                 start_step: int = 0, emit=None, clock=time.perf_counter, what: str = "step"):
         self.name, self.total, self.every, self.unit = name, total, max(1, every), unit
+        self.what, self._done = what, start_step
         self.start_step = start_step
         self._clock = clock
         self._emit = emit or logger.info
@@ -144,7 +149,7 @@ class Progress:
         dt = max(now - self._last_t, 1e-9)
         rate = self._units / dt
         steps_per_s = (step - self._last_step) / dt
-        parts = [f"[{self.name}] step {step}"]
+        parts = [f"[{self.name}] {self.what} {step}"]
         if self.total:
             parts[0] += f"/{self.total} ({100.0 * step / self.total:.1f}%)"
         parts += [f"{k}={_fmt(v)}" for k, v in scalars.items()]
@@ -156,3 +161,9 @@ class Progress:
         self.lines.append(line)
         self._last_t, self._last_step, self._units = now, step, 0.0
         return line
+
+    def advance(self, n: int, **scalars) -> str | None:
+        """Count `n` more items; a line when the count passes a multiple of `every`, and at `total`."""
+        before, self._done = self._done, self._done + n
+        crossed = before // self.every != self._done // self.every or bool(self.total and self._done >= self.total)
+        return self.update(self._done, n, force=crossed, **scalars)

@@ -4,10 +4,15 @@ Public API:
 
 - `register_all()`: register every task card in `tasks/` (collections in its
   folders included) and every mixture (`tasks/mixtures.yaml`, `{card}_mix`,
-  the FLAN 2021 collection's `flan2021*`) in seqio. Idempotent.
+  the FLAN 2021 collection's `flan2021*`) in seqio, then the user's cards and
+  mixtures named by `FLANX_TASKS_PATH` (`flanx.data.user_tasks`). Idempotent;
+  entries added to `FLANX_TASKS_PATH` later are registered by the next call.
 - `register_task_card(card)`: add a dataset from Python: `card` is a dict with
   the same keys as a YAML card, or the path of a YAML card. Returns the names
   of the seqio tasks it registered (see `docs/tasks.md`).
+- `import_tasks(spec)`: T5X's MIXTURE_OR_TASK_MODULE: import a Python module
+  that registers tasks, or register a card file / folder of cards (with its
+  `mixtures.yaml`) as a `FLANX_TASKS_PATH` entry would be.
 - `get_vocabulary("t5_spm" | "byte")`: the seqio vocabulary.
 - `flanx.data.pipeline.get_dataset(...)`: resumable numpy batches for training;
   `get_eval_dataset(...)`: examples for evaluation.
@@ -26,20 +31,25 @@ from flanx.data import source_files  # noqa: F401 - registers the file source ty
 from flanx.data import flan2022  # noqa: F401 - registers the Flan 2022 sources, transforms and metrics
 from flanx.data.vocab import get_vocabulary
 
-_REGISTERED = False
+_STATE = {"collection": False, "mixtures": False}  # what register_all has registered
 
-__all__ = ["register_all", "register_task_card", "get_vocabulary"]
+__all__ = ["register_all", "register_task_card", "import_tasks", "get_vocabulary"]
 
 
 def register_all() -> None:
-    """Register the whole collection (task cards, then mixtures) in seqio, once."""
-    global _REGISTERED
-    if _REGISTERED:
+    """Register the collection and the user's FLANX_TASKS_PATH (task cards, then mixtures) in seqio."""
+    from flanx.data import user_tasks  # noqa: PLC0415
+    entries = user_tasks.path_entries()  # a bad FLANX_TASKS_PATH fails before anything registers
+    if _STATE["mixtures"] and not user_tasks.register_entries(entries):
         return
     from flanx.data import tasks  # noqa: PLC0415 - seqio/TensorFlow on first use
-    tasks.register_collection()
+    if not _STATE["collection"]:
+        tasks.register_collection()
+        _STATE["collection"] = True
+    user_tasks.register_entries(entries)
+    _STATE["mixtures"] = False  # until every mixtures file (the collection's, then the user's) has registered
     _register_mixtures()
-    _REGISTERED = True
+    _STATE["mixtures"] = True
 
 
 def _register_mixtures() -> None:
@@ -66,3 +76,35 @@ def register_task_card(card, *, refresh_mixtures: bool = True) -> list[str]:
     if refresh_mixtures:
         _register_mixtures()
     return names
+
+
+def import_tasks(spec, macro: str = "MIXTURE_OR_TASK_MODULE") -> None:
+    """Make the tasks of `spec` known: a card file or folder (registered like a FLANX_TASKS_PATH
+    entry, with its mixtures.yaml), or a Python module to import; a list does each. None: nothing."""
+    import importlib  # noqa: PLC0415
+    import os  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    from flanx.data import user_tasks  # noqa: PLC0415
+    if spec is None or spec == "":
+        return
+    if isinstance(spec, (list, tuple)):
+        for item in spec:
+            import_tasks(item, macro)
+        return
+    if not isinstance(spec, str):
+        raise user_tasks.TasksPathError(f"{macro} must be a module name, a card file or a folder (a string), "
+                                        f"got {spec!r}")
+    if os.sep in spec or spec.endswith((".yaml", ".yml")) or Path(spec).exists():
+        register_all()
+        if user_tasks.register_entries(user_tasks.path_entries(spec, source=macro)):
+            _register_mixtures()
+        return
+    try:
+        importlib.import_module(spec)
+    except ModuleNotFoundError as e:
+        if e.name and spec.startswith(e.name):
+            raise user_tasks.TasksPathError(
+                f"{macro}={spec!r} is neither a card file or folder (no such path in {os.getcwd()}) nor an "
+                f"importable Python module (is its folder on PYTHONPATH?)") from None
+        raise

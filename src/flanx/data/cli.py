@@ -10,7 +10,8 @@
 source in use, recorded split sizes) instead of one per task.
 
 `tasks` reads the task cards directly (no TensorFlow, fast); `mixtures`
-registers the collection in seqio. Unknown names list close matches.
+registers the collection in seqio. Both include the user's cards and
+mixtures named by `FLANX_TASKS_PATH`. Unknown names list close matches.
 """
 from __future__ import annotations
 
@@ -21,13 +22,14 @@ import sys
 from flanx import paths
 from flanx.data import cards as cards_lib
 from flanx.data import clusters as clusters_lib
-from flanx.data import render, sources, vocab
+from flanx.data import render, sources, user_tasks, vocab
 
 MULTI_COMMAND = True
 
 
 def _collection() -> tuple[dict, dict]:
-    cards = cards_lib.load_card_files(cards_lib.collection_card_files())
+    # The collection, then the user's cards ($FLANX_TASKS_PATH): same names need `override: true`.
+    cards = cards_lib.load_card_files(cards_lib.collection_card_files() + user_tasks.user_card_files())
     specs = {spec.name: spec for card in cards.values() for spec in cards_lib.task_specs(card)}
     return cards, specs
 

@@ -10,8 +10,10 @@ in when a user adds one. seqio computes a nested task's rate as
 `weight(sub) * rate(task) / total_rate(sub)`; `mixture_table` does the same
 arithmetic in Python for `flanx mixtures show` and the tests.
 
-Mixture definitions live in `tasks/mixtures.yaml`; every card also gets a
-single-task mixture `{card}_mix` over its formats. `replay_mixture(target,
+Mixture definitions live in `tasks/mixtures.yaml` and in a user's own
+`mixtures.yaml` files (`register_user_mixtures`, same schema; found through
+`FLANX_TASKS_PATH` / MIXTURE_OR_TASK_MODULE by `flanx.data.user_tasks`);
+every card also gets a single-task mixture `{card}_mix` over its formats. `replay_mixture(target,
 replay, ratio)` registers "target plus replay of a multi-task mixture" for
 the forgetting study. A task's n is its training rows when the data is here,
 else the card's recorded `num_examples`, so rates are known without data. A
@@ -169,7 +171,10 @@ def replay_mixture(target: str, replay: str, ratio: float) -> str:
 
 
 def register_collection_mixtures() -> list[str]:
-    """The mixtures in `tasks/mixtures.yaml` plus `{card}_mix` for every card."""
+    """The mixtures in `tasks/mixtures.yaml` plus `{card}_mix` for every card, then the user's
+    `mixtures.yaml` files (`flanx.data.user_tasks`: FLANX_TASKS_PATH, MIXTURE_OR_TASK_MODULE)."""
+    from flanx.data import user_tasks  # noqa: PLC0415
+
     config = yaml.safe_load((paths.tasks_dir() / "mixtures.yaml").read_text(encoding="utf-8")) or {}
     weights = config.get("submixture_weights", FLAN2022_WEIGHTS)
     names = []
@@ -192,7 +197,67 @@ def register_collection_mixtures() -> list[str]:
             if present:
                 names.append(register_examples_mixture(name, present, formats=m.get("formats"),
                                                        description=desc, **rate))
+    for path in user_tasks.registered_mixture_files():
+        names += register_user_mixtures(path, weights)
     return names
+
+
+_MIXTURE_KEYS = {"description", "kind", "cards", "vocabulary", "group", "formats", "cap", "temperature", "override"}
+
+
+def register_user_mixtures(path, weights: dict | None = None) -> list[str]:
+    """Register the mixtures of a user's `mixtures.yaml` (the schema of `tasks/mixtures.yaml`).
+
+    Unlike the collection's file, every card named must be registered, and a
+    name already registered from elsewhere needs `override: true`; errors name
+    the file and the mixture.
+    """
+    from flanx.data.cards import CardError  # noqa: PLC0415
+
+    def err(where: str, msg: str) -> CardError:
+        return CardError(f"mixtures file {path}: {where}: {msg}")
+
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise CardError(f"mixtures file {path}: not valid YAML: {e}") from None
+    if not isinstance(config, dict) or not isinstance(config.get("mixtures") or {}, dict):
+        raise err("mixtures", "expected `mixtures:` mapping a mixture name to its settings")
+    weights = dict(config.get("submixture_weights") or weights or FLAN2022_WEIGHTS)
+    names = []
+    for name, m in (config.get("mixtures") or {}).items():
+        where = f"mixtures.{name}"
+        if not isinstance(m, dict):
+            raise err(where, "expected a mapping with `cards: [...]` (or `kind: flan2022`)")
+        unknown = set(m) - _MIXTURE_KEYS
+        if unknown:
+            raise err(where, f"unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_MIXTURE_KEYS))}")
+        owner = SOURCES.get(name)
+        if name in MIXTURES and owner != str(path) and not m.get("override"):
+            raise err(where, f"{name!r} is already a mixture (from {owner or 'the flanx collection'}); rename it, "
+                             f"or set `override: true` in it to replace that mixture")
+        rate = dict(cap=m.get("cap", 3000), temperature=float(m.get("temperature", 1.0)))
+        desc = str(m.get("description", "")).strip()
+        try:
+            if m.get("kind") == "flan2022":
+                names.append(register_flan2022(name, m.get("vocabulary", "t5_spm"), m.get("group", "held_in"),
+                                               weights=weights, description=desc, formats=m.get("formats"), **rate))
+            else:
+                cards = m.get("cards")
+                if not isinstance(cards, list) or not cards:
+                    raise ValueError("expected `cards: [card, ...]`, a list of task card names")
+                for c in cards:
+                    tasks.get_card(c)  # KeyError with close matches
+                names.append(register_examples_mixture(name, cards, formats=m.get("formats"),
+                                                       description=desc, **rate))
+        except (KeyError, ValueError) as e:
+            raise err(where, str(e).strip("'\"")) from None
+        SOURCES[name] = str(path)
+    return names
+
+
+# mixture name -> the user mixtures file that defined it (collection mixtures are not listed)
+SOURCES: dict[str, str] = {}
 
 
 def get_mixture(name: str) -> list[tuple[str, float | ExamplesRate]]:

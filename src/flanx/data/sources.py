@@ -100,6 +100,16 @@ def _root(card) -> Path | None:
     return paths.data_dir()
 
 
+def _beside_card_hint(card, pattern: str) -> str:
+    """A hint when `pattern` matches files next to the card file: relative paths start at
+    FLANX_DATA_DIR unless `source.root` says otherwise."""
+    folder = Path(card.file).parent
+    if card.file == "<python>" or not glob.glob(str(folder / pattern)):
+        return ""
+    return (f". {pattern!r} is beside the card file {card.file}: add `root: .` to the card's `source:` "
+            f"(paths relative to the card file)")
+
+
 def resolve_files(card, patterns: list[str]) -> list[Path]:
     """Files matching the split's patterns (absolute, `source.root`-relative or FLANX_DATA_DIR-relative)."""
     src_root = card.source.get("root")
@@ -112,13 +122,16 @@ def resolve_files(card, patterns: list[str]) -> list[Path]:
         else:
             base = _root(card)
             if base is None:
-                paths.data_dir(required=True)  # raises MissingDataError naming FLANX_DATA_DIR
+                try:
+                    paths.data_dir(required=True)  # raises MissingDataError naming FLANX_DATA_DIR
+                except paths.MissingDataError as e:
+                    raise paths.MissingDataError(f"{e}{_beside_card_hint(card, pattern)}") from None
         full = str(Path(pattern) if base is None else base / pattern)
         matched = sorted(glob.glob(full))
         if not matched:
             raise paths.MissingDataError(
                 f"task card {card.name!r}: no file matches {full!r}. Check the card's source paths, "
-                f"or point {paths.DATA_DIR_ENV} at the folder holding the data")
+                f"or point {paths.DATA_DIR_ENV} at the folder holding the data{_beside_card_hint(card, pattern)}")
         files += [Path(m) for m in matched]
     return files
 

@@ -106,3 +106,17 @@ def length_fn(name: str) -> Callable[[str], int]:
 def encode(name: str, text: str) -> list[int]:
     """Token ids of `text` (no EOS) in plain Python; equals the seqio vocabulary's encoding."""
     return _vocabulary(name).encode(text)
+
+
+def vocabulary_record(name: str) -> dict:
+    """What an export needs to rebuild vocabulary `name` outside flanx (`MODEL_DIR/vocabulary.json`):
+    its type (`sentencepiece`, `byte` or `other`), size, and the SentencePiece model file and extra ids."""
+    v = get_vocabulary(name)
+    record = {"name": name, "vocab_size": int(v.vocab_size), "pad_id": 0, "eos_id": 1, "unk_id": 2}
+    model_file = getattr(v, "sentencepiece_model_file", None)
+    if model_file:
+        record.update(type="sentencepiece", sentencepiece_model=str(Path(model_file).resolve()),
+                      extra_ids=int(getattr(v, "extra_ids", 0) or 0))
+    else:
+        record["type"] = "byte" if type(v).__name__ == "ByteVocabulary" else "other"
+    return record

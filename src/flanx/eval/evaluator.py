@@ -14,7 +14,12 @@ Plain-Python API (the forgetting study and the trainer call these; no gin):
 an uncached task fails at construction naming the command that caches it.
 
 Names may be tasks or mixtures (a mixture evaluates each of its tasks that has
-metrics and the split). Predict metrics get the model's decoded outputs
+metrics and the split). With `predictions_dir`, each task's examples are also
+written, as T5X does, to `predictions_dir/<task>-step<N>.jsonl`: one line per
+example with `inputs`, `targets` (and `references` when the card has several),
+`prediction` and `score`: the task's metrics on that example alone, or for
+`*_scoring` tasks (one line per answer option) the log-likelihood, with
+`is_correct`. Decoding and scoring log a progress line over the examples. Predict metrics get the model's decoded outputs
 (greedy, beam search or sampling: `flanx.predict.DecodeConfig`); score
 metrics (rank classification over `*_scoring` tasks) get per-example target
 log-likelihoods. The batched decode and score calls live in `flanx.predict`
@@ -25,10 +30,14 @@ same results.
 """
 from __future__ import annotations
 
+import json
 import logging
+import math
+import os
 from typing import Callable, Mapping, Sequence
 
 from flanx.predict import DecodeConfig, decode_tokens, score_batch
+from flanx.progress import Progress
 
 logger = logging.getLogger("flanx")
 
@@ -37,22 +46,34 @@ def make_predict_fn(params, model_config, decode: DecodeConfig) -> Callable:
     """seqio `predict_fn(dataset, model_feature_shapes)` -> [(index, token ids)]."""
     def predict_fn(dataset, model_feature_shapes=None):
         out = []
+        progress = examples_progress("eval", dataset, decode.batch_size)
         for i, (indices, features) in enumerate(dataset.batch(decode.batch_size).as_numpy_iterator()):
             length = decode.max_decode_length or features["decoder_target_tokens"].shape[1]
             tokens, _ = decode_tokens(params, model_config, features["encoder_input_tokens"], decode, length, i)
             # Fixed-length rows (0 after EOS): seqio stacks them into one array before decoding.
             out += [(int(idx), [int(t) for t in row]) for idx, row in zip(indices, tokens)]
+            progress.advance(len(indices))
         return out
     return predict_fn
+
+
+def examples_progress(name: str, dataset_or_count, batch_size: int, lines: int = 10) -> Progress:
+    """A Progress over examples (a tf.data dataset's cardinality, or a count): about `lines` lines."""
+    total = dataset_or_count if isinstance(dataset_or_count, int) else int(dataset_or_count.cardinality())
+    total = total if total > 0 else None
+    every = max(batch_size, math.ceil(total / lines)) if total else 10 * batch_size
+    return Progress(name, total, every=every, unit="examples", what="examples")
 
 
 def make_score_fn(params, model_config, batch_size: int) -> Callable:
     """seqio `score_fn(dataset, model_feature_shapes)` -> [(index, log-likelihood)]."""
     def score_fn(dataset, model_feature_shapes=None):
         out = []
+        progress = examples_progress("eval", dataset, batch_size)
         for indices, features in dataset.batch(batch_size).as_numpy_iterator():
             scores = score_batch(params, model_config, features, batch_size)
             out += [(int(idx), float(s)) for idx, s in zip(indices, scores)]
+            progress.advance(len(indices))
         return out
     return score_fn
 
@@ -62,7 +83,8 @@ class EvalRunner:
 
     def __init__(self, model_config, task_names: Sequence[str] | str, split: str = "validation",
                  feature_lengths: Mapping[str, int] | None = None, decode: DecodeConfig = DecodeConfig(),
-                 num_examples: int | None = None, seed: int = 42, use_cached: bool = False):
+                 num_examples: int | None = None, seed: int = 42, use_cached: bool = False,
+                 predictions_dir: str | None = None):
         import seqio
 
         from flanx.data import cache, register_all
@@ -85,7 +107,8 @@ class EvalRunner:
                 mixture_or_task_name=name, feature_converter=seqio.EncDecFeatureConverter(pack=False),
                 eval_split=split, use_cached=use_cached, seed=seed,
                 sequence_length=dict(feature_lengths) if feature_lengths else None,
-                num_examples=num_examples, shuffle=False, use_memory_cache=True)
+                num_examples=num_examples, shuffle=False, use_memory_cache=True,
+                logger_cls=[_predictions_logger()] if predictions_dir else (), log_dir=predictions_dir)
             if not ev.eval_tasks:
                 raise ValueError(f"{name!r} has no task with metrics and a {split!r} split to evaluate")
             self.evaluators.append(ev)
@@ -115,11 +138,88 @@ class EvalRunner:
 def evaluate(params, model_config, task_names: Sequence[str] | str, split: str = "validation",
              feature_lengths: Mapping[str, int] | None = None, decode: DecodeConfig = DecodeConfig(),
              num_examples: int | None = None, step: int | None = None,
-             use_cached: bool = False) -> dict[str, dict[str, float]]:
+             use_cached: bool = False, predictions_dir: str | None = None) -> dict[str, dict[str, float]]:
     """Evaluate `params` on tasks/mixtures -> {task: {metric: value}} (see the module docstring)."""
     runner = EvalRunner(model_config, task_names, split, feature_lengths, decode, num_examples,
-                        use_cached=use_cached)
+                        use_cached=use_cached, predictions_dir=predictions_dir)
     try:
         return runner(params, step)
     finally:
         runner.close()
+
+
+# ----------------------------------------------------------------------------- predictions files
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _json_value(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if hasattr(value, "item"):
+        return _json_value(value.item())
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    return value
+
+
+def example_metrics(task, target, prediction) -> dict[str, float]:
+    """The task's predict metrics on one example (seqio signatures), NaN-free; metrics that cannot
+    score a single example are left out."""
+    import warnings
+
+    out: dict[str, float] = {}
+    for fn in task.predict_metric_fns:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                values = fn([target], [prediction])
+        except Exception:  # noqa: BLE001 - a corpus-level metric may not take one example
+            continue
+        for key, value in values.items():
+            value = _json_value(float(getattr(value, "value", value)))
+            if value is not None:
+                out[key] = value
+    return out
+
+
+def prediction_records(task, dataset, targets, inferences) -> list[dict]:
+    """One JSON-able record per example (see the module docstring)."""
+    predictions, scores = inferences.get("prediction"), inferences.get("score")
+    records = []
+    for i, ex in enumerate(dataset.as_numpy_iterator()):
+        rec = {"inputs": _text(ex["inputs_pretokenized"]), "targets": _text(ex["targets_pretokenized"])}
+        target = targets[i] if targets is not None and i < len(targets) else None
+        if isinstance(target, list):
+            rec["references"] = [_text(t) for t in target]
+        if predictions is not None:
+            rec["prediction"] = _text(predictions[i])
+            rec["score"] = example_metrics(task, target, predictions[i])
+        elif scores is not None:
+            rec["score"] = _json_value(scores[i])
+            if "is_correct" in ex:
+                rec["is_correct"] = bool(ex["is_correct"])
+        records.append(rec)
+    return records
+
+
+def _predictions_logger():
+    """A seqio Logger class writing `output_dir/<task>-step<N>.jsonl` (seqio imported lazily)."""
+    import seqio
+
+    class PredictionsLogger(seqio.Logger):
+        def __call__(self, task_name, step, metrics, dataset, inferences, targets):
+            if dataset is None or not inferences:
+                return
+            task = seqio.get_mixture_or_task(task_name)
+            path = os.path.join(self.output_dir, f"{task_name}-step{step if step is not None else 0}.jsonl")
+            from flanx import io
+
+            with io.open_output(path) as f:
+                for rec in prediction_records(task, dataset, targets, inferences):
+                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            logger.info("[eval] %s: predictions written to %s", task_name, path)
+
+    return PredictionsLogger

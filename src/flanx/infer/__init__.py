@@ -9,8 +9,11 @@ writes `INFER_OUTPUT_DIR/<task>-<split>.jsonl`, one line per example:
 
 `targets` appears for task examples, `score` (the model's log-likelihood of
 its prediction, summed over tokens incl. EOS) with `WITH_SCORES = True`.
-With `INFER_INPUT_FILE` (JSONL with an `inputs` field, or plain text lines)
-the prompts come from that file instead, tokenized with `VOCABULARY`.
+With `INFER_INPUT_FILE` the prompts come from that file instead, tokenized
+with `VOCABULARY`: `.jsonl` (one object with an `inputs` field per line),
+`.json` (a JSON list of strings or of `{"inputs": ...}` objects), or any
+other name: plain text, one prompt per line. Decoding logs a progress line
+over the examples.
 
 Plain Python: `predict(params, model_config, examples, vocabulary, decode,
 feature_lengths, with_scores)` -> list of records; `write_jsonl(path, records)`;
@@ -27,27 +30,67 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from flanx.predict import DecodeConfig, decode_tokens, pad_tokens, score_targets, trim_at_eos
+from flanx.progress import Progress
+
+
+def _prompt_text(row, where: str) -> str:
+    """The prompt of one item: a string, or an object's string `inputs` field."""
+    if isinstance(row, str):
+        return row
+    if isinstance(row, dict) and "inputs" not in row:
+        raise ValueError(f"{where}: no \"inputs\" field (has {sorted(row)}); each prompt is a string or an "
+                         f"object with an \"inputs\" string")
+    if isinstance(row, dict) and isinstance(row["inputs"], str):
+        return row["inputs"]
+    got = f"\"inputs\": {row['inputs']!r}" if isinstance(row, dict) else f"a JSON {type(row).__name__} {row!r}"
+    raise ValueError(f"{where}: expected a prompt string or an object with a string \"inputs\" field, got "
+                     f"{got[:120]}")
+
+
+def _read_texts(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: byte {e.start} is not valid UTF-8; save the prompts file as UTF-8") from None
+    if path.endswith(".json"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            hint = " (one JSON object per line is JSON Lines: name the file .jsonl)" if e.msg == "Extra data" else ""
+            raise ValueError(f"{path}: not valid JSON ({e}){hint}; a .json prompts file holds one JSON list of "
+                             f"strings or of {{\"inputs\": ...}} objects") from None
+        if not isinstance(data, list):
+            raise ValueError(f"{path}: expected a JSON list of prompts (strings or {{\"inputs\": ...}} objects), "
+                             f"got a JSON {type(data).__name__}")
+        return [_prompt_text(row, f"{path}: item {i}") for i, row in enumerate(data)]
+    texts = []
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        if path.endswith(".jsonl"):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                hint = " (this file looks like one JSON list: name it .json)" if lineno == 1 and \
+                    line.lstrip().startswith("[") else ""
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e}){hint}") from None
+            if isinstance(row, list):
+                raise ValueError(f"{path}:{lineno}: a JSON list where JSON Lines has one prompt object per line; "
+                                 f"a file holding one JSON list of prompts is read as such when named .json")
+            texts.append(_prompt_text(row, f"{path}:{lineno}"))
+        else:
+            texts.append(line)
+    return texts
 
 
 def read_prompts(path: str, vocabulary, inputs_length: int) -> list[dict]:
-    """Examples from a JSONL (`inputs` field) or plain-text file, tokenized and EOS-terminated."""
+    """Examples from a `.jsonl` (`inputs` field), `.json` (a list) or plain-text file, tokenized and
+    EOS-terminated (cut to `inputs_length` tokens)."""
     examples = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            if path.endswith((".jsonl", ".json")):
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: not valid JSON ({e})") from None
-                if "inputs" not in row:
-                    raise ValueError(f"{path}:{lineno}: no \"inputs\" field (has {sorted(row)})")
-                text = str(row["inputs"])
-            else:
-                text = line.rstrip("\n")
-            ids = list(vocabulary.encode(text))[:inputs_length - 1] + [1]
-            examples.append({"inputs": np.asarray(ids, np.int32), "inputs_pretokenized": text})
+    for text in _read_texts(path):
+        ids = list(vocabulary.encode(text))[:inputs_length - 1] + [1]
+        examples.append({"inputs": np.asarray(ids, np.int32), "inputs_pretokenized": text})
     if not examples:
         raise ValueError(f"{path}: no prompts found")
     return examples
@@ -60,6 +103,8 @@ def predict(params, model_config, examples: Sequence[Mapping], vocabulary, decod
     in_len = lengths.get("inputs") or max(len(ex["inputs"]) for ex in examples)
     out_len = decode.max_decode_length or lengths.get("targets") or 128
     records = []
+    progress = Progress("infer", len(examples), every=max(decode.batch_size, -(-len(examples) // 10)),
+                        unit="examples", what="examples")
     for start in range(0, len(examples), decode.batch_size):
         chunk = examples[start:start + decode.batch_size]
         enc = pad_tokens([ex["inputs"] for ex in chunk], in_len)
@@ -74,6 +119,7 @@ def predict(params, model_config, examples: Sequence[Mapping], vocabulary, decod
             if scores is not None:
                 rec["score"] = float(scores[i])
             records.append(rec)
+        progress.advance(len(chunk))
     return records
 
 

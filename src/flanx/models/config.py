@@ -5,7 +5,8 @@ arguments to jitted functions. `PRESETS` is the one table of model sizes (a
 `flanx.registry.Registry`); `get_config(name, **overrides)` returns a preset:
 
 - `tiny`: a small T5 v1.1 for tests and the demo (vocab 384 covers
-  seqio.ByteVocabulary's 259 ids);
+  seqio.ByteVocabulary's 259 ids); `tiny_spm`: the same with FLAN-T5's
+  vocab_size 32128, for tasks using the T5 SentencePiece vocabulary;
 - `t5_1_1_{small,base,large,xl,xxl}` and `flan_t5_{small,base,large,xl,xxl}`:
   the published T5 v1.1 / FLAN-T5 sizes (gated-GELU, untied logits);
 - `t5_{small,base}`: the original T5 (ReLU MLP, logits through the tied
@@ -147,8 +148,10 @@ _ORIGINAL_SIZES = {"small": (512, 8, 2048, 6), "base": (768, 12, 3072, 12)}
 
 
 def _register_builtin_presets() -> None:
-    PRESETS.register("tiny", T5Config(vocab_size=384, d_model=64, num_heads=4, head_dim=16, d_ff=128,
-                                      num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0))
+    tiny = T5Config(vocab_size=384, d_model=64, num_heads=4, head_dim=16, d_ff=128,
+                    num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0)
+    PRESETS.register("tiny", tiny)
+    PRESETS.register("tiny_spm", tiny.replace(vocab_size=32128))  # tiny for T5 SentencePiece (32,100 ids) tasks
     for size, (d_model, heads, d_ff, layers) in _V1_1_SIZES.items():
         v1_1 = T5Config(vocab_size=32128, d_model=d_model, num_heads=heads, head_dim=64, d_ff=d_ff,
                         num_encoder_layers=layers, num_decoder_layers=layers)

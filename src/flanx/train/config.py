@@ -169,7 +169,9 @@ class DataConfig:
     `task_feature_lengths` maps feature names to positive lengths, e.g.
     `{'inputs': 512, 'targets': 128}`; `pack` packs several examples into a
     row; `seed` orders the shuffle (the run gins bind it, like
-    `TrainConfig.seed`, to RANDOM_SEED).
+    `TrainConfig.seed`, to RANDOM_SEED). `module` (MIXTURE_OR_TASK_MODULE, as
+    in T5X) is what to load before the name is looked up: a Python module to
+    import, or a task card file or folder (`flanx.data.user_tasks.import_tasks`).
     """
     mixture_or_task_name: str
     task_feature_lengths: Mapping[str, int]
@@ -179,6 +181,7 @@ class DataConfig:
     pack: bool = True
     use_cached: bool = False
     cache_dirs: tuple = ()
+    module: str | tuple | None = None
 
     def __post_init__(self):
         if not isinstance(self.mixture_or_task_name, str) or not self.mixture_or_task_name:
@@ -202,6 +205,12 @@ class DataConfig:
             raise ValueError(f"DataConfig.cache_dirs (TASK_CACHE_DIRS) must be a directory or a list of them, "
                              f"got {self.cache_dirs!r}")
         object.__setattr__(self, "cache_dirs", dirs)
+        modules = self.module if isinstance(self.module, (list, tuple)) else [self.module]
+        if not all(m is None or (isinstance(m, str) and m) for m in modules):
+            raise ValueError("DataConfig.module (MIXTURE_OR_TASK_MODULE) must be a Python module name, a task card "
+                             f"file or a folder of cards (a string, or a list of them), got {self.module!r}")
+        if isinstance(self.module, list):
+            object.__setattr__(self, "module", tuple(self.module))
         check_int("DataConfig", "seed", self.seed, "RANDOM_SEED")
 
 

@@ -23,7 +23,9 @@ resumes from the newest committed checkpoint in `model_dir/checkpoints`
 `checkpoint_period` steps and at the end, appends metrics to
 `model_dir/metrics.jsonl` and TensorBoard, and logs a progress line every
 `log_every` steps. A non-finite loss raises `FloatingPointError` naming the
-step; no checkpoint is written after it.
+step; no checkpoint is written after it. SIGTERM or Ctrl-C saves the step in
+flight and raises `flanx.train.preemption.Preempted` (the host keeps at most
+one step queued ahead of the device, so that is one step, not a backlog).
 """
 from __future__ import annotations
 
@@ -268,6 +270,8 @@ def train(cfg: TrainConfig, model_config, data_iter_factory: Callable[[partition
             batch = partitioning.to_global_batch(local, run.mesh, cfg.batch_size)
             state, metrics = train_step(state, batch)
             step += 1
+            if pending:  # at most one step queued ahead of the device: a signal is answered after it
+                jax.block_until_ready(pending[-1][1]["loss"])
             pending.append((step, metrics))
             window["tokens"] += tokens
             if step % cfg.log_every == 0 or step == cfg.train_steps:
@@ -279,7 +283,7 @@ def train(cfg: TrainConfig, model_config, data_iter_factory: Callable[[partition
                 if not saved:
                     save(state)
                 flush(log=True)
-                raise Preempted(step, ckpt.directory)
+                raise Preempted(step, ckpt.directory, watch.signum)
             if eval_fn and ((cfg.eval_period and step % cfg.eval_period == 0) or step == cfg.train_steps):
                 flush(log=False)
                 scores = eval_fn(state.params, step)
