@@ -152,4 +152,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from flanx.errors import run
+    sys.exit(run(main, sys.argv[1:], prog="flanx convert"))
