@@ -28,6 +28,7 @@ infer: CHECKPOINT_PATH, INFER_OUTPUT_DIR, MIXTURE_OR_TASK_NAME or INFER_INPUT_FI
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -103,6 +104,28 @@ def _decode_config(**overrides):
     return gin.get_configurable("flanx.DecodeConfig")(**overrides)
 
 
+@contextlib.contextmanager
+def _own_output_dir(out_dir: str):
+    """Lock an output directory for this command (`flanx.train.run_dir.claim`); a failed command
+    removes the directory again when the lock created it and nothing else was written."""
+    from flanx.train import run_dir
+
+    guard = run_dir.claim(out_dir)
+    try:
+        yield
+    except BaseException:
+        guard.release(failed=True)
+        raise
+    guard.release()
+
+
+def _write_text(directory: str, name: str, text: str) -> None:
+    from flanx import io
+
+    with io.open_output(os.path.join(directory, name)) as f:
+        f.write(text)
+
+
 # ---------------------------------------------------------------- train
 
 
@@ -112,10 +135,17 @@ def train(argv: list[str]) -> int:
     run = gin_utils.evaluate("flanx.train")
     cfg, model_config, data = run.config, run.model, run.data
     import jax
-    setup_process_logging(cfg.model_dir, jax.process_index())  # MODEL_DIR/logs/process_{i}.log
-    if _is_primary():
-        gin_utils.write_config(cfg.model_dir)
-        gin_utils.write_operative_config(cfg.model_dir)
+
+    from flanx.data import pipeline
+    setup_logging()
+    pipeline.check_name(data.mixture_or_task_name)  # an unknown task fails before MODEL_DIR is touched
+    records = {"config.gin": gin.config_str(), "operative_config.gin": gin.operative_config_str()}
+
+    def model_dir_ready():  # MODEL_DIR is locked and checked against its checkpoints: write there now
+        setup_process_logging(cfg.model_dir, jax.process_index())  # MODEL_DIR/logs/process_{i}.log
+        if _is_primary():
+            for name, text in records.items():
+                _write_text(cfg.model_dir, name, text)
 
     def data_factory(shard):
         import seqio
@@ -135,7 +165,7 @@ def train(argv: list[str]) -> int:
     from flanx.train import preemption, trainer
     try:
         result = trainer.train(cfg, model_config, data_factory, eval_fn=eval_fn,
-                               init_checkpoint=run.initial_checkpoint_path)
+                               init_checkpoint=run.initial_checkpoint_path, on_model_dir_ready=model_dir_ready)
     except preemption.Preempted as e:
         logger.warning("%s", e)
         return preemption.EXIT_CODE
@@ -160,15 +190,16 @@ def eval(argv: list[str]) -> int:  # noqa: A001 - the command's name
     path, out_dir = str(m("CHECKPOINT_PATH")), str(m("EVAL_OUTPUT_DIR"))
     names = m("MIXTURE_OR_TASK_NAME")
     names = [names] if isinstance(names, str) else list(names)
-    if _is_primary():
-        gin_utils.write_config(out_dir)
-    params, config, step = _load(path, m("MODEL_CONFIG", None))
-    lengths = m("TASK_FEATURE_LENGTHS", None)
-    results = evaluate(params, config, names, split=m("SPLIT", "validation"), feature_lengths=lengths,
-                       decode=_decode_config(), num_examples=m("EVAL_EXAMPLES", None), step=step)
-    writer = MetricsWriter(out_dir)
-    writer.write(step or 0, "eval", results)
-    writer.close()
+    with _own_output_dir(out_dir):  # nothing is written there before the checkpoint has loaded
+        params, config, step = _load(path, m("MODEL_CONFIG", None))
+        if _is_primary():
+            gin_utils.write_config(out_dir)
+        lengths = m("TASK_FEATURE_LENGTHS", None)
+        results = evaluate(params, config, names, split=m("SPLIT", "validation"), feature_lengths=lengths,
+                           decode=_decode_config(), num_examples=m("EVAL_EXAMPLES", None), step=step)
+        writer = MetricsWriter(out_dir)
+        writer.write(step or 0, "eval", results)
+        writer.close()
     if _is_primary():
         print(json.dumps({"checkpoint": path, "step": step, "results": results}))
     return 0
@@ -189,9 +220,8 @@ def infer(argv: list[str]) -> int:
     if not (input_file or task):
         raise ValueError("set MIXTURE_OR_TASK_NAME (a task) or INFER_INPUT_FILE (JSONL with \"inputs\", or text)")
     lengths = m("TASK_FEATURE_LENGTHS", None)
-    params, config, _ = _load(path, m("MODEL_CONFIG", None))
     decode = _decode_config()
-    if input_file:
+    if input_file:  # the prompts are read (and checked) before the checkpoint is loaded
         from flanx.data import get_vocabulary
         vocab = get_vocabulary(m("VOCABULARY", "t5_spm"))
         examples = infer_lib.read_prompts(input_file, vocab, (lengths or {}).get("inputs", 512))
@@ -204,11 +234,14 @@ def infer(argv: list[str]) -> int:
         examples = pipeline.get_eval_dataset(task, split, lengths, m("INFER_EXAMPLES", None))
         vocab = seqio.get_mixture_or_task(task).output_features["targets"].vocabulary
         out_name = f"{task}-{split}.jsonl"
-    if _is_primary():
-        gin_utils.write_config(out_dir)
-    records = infer_lib.predict(params, config, examples, vocab, decode, lengths, bool(m("WITH_SCORES", False)))
-    if _is_primary():
-        out = infer_lib.write_jsonl(os.path.join(out_dir, out_name), records)
-        print(json.dumps({"output": out, "examples": len(records)}))
+    with _own_output_dir(out_dir):
+        params, config, _ = _load(path, m("MODEL_CONFIG", None))
+        if _is_primary():
+            gin_utils.write_config(out_dir)
+        records = infer_lib.predict(params, config, examples, vocab, decode, lengths,
+                                    bool(m("WITH_SCORES", False)))
+        if _is_primary():
+            out = infer_lib.write_jsonl(os.path.join(out_dir, out_name), records)
+            print(json.dumps({"output": out, "examples": len(records)}))
     return 0
 
