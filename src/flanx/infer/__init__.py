@@ -29,25 +29,44 @@ import numpy as np
 from flanx.predict import DecodeConfig, decode_tokens, pad_tokens, score_targets, trim_at_eos
 
 
+def _prompt_lines(path: str):
+    """(line number, text) of a prompt file read as UTF-8; a non-UTF-8 line is an error naming file, line, byte."""
+    with open(path, "rb") as f:
+        offset = 0
+        for lineno, raw in enumerate(f, 1):
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: byte 0x{raw[e.start]:02x} at byte offset {offset + e.start} is "
+                                 "not valid UTF-8; flanx reads prompt files as UTF-8 (re-encode the file, e.g. "
+                                 "`iconv -f latin1 -t utf-8`)") from None
+            offset += len(raw)
+
+
 def read_prompts(path: str, vocabulary, inputs_length: int) -> list[dict]:
     """Examples from a JSONL (`inputs` field) or plain-text file, tokenized and EOS-terminated."""
     examples = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            if path.endswith((".jsonl", ".json")):
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: not valid JSON ({e})") from None
-                if "inputs" not in row:
-                    raise ValueError(f"{path}:{lineno}: no \"inputs\" field (has {sorted(row)})")
-                text = str(row["inputs"])
-            else:
-                text = line.rstrip("\n")
-            ids = list(vocabulary.encode(text))[:inputs_length - 1] + [1]
-            examples.append({"inputs": np.asarray(ids, np.int32), "inputs_pretokenized": text})
+    for lineno, line in _prompt_lines(path):
+        if not line.strip():
+            continue
+        if path.endswith((".jsonl", ".json")):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object with an \"inputs\" field, got "
+                                 f"{type(row).__name__} {json.dumps(row)[:60]}")
+            if "inputs" not in row:
+                raise ValueError(f"{path}:{lineno}: no \"inputs\" field (has {sorted(row)})")
+            if not isinstance(row["inputs"], str):
+                raise ValueError(f"{path}:{lineno}: \"inputs\" must be a string, got "
+                                 f"{'null' if row['inputs'] is None else type(row['inputs']).__name__}")
+            text = row["inputs"]
+        else:
+            text = line.rstrip("\r\n")
+        ids = list(vocabulary.encode(text))[:inputs_length - 1] + [1]
+        examples.append({"inputs": np.asarray(ids, np.int32), "inputs_pretokenized": text})
     if not examples:
         raise ValueError(f"{path}: no prompts found")
     return examples
