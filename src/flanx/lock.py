@@ -310,7 +310,7 @@ class DirLock:
             while not os.path.exists(parent):
                 missing.append(parent)
                 parent = os.path.dirname(parent)
-            os.makedirs(self.directory)
+            os.makedirs(self.directory, exist_ok=True)  # another starter may create it at the same time
             self._created = missing  # deepest first: what a failed start removes again
         mine = self._new_holder()
         for _ in range(10):

@@ -94,6 +94,8 @@ def check_writable(directory: str) -> None:
             (path / probe).write_text("ok")
             (path / probe).unlink()
             return
+        if os.path.exists(directory) and not os.path.isdir(directory):
+            raise NotADirectoryError(20, "Not a directory", directory)
         os.makedirs(directory, exist_ok=True)
         os.mkdir(os.path.join(directory, probe))  # orbax's first act of a save: a temporary step directory
         with open(os.path.join(directory, probe, "probe"), "w") as f:
@@ -272,7 +274,7 @@ def _space_error(directory: str, state) -> str | None:
         return None
     need = sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
                for x in jax.tree.leaves((state.params, state.opt_state)))
-    need = int(need * 1.03) + (128 << 10)  # orbax metadata; measured ~2% over the raw bytes
+    need = int(need * 1.03) + (512 << 10)  # orbax's metadata files: ~2% over the raw bytes, ~0.3 MiB at least
     free = shutil.disk_usage(directory).free
     if free >= need:
         return None
