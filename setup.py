@@ -62,6 +62,7 @@ setup(
         "gpu": ["jax[cuda12]>=0.10,<0.11"],
         "tpu": ["jax[tpu]>=0.10,<0.11"],
         "cache": ["apache-beam", "sentencepiece==0.2.0", "protobuf<5"],
+        "gcs": ["google-cloud-storage>=2.10"],  # the MODEL_DIR lock on gs:// (generation preconditions)
     },
     entry_points={"console_scripts": ["flanx=flanx.cli:main"]},
 )
