@@ -2,7 +2,7 @@
 
     guard = claim(model_dir)                          # the lock: a second writer stops here
     resume = restore_newest(ckpt, abstract_state, model_config, cfg)   # check, restore, fall back
-    open_for_writing(cfg, ckpt, resume)               # the first writes to MODEL_DIR
+    open_for_writing(ckpt, resume)                    # the first writes to MODEL_DIR
 
 - `claim`: process 0 takes `MODEL_DIR/flanx.lock` (`flanx.lock.DirLock`); every
   process learns the outcome, so all fail together when another run holds it.
@@ -31,7 +31,7 @@ import jax
 from flanx import io
 from flanx.checkpoints.tree import CheckpointError
 from flanx.lock import DirLock, LockError
-from flanx.train.checkpointing import Checkpointer, DamagedStep, check_writable, gather_json
+from flanx.train.checkpointing import Checkpointer, CheckpointSaveError, DamagedStep, check_writable, gather_json
 
 logger = logging.getLogger("flanx")
 # T5Config fields a resumed run may change: they alter neither parameters nor their meaning.
@@ -200,11 +200,20 @@ def restore_newest(ckpt: Checkpointer, abstract_state, model_config, cfg) -> Res
         "from a copy, or move the damaged step directories away to start the run from scratch.")
 
 
-def open_for_writing(cfg, ckpt: Checkpointer, resume: Resume | None) -> None:
-    """The run's first writes: a writability probe, damaged steps moved aside, the manager reopened."""
+def open_for_writing(ckpt: Checkpointer, resume: Resume | None) -> None:
+    """The run's first writes: a writability probe, damaged steps moved aside, the manager reopened.
+    Process 0 writes; every process learns whether that worked, so all stop together if not."""
+    error = None
     if jax.process_index() == 0:
-        check_writable(ckpt.directory)
-        for problem in (resume.damaged if resume else []):
-            logger.warning("moved damaged checkpoint step %d to %s", problem.step, ckpt.move_aside(problem.step))
-    io.barrier("flanx_model_dir_open")
+        try:
+            check_writable(ckpt.directory)
+            for problem in (resume.damaged if resume else []):
+                logger.warning("moved damaged checkpoint step %d to %s", problem.step, ckpt.move_aside(problem.step))
+        except (CheckpointSaveError, OSError) as e:
+            if jax.process_count() == 1:
+                raise
+            error = str(e)
+    errors = gather_json(error) if jax.process_count() > 1 else [None]
+    if errors[0]:
+        raise CheckpointSaveError(errors[0])
     ckpt.reopen()

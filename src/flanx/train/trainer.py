@@ -212,7 +212,7 @@ def train(cfg: TrainConfig, model_config, data_iter_factory: Callable[[partition
         if latest is not None:  # config, shapes and damage are checked before anything is written
             resume = run_dir.restore_newest(ckpt, run.abstract_state, model_config, cfg)
         if cfg.model_dir:
-            run_dir.open_for_writing(cfg, ckpt, resume)
+            run_dir.open_for_writing(ckpt, resume)
             if jax.process_index() == 0:
                 _write_run_config(cfg, model_config)
             if on_model_dir_ready is not None:
