@@ -253,3 +253,22 @@ def test_malformed_input_exits_nonzero_with_one_message_naming_it(bad, capsys, n
     assert not (inputs["dir"] / "out").exists()  # no stub output directory
     assert not bad["payload"].exists()  # nothing from a crafted file ever runs
 
+
+
+@pytest.mark.parametrize("command", ["eval", "infer"])
+def test_eval_and_infer_refuse_an_output_dir_in_use(tmp_path, capsys, command):
+    from flanx import gin_utils
+    from flanx.lock import DirLock
+
+    holder = DirLock(str(tmp_path / "out")).acquire()  # e.g. a training run writing there
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("hello\n")
+    argv = _eval(tmp_path, "--gin.CHECKPOINT_PATH='/nonexistent/ckpt'") if command == "eval" else \
+        _infer(tmp_path, prompts)
+    try:
+        assert cli.main(argv) == 1
+    finally:
+        gin_utils.reset()
+        holder.release()
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'out'} is in use by another run (host" in err and f"pid {os.getpid()}" in err
