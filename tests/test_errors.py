@@ -154,7 +154,8 @@ def _launch(module):
 # (id, argv from the inputs, text the message must hold; a callable argv[0] runs instead of `flanx`)
 CASES = [
     ("train_typo_macro", lambda b: _train(b["dir"], "--gin.TRAIN_STEPZ=10"), "TRAIN_STEPZ"),
-    ("train_float_batch", lambda b: _train(b["dir"], "--gin.BATCH_SIZE=2.7"), "(BATCH_SIZE) must be a positive integer"),
+    ("train_float_batch", lambda b: _train(b["dir"], "--gin.BATCH_SIZE=2.7"),
+     "(BATCH_SIZE) must be a positive integer"),
     ("train_word_steps", lambda b: _train(b["dir"], "--gin.TRAIN_STEPS='sixty'"), "(TRAIN_STEPS)"),
     ("train_zero_steps", lambda b: _train(b["dir"], "--gin.TRAIN_STEPS=0"), "(TRAIN_STEPS) must be a positive"),
     ("train_zero_length", lambda b: _train(b["dir"], "--gin.TASK_FEATURE_LENGTHS={'inputs': 0, 'targets': 8}"),

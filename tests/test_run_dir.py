@@ -298,7 +298,8 @@ def test_full_disk_stops_training_before_the_save_that_does_not_fit(tmp_path, mo
         monkeypatch.setattr(checkpointing.shutil, "disk_usage", lambda p: real(p)._replace(
             free=(10 << 20) if not os.path.exists(os.path.join(p, "2")) else (256 << 10)))
     with pytest.raises(CheckpointSaveError, match=r"not enough free space to save the checkpoint of step 4 in "
-                                                  r".*it needs about .* MiB are free\. Training stopped before writing"):
+                                                  r".*it needs about .* MiB are free\. "
+                                                  r"Training stopped before writing"):
         _train(model_dir, 8)
     assert checkpointing.Checkpointer(str(model_dir / "checkpoints"), create=False).all_steps() == [2]
     assert [r["step"] for r in read_metrics(str(model_dir), "train")] == [1, 2, 3, 4]

@@ -330,7 +330,8 @@ class DirLock:
                     f"{self.directory} is in use by another run ({other.describe(now)}); two runs writing one "
                     "directory overwrite each other's checkpoints and metrics. Wait for that run to finish or "
                     "stop it, or use another directory. A dead run's lock is taken over by itself (on this host at "
-                    f"once, from another host once its heartbeat is {self.stale_after_s:.0f} s old); or delete {self.path}.")
+                    f"once, from another host once its heartbeat is {self.stale_after_s:.0f} s old); or delete "
+                    f"{self.path}.")
             logger.warning("taking over the stale lock %s (%s): %s", self.path,
                            other.describe(now) if other else "unreadable", reason)
             self._store.delete(other.token if other else None)
