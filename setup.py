@@ -73,6 +73,7 @@ setup(
         "gpu": ["jax[cuda12]>=0.10,<0.11"],
         "tpu": ["jax[tpu]>=0.10,<0.11"],
         "cache": CACHE,
+        "gcs": ["google-cloud-storage>=2.10"],  # the MODEL_DIR lock on gs:// (generation preconditions)
     },
     entry_points={"console_scripts": ["flanx=flanx.cli:main"]},
 )

@@ -204,10 +204,16 @@ def preflight_mesh(args: TrainArgs, num_devices: int, num_processes: int) -> dic
         raise LaunchError(f"{e} (launching {num_devices} devices in {num_processes} processes)") from None
 
 
-def main_wrapper(main):
-    """Run a launcher's main(argv), turning LaunchError into a one-line message and exit code 2."""
+def main_wrapper(main, argv: list[str] | None = None):
+    """Run a launcher's main(argv): LaunchError is a one-line message and exit code 2; other known errors
+    go through flanx's error boundary (`flanx.errors.run`, `--debug` shows the traceback)."""
+    from flanx import errors
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return main(sys.argv[1:])
+        return errors.run(main, argv, prog=os.path.basename(sys.argv[0]))
     except LaunchError as e:
+        if errors.debug_requested(argv):
+            raise
         print(f"{os.path.basename(sys.argv[0])}: error: {e}", file=sys.stderr)
         return 2

@@ -223,3 +223,28 @@ def test_checkpoints_and_convert_do_not_import_tensorflow(tmp_path, params):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.needs_torch
+def test_sharded_pytorch_bin_loads_tensors_only_and_matches_safetensors(tmp_path, params):
+    """`pytorch_model.bin.index.json` + shards (as transformers writes large models) load with
+    weights_only=True per shard and give exactly the safetensors export's parameters."""
+    import torch
+    from safetensors.numpy import load_file
+
+    from flanx.checkpoints import hf
+
+    reference = tmp_path / "st"
+    hf.export_hf(params, CFG, reference)
+    tensors = load_file(reference / "model.safetensors")
+    sharded = tmp_path / "bin"
+    sharded.mkdir()
+    (sharded / "config.json").write_text((reference / "config.json").read_text())
+    names = sorted(tensors)
+    shards = {"pytorch_model-00001-of-00002.bin": names[::2], "pytorch_model-00002-of-00002.bin": names[1::2]}
+    for shard, keys in shards.items():
+        torch.save({k: torch.from_numpy(tensors[k].copy()) for k in keys}, sharded / shard)
+    (sharded / "pytorch_model.bin.index.json").write_text(json.dumps(
+        {"weight_map": {k: shard for shard, keys in shards.items() for k in keys}}))
+    assert C.detect_format(sharded) == "hf"
+    assert_same(hf.import_hf(sharded)[0], hf.import_hf(reference)[0])

@@ -39,8 +39,8 @@ def test_prompt_files_of_every_kind_give_the_same_examples(tmp_path, name, conte
     ("p.json", '{"inputs": "a"}\n{"inputs": "b"}\n', r"p.json: not valid JSON \(Extra data.*JSON Lines: name the file "
                                                       r"\.jsonl"),
     ("p.json", '{"prompts": ["a"]}', r"p.json: expected a JSON list of prompts .* got a JSON dict"),
-    ("p.json", '["a", 3]', r"p.json: item 1: expected a prompt string or an object with a string \"inputs\" field, "
-                           r"got a JSON int 3"),
+    ("p.json", '["a", 3]', r"p.json: item 1: expected a JSON object with an \"inputs\" field \(or a prompt string\), "
+                           r"got int 3"),
     ("p.json", '[{"text": "a"}]', r"p.json: item 0: no \"inputs\" field \(has \['text'\]\)"),
     ("p.jsonl", '["a", "b"]\n', r"p.jsonl:1: a JSON list .* named .json"),
 ])

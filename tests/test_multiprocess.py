@@ -91,3 +91,35 @@ def test_two_processes_match_one(tmp_path):
     f1, f2 = traverse_util.flatten_dict(p1), traverse_util.flatten_dict(p2)
     assert set(f1) == set(f2)
     assert max(float(np.max(np.abs(f1[k] - f2[k]))) for k in f1) <= 1e-5
+
+
+@pytest.mark.slow
+def test_locked_model_dir_stops_every_process_at_start(tmp_path):
+    """Process 0 holds the run's lock; when another run holds MODEL_DIR, every process fails at start with
+    the holder named (none waits for the others at a collective)."""
+    from flanx.lock import DirLock
+
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    for var in ("SLURM_JOB_ID", "SLURM_PROCID", "SLURM_NTASKS", "FLANX_COORDINATOR_ADDRESS",
+                "FLANX_NUM_PROCESSES", "FLANX_PROCESS_ID"):
+        env.pop(var, None)
+    model_dir = tmp_path / "run"
+    holder = DirLock(str(model_dir)).acquire()  # this test process is the other, live run
+    try:
+        port = str(_free_port())
+        procs = [subprocess.Popen([sys.executable, str(script), str(model_dir), "2", str(i), port], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+        for p in procs:
+            try:
+                _, err = p.communicate(timeout=240)
+            except subprocess.TimeoutExpired:
+                for q in procs:
+                    q.kill()
+                raise
+            assert p.returncode != 0
+            assert f"is in use by another run (host {socket.gethostname()}, pid {os.getpid()}" in err, err[-2000:]
+        assert sorted(os.listdir(model_dir)) == ["flanx.lock"]  # nothing else written
+    finally:
+        holder.release()

@@ -68,6 +68,24 @@ def test_study_refuses_to_resume_a_directory_with_other_settings(tmp_path):
         check_study_dir(*load("flanx.T5Config.d_ff = 512"))
 
 
+def test_second_study_on_an_out_dir_fails_at_start(tmp_path):
+    """One study writes out_dir at a time: another (live) holder of its lock is named, nothing is written."""
+    import os
+
+    from flanx.experiments.forgetting import Study
+    from flanx.lock import DirLock, LockError
+
+    cfg = study_cli.load_study_config([study_cli.DEFAULT_GIN], [f"flanx.StudyConfig.out_dir = '{tmp_path / 'study'}'"])
+    other = DirLock(str(tmp_path / "study")).acquire()
+    try:
+        with pytest.raises(LockError, match=rf"{tmp_path / 'study'} is in use by another run \(host .*, pid "
+                                            rf"{os.getpid()}, started"):
+            Study(cfg).run()
+        assert sorted(os.listdir(tmp_path / "study")) == ["flanx.lock"]
+    finally:
+        other.release()
+
+
 SHORT = [
     "flanx.T5Config.d_model = 32", "flanx.T5Config.head_dim = 8", "flanx.T5Config.d_ff = 64",
     "flanx.StudyConfig.base_steps = 8", "flanx.StudyConfig.arm_steps = 4", "flanx.StudyConfig.batch_size = 4",

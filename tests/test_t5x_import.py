@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 
 import jax
 import msgpack
@@ -204,3 +205,29 @@ def test_wrong_shapes_in_t5x_checkpoint_name_the_parameter(tmp_path, params):
     assert "encoder/layers_0/mlp/wi_0/kernel has shape (64, 100), the model expects (64, 128)" in str(err.value)
     with pytest.raises(C.CheckpointError, match="carries no model config"):
         C.load_params(tmp_path / "m")
+
+
+def test_array_paths_never_lead_outside_the_checkpoint(tmp_path, params):
+    """A spec's path is looked up inside the checkpoint directory only: an absolute path (where T5X once
+    wrote the array) counts by its last name there, `..` is refused; an array outside is never read."""
+    ckpt = write_t5x(tmp_path / "m", params, step=1, style="spec")
+    name = "target.token_embedder.embedding"
+    outside = tmp_path / "elsewhere" / name
+    embedding = C.flatten(params)["token_embedder/embedding"]
+    write_zarr(outside, np.full_like(embedding, 7.0))
+    contents = msgpack.unpackb((ckpt / "checkpoint").read_bytes(), raw=False, strict_map_key=False)
+    spec = contents["optimizer"]["target"]["token_embedder"]["embedding"]
+
+    spec["kvstore"]["path"] = str(outside)  # absolute: the array of that name inside the checkpoint is read
+    (ckpt / "checkpoint").write_bytes(msgpack.packb(contents, use_bin_type=True))
+    loaded, _ = C.import_t5x(ckpt)
+    np.testing.assert_array_equal(loaded["token_embedder"]["embedding"], embedding)
+    shutil.rmtree(ckpt / name)  # ... and without it, the outside copy is still not used
+    with pytest.raises(C.CheckpointError, match=f"token_embedder/embedding: its zarr array directory {name}/"):
+        C.import_t5x(ckpt)
+
+    spec["kvstore"]["path"] = f"../../elsewhere/{name}"
+    (ckpt / "checkpoint").write_bytes(msgpack.packb(contents, use_bin_type=True))
+    with pytest.raises(C.CheckpointError, match=rf"token_embedder/embedding: its array path '\.\./\.\./elsewhere/"
+                                                rf"{name}' leads outside the checkpoint directory"):
+        C.import_t5x(ckpt)

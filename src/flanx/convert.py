@@ -133,15 +133,20 @@ def convert(input_path: str | os.PathLike, output: str | os.PathLike, dst_format
         params, config = peft.import_peft(input_path, base_params, base_cfg)
         raw = checkpoints.RawCheckpoint(params, config, None, fmt, f"PEFT adapter {input_path}")
         model = config_file = None
-    else:
-        raw = checkpoints.read_checkpoint(input_path, fmt)
-    config = raw.config
+    given = None  # the config named on the command line, checked before the checkpoint is read
     if model is not None:
         from flanx.models import get_config
 
-        config = get_config(model)
+        given = get_config(model)
     if config_file is not None:
-        config = load_config_file(config_file)
+        given = load_config_file(config_file)
+    if given is None and fmt in ("t5x", "t5x_msgpack"):
+        raise checkpoints.CheckpointError(
+            f"T5X checkpoint {input_path} carries no model config; pass --model NAME (e.g. --model flan_t5_base) "
+            "or --config FILE")
+    if fmt != "peft":
+        raw = checkpoints.read_checkpoint(input_path, fmt)
+    config = given if given is not None else raw.config
     if config is None:
         raise checkpoints.CheckpointError(
             f"{raw.source} carries no model config; pass --model NAME (e.g. --model flan_t5_base) "
@@ -223,4 +228,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from flanx.errors import run
+    sys.exit(run(main, sys.argv[1:], prog="flanx convert"))

@@ -30,6 +30,7 @@ all three: USE_CACHED_TASKS (T5X's name; default False) reads the tasks from the
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -150,6 +151,28 @@ def _prepare_tasks(module, names, vocab_size: int, model: str, fix: str | None =
         checks.check_vocabulary(name, vocab_size, model, fix=fix)
 
 
+@contextlib.contextmanager
+def _own_output_dir(out_dir: str):
+    """Lock an output directory for this command (`flanx.train.run_dir.claim`); a failed command
+    removes the directory again when the lock created it and nothing else was written."""
+    from flanx.train import run_dir
+
+    guard = run_dir.claim(out_dir)
+    try:
+        yield
+    except BaseException:
+        guard.release(failed=True)
+        raise
+    guard.release()
+
+
+def _write_text(directory: str, name: str, text: str) -> None:
+    from flanx import io
+
+    with io.open_output(os.path.join(directory, name)) as f:
+        f.write(text)
+
+
 # ---------------------------------------------------------------- train
 
 
@@ -161,14 +184,21 @@ def train(argv: list[str]) -> int:
     _prepare_tasks(data.module, [data.mixture_or_task_name, *run.eval_mixtures], model_config.vocab_size,
                    _model_name())
     import jax
-    setup_process_logging(cfg.model_dir, jax.process_index())  # MODEL_DIR/logs/process_{i}.log
+
+    from flanx.data import checks, pipeline
+    setup_logging()
+    pipeline.check_name(data.mixture_or_task_name)  # an unknown task fails before MODEL_DIR is touched
     use_cached = _use_cached([data.mixture_or_task_name], data.split, data.use_cached, data.cache_dirs)
-    if _is_primary():
-        gin_utils.write_config(cfg.model_dir)
-        gin_utils.write_operative_config(cfg.model_dir)
-        from flanx.data import checks
-        _write_vocabulary_record(cfg.model_dir, checks.vocabularies(data.mixture_or_task_name))
-        checks.warn_truncation(data.mixture_or_task_name, data.task_feature_lengths, data.split)
+    records = {"config.gin": gin.config_str(), "operative_config.gin": gin.operative_config_str()}
+    vocabularies = checks.vocabularies(data.mixture_or_task_name)
+
+    def model_dir_ready():  # MODEL_DIR is locked and checked against its checkpoints: write there now
+        setup_process_logging(cfg.model_dir, jax.process_index())  # MODEL_DIR/logs/process_{i}.log
+        if _is_primary():
+            for name, text in records.items():
+                _write_text(cfg.model_dir, name, text)
+            _write_vocabulary_record(cfg.model_dir, vocabularies)
+            checks.warn_truncation(data.mixture_or_task_name, data.task_feature_lengths, data.split)
 
     def data_factory(shard):
         import seqio
@@ -189,7 +219,7 @@ def train(argv: list[str]) -> int:
     from flanx.train import preemption, trainer
     try:
         result = trainer.train(cfg, model_config, data_factory, eval_fn=eval_fn,
-                               init_checkpoint=run.initial_checkpoint_path)
+                               init_checkpoint=run.initial_checkpoint_path, on_model_dir_ready=model_dir_ready)
     except preemption.Preempted as e:
         logger.warning("%s", e)
         return e.exit_code
@@ -214,19 +244,20 @@ def eval(argv: list[str]) -> int:  # noqa: A001 - the command's name
     path, out_dir = str(m("CHECKPOINT_PATH")), str(m("EVAL_OUTPUT_DIR"))
     names = m("MIXTURE_OR_TASK_NAME")
     names = [names] if isinstance(names, str) else list(names)
-    if _is_primary():
-        gin_utils.write_config(out_dir)
-    params, config, step = _load(path, m("MODEL_CONFIG", None))
-    _prepare_tasks(m("MIXTURE_OR_TASK_MODULE", None), names, config.vocab_size, f"the checkpoint's model ({path})",
-                   fix=_CHECKPOINT_FIX)
-    lengths = m("TASK_FEATURE_LENGTHS", None)
-    results = evaluate(params, config, names, split=m("SPLIT", "validation"), feature_lengths=lengths,
-                       decode=_decode_config(), num_examples=m("EVAL_EXAMPLES", None), step=step,
-                       use_cached=_use_cached(names, m("SPLIT", "validation")),
-                       predictions_dir=out_dir if _is_primary() else None)
-    writer = MetricsWriter(out_dir)
-    writer.write(step or 0, "eval", results)
-    writer.close()
+    with _own_output_dir(out_dir):  # nothing is written there before the checkpoint has loaded
+        params, config, step = _load(path, m("MODEL_CONFIG", None))
+        _prepare_tasks(m("MIXTURE_OR_TASK_MODULE", None), names, config.vocab_size,
+                       f"the checkpoint's model ({path})", fix=_CHECKPOINT_FIX)
+        if _is_primary():
+            gin_utils.write_config(out_dir)
+        lengths = m("TASK_FEATURE_LENGTHS", None)
+        results = evaluate(params, config, names, split=m("SPLIT", "validation"), feature_lengths=lengths,
+                           decode=_decode_config(), num_examples=m("EVAL_EXAMPLES", None), step=step,
+                           use_cached=_use_cached(names, m("SPLIT", "validation")),
+                           predictions_dir=out_dir if _is_primary() else None)
+        writer = MetricsWriter(out_dir)
+        writer.write(step or 0, "eval", results)
+        writer.close()
     if _is_primary():
         print(json.dumps({"checkpoint": path, "step": step, "results": results}))
     return 0
@@ -247,34 +278,39 @@ def infer(argv: list[str]) -> int:
     if not (input_file or task):
         raise ValueError("set MIXTURE_OR_TASK_NAME (a task) or INFER_INPUT_FILE (JSONL with \"inputs\", or text)")
     lengths = m("TASK_FEATURE_LENGTHS", None)
-    params, config, _ = _load(path, m("MODEL_CONFIG", None))
-    model = f"the checkpoint's model ({path})"
-    _prepare_tasks(m("MIXTURE_OR_TASK_MODULE", None), [task] if task and not input_file else [], config.vocab_size,
-                   model, fix=_CHECKPOINT_FIX)
     decode = _decode_config()
-    if input_file:
-        from flanx.data import checks, get_vocabulary
+    model = f"the checkpoint's model ({path})"
+    if input_file:  # the prompts are read (and checked) before the checkpoint is loaded
+        from flanx.data import get_vocabulary
         vocab_name = m("VOCABULARY", "t5_spm")
-        checks.check_vocabulary_fits(vocab_name, config.vocab_size, model, "VOCABULARY is",
-                                     fix="Set VOCABULARY to the one the checkpoint was trained with, e.g. "
-                                         "--gin.VOCABULARY=\"'byte'\" for the byte-level models")
         vocab = get_vocabulary(vocab_name)
         examples = infer_lib.read_prompts(input_file, vocab, (lengths or {}).get("inputs", 512))
         out_name = os.path.splitext(os.path.basename(input_file))[0] + ".jsonl"
     else:
         import seqio
 
-        from flanx.data import pipeline
+        from flanx.data import import_tasks, pipeline
+        import_tasks(m("MIXTURE_OR_TASK_MODULE", None))
         split = m("SPLIT", "validation")
         examples = pipeline.get_eval_dataset(task, split, lengths, m("INFER_EXAMPLES", None),
                                              use_cached=_use_cached())
         vocab = seqio.get_mixture_or_task(task).output_features["targets"].vocabulary
         out_name = f"{task}-{split}.jsonl"
-    if _is_primary():
-        gin_utils.write_config(out_dir)
-    records = infer_lib.predict(params, config, examples, vocab, decode, lengths, bool(m("WITH_SCORES", False)))
-    if _is_primary():
-        out = infer_lib.write_jsonl(os.path.join(out_dir, out_name), records)
-        print(json.dumps({"output": out, "examples": len(records)}))
+    with _own_output_dir(out_dir):
+        params, config, _ = _load(path, m("MODEL_CONFIG", None))
+        if input_file:
+            from flanx.data import checks
+            checks.check_vocabulary_fits(vocab_name, config.vocab_size, model, "VOCABULARY is",
+                                         fix="Set VOCABULARY to the one the checkpoint was trained with, e.g. "
+                                             "--gin.VOCABULARY=\"'byte'\" for the byte-level models")
+        else:
+            _prepare_tasks(None, [task], config.vocab_size, model, fix=_CHECKPOINT_FIX)
+        if _is_primary():
+            gin_utils.write_config(out_dir)
+        records = infer_lib.predict(params, config, examples, vocab, decode, lengths,
+                                    bool(m("WITH_SCORES", False)))
+        if _is_primary():
+            out = infer_lib.write_jsonl(os.path.join(out_dir, out_name), records)
+            print(json.dumps({"output": out, "examples": len(records)}))
     return 0
 

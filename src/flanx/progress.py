@@ -27,13 +27,26 @@ from flanx import io
 logger = logging.getLogger("flanx")
 
 
+class ConsoleHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a record is emitted (tools and tests swap it), so a
+    handler set up by one command never writes to a stream another has closed."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the property always wins
+        pass
+
+
 def setup_logging(level: int = logging.INFO, log_file: str | None = None) -> None:
     """Configure the `flanx` logger once: stderr, and optionally a per-process file."""
     if getattr(logger, "_flanx_configured", False) and log_file is None:
         return
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
     if not getattr(logger, "_flanx_configured", False):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = ConsoleHandler()
         handler.setFormatter(fmt)
         logger.addHandler(handler)
         logger.setLevel(level)
@@ -67,7 +80,7 @@ def setup_process_logging(model_dir: str, process_id: int, level: int = logging.
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fmt = logging.Formatter(f"%(asctime)s [p{process_id}] %(levelname)s %(name)s: %(message)s")
     file_handler = logging.FileHandler(path, mode="a")
-    console = logging.StreamHandler()  # library warnings still reach the console
+    console = ConsoleHandler()  # library warnings still reach the console
     console.setLevel(logging.WARNING)
     for h in (file_handler, console):
         h.setFormatter(fmt)
@@ -80,7 +93,7 @@ def setup_process_logging(model_dir: str, process_id: int, level: int = logging.
             lg.setLevel(level)
         if process_id != 0:
             for h in lg.handlers:
-                if type(h) is logging.StreamHandler:
+                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
                     h.setLevel(max(h.level, logging.WARNING))
         lg.addHandler(file_handler)
     root.addHandler(console)

@@ -34,11 +34,15 @@ from flanx.data import cache, register_all, tasks
 STATE_VERSION = 1
 
 
-def _check_name(name: str) -> None:
+def check_name(name: str) -> None:
+    """KeyError naming close matches unless `name` is a registered task or mixture (registers the collection)."""
     register_all()
     if name not in seqio.TaskRegistry.names() and name not in seqio.MixtureRegistry.names():
         from flanx.data import mixtures  # noqa: PLC0415
         raise tasks.unknown_name("task or mixture", name, list(seqio.TaskRegistry.names()) + list(mixtures.MIXTURES))
+
+
+_check_name = check_name
 
 
 class DataIterator:

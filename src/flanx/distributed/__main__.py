@@ -36,4 +36,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from flanx.errors import run
+    raise SystemExit(run(main, sys.argv[1:], prog="python -m flanx.distributed"))

@@ -86,4 +86,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from flanx.errors import run
+    sys.exit(run(main, sys.argv[1:], prog="flanx study"))

@@ -15,7 +15,8 @@ trained on). `flanx.experiments.report` turns the evaluations into the table,
 
 Resumable: each stage writes its outputs under `out_dir` and a stage whose
 outputs exist is skipped; an interrupted training stage resumes from its own
-newest checkpoint (the trainer's exact resume).
+newest checkpoint (the trainer's exact resume). One study writes `out_dir` at
+a time (`out_dir/flanx.lock`; a second one fails at start naming the first).
 
     out_dir/base/              base training run (model_dir), or absent with base_checkpoint
     out_dir/arms/<arm>/        each arm's training run (model_dir)
@@ -242,8 +243,19 @@ class Study:
 
     # ---- the whole study --------------------------------------------------
     def run(self) -> dict:
-        cfg = self.cfg
+        """Run or resume the study; `out_dir` is locked meanwhile (one study writes it; each arm's
+        training run locks its own model_dir)."""
+        from flanx.train import run_dir
+
         setup_logging()
+        guard = run_dir.claim(self.cfg.out_dir)
+        try:
+            return self._run()
+        finally:
+            guard.release()
+
+    def _run(self) -> dict:
+        cfg = self.cfg
         os.makedirs(cfg.out_dir, exist_ok=True)
         check_study_dir(cfg, self.model_config)
         t_start = time.perf_counter()

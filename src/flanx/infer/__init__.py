@@ -37,22 +37,28 @@ def _prompt_text(row, where: str) -> str:
     """The prompt of one item: a string, or an object's string `inputs` field."""
     if isinstance(row, str):
         return row
-    if isinstance(row, dict) and "inputs" not in row:
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: expected a JSON object with an \"inputs\" field (or a prompt string), got "
+                         f"{type(row).__name__} {json.dumps(row)[:60]}")
+    if "inputs" not in row:
         raise ValueError(f"{where}: no \"inputs\" field (has {sorted(row)}); each prompt is a string or an "
                          f"object with an \"inputs\" string")
-    if isinstance(row, dict) and isinstance(row["inputs"], str):
-        return row["inputs"]
-    got = f"\"inputs\": {row['inputs']!r}" if isinstance(row, dict) else f"a JSON {type(row).__name__} {row!r}"
-    raise ValueError(f"{where}: expected a prompt string or an object with a string \"inputs\" field, got "
-                     f"{got[:120]}")
+    if not isinstance(row["inputs"], str):
+        got = "null" if row["inputs"] is None else f"{type(row['inputs']).__name__} {json.dumps(row['inputs'])[:60]}"
+        raise ValueError(f"{where}: \"inputs\" must be a string, got {got}")
+    return row["inputs"]
 
 
 def _read_texts(path: str) -> list[str]:
+    with open(path, "rb") as f:
+        raw = f.read()
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: byte {e.start} is not valid UTF-8; save the prompts file as UTF-8") from None
+        line = raw[:e.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: byte 0x{raw[e.start]:02x} at byte offset {e.start} is not valid UTF-8; "
+                         "flanx reads prompt files as UTF-8 (re-encode the file, e.g. `iconv -f latin1 -t utf-8`)"
+                         ) from None
     if path.endswith(".json"):
         try:
             data = json.loads(text)

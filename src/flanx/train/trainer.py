@@ -46,7 +46,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from flanx import io, partitioning
 from flanx.mesh import check_batch_size
 from flanx.progress import Progress
-from flanx.train import optim, step as step_lib
+from flanx.train import optim, run_dir, step as step_lib
 from flanx.train.preemption import Preempted, PreemptionWatch
 from flanx.train.checkpointing import Checkpointer, _local_value
 from flanx.train.config import TrainConfig
@@ -107,6 +107,13 @@ def _write_run_config(cfg: TrainConfig, model_config) -> None:
     native.write_sidecar(cfg.model_dir, model_config, metadata={"source": "trainer"})
     with io.open_output(os.path.join(cfg.model_dir, "train_config.json")) as f:
         json.dump(dataclasses.asdict(cfg), f, indent=2, sort_keys=True)
+
+
+def _check_health(ckpt, guard) -> None:
+    if ckpt is not None:
+        ckpt.raise_if_save_failed()
+    if guard is not None:
+        guard.check()
 
 
 class _Run:
@@ -184,43 +191,57 @@ class _Run:
 def train(cfg: TrainConfig, model_config, data_iter_factory: Callable[[partitioning.HostShard], Iterator],
           init_params=None, eval_fn: Callable | None = None, *, init_step: int = 0,
           init_checkpoint: str | None = None, trainable_mask=None, mesh=None,
-          apply_fn: Callable | None = None) -> TrainResult:
-    """Train `model_config` on batches from `data_iter_factory` up to `cfg.train_steps` (absolute)."""
-    ckpt = writer = None
-    if cfg.model_dir:
-        ckpt = Checkpointer(os.path.join(cfg.model_dir, "checkpoints"), cfg.keep_checkpoints,
-                            cfg.async_checkpointing)
-    latest = ckpt.latest_step() if ckpt else None  # the one place a run decides to resume
+          apply_fn: Callable | None = None, on_model_dir_ready: Callable[[], None] | None = None) -> TrainResult:
+    """Train `model_config` on batches from `data_iter_factory` up to `cfg.train_steps` (absolute).
+
+    With `cfg.model_dir`, the run locks MODEL_DIR and checks it against its newest checkpoint before
+    writing anything there (`flanx.train.run_dir`); `on_model_dir_ready()` is then called on every
+    process, before training writes (the entry point writes its gin records and log files there).
+    """
+    ckpt = resume = None
+    guard = run_dir.claim(cfg.model_dir) if cfg.model_dir else None  # a second writer stops here
     try:
+        if cfg.model_dir:  # reads only, until open_for_writing
+            ckpt = Checkpointer(os.path.join(cfg.model_dir, "checkpoints"), cfg.keep_checkpoints,
+                                cfg.async_checkpointing, create=False)
+        latest = ckpt.latest_step() if ckpt else None  # the one place a run decides to resume
         if latest is None and init_checkpoint:
             init_params, init_step = _load_initial(init_checkpoint, model_config, cfg.train_steps)
         if latest is None and init_params is not None:  # fresh adapters on base weights (LoRA only)
             from flanx.models import lora
             init_params, _ = lora.setup(init_params, model_config, jax.random.PRNGKey(cfg.seed))
         run = _Run(cfg, model_config, init_params, init_step, trainable_mask, mesh, apply_fn)
+        if latest is not None:  # config, shapes and damage are checked before anything is written
+            resume = run_dir.restore_newest(ckpt, run.abstract_state, model_config, cfg)
+        if cfg.model_dir:
+            run_dir.open_for_writing(ckpt, resume)
+            if jax.process_index() == 0:
+                _write_run_config(cfg, model_config)
+            if on_model_dir_ready is not None:
+                on_model_dir_ready()
+
+        resumed_from, data_state, start_step = None, None, init_step
+        if resume is not None:
+            state, data_state = resume.state, resume.data_state
+            resumed_from, start_step = resume.step, int(resume.meta.get("start_step", init_step))
+            logger.info("resuming from %s/checkpoints step %d", cfg.model_dir, resume.step)
+        else:
+            state = run.fresh_state()
+        step = int(_local_value(state.step))
+        schedule = optim.make_schedule(cfg.optimizer, start_step, cfg.train_steps)
+        train_step = run.compile_step(schedule)
+
+        shard = partitioning.host_shard(run.mesh, cfg.batch_size)
+        it = data_iter_factory(shard)
+        if data_state is not None:
+            _restore_iterator(it, data_state)
+        writer = MetricsWriter(cfg.model_dir, start_step=step)  # drops rows a dead run wrote beyond `step`
     except BaseException:
         if ckpt:
             ckpt.close()
+        if guard:
+            guard.release(failed=True)  # a MODEL_DIR this run created and left empty goes again
         raise
-    if cfg.model_dir and jax.process_index() == 0:
-        _write_run_config(cfg, model_config)
-    writer = MetricsWriter(cfg.model_dir)
-
-    resumed_from, data_state, start_step = None, None, init_step
-    if latest is not None:
-        state, data_state, meta = ckpt.restore(latest, run.abstract_state)
-        resumed_from, start_step = latest, int(meta.get("start_step", init_step))
-        logger.info("resuming from %s/checkpoints step %d", cfg.model_dir, latest)
-    else:
-        state = run.fresh_state()
-    step = int(_local_value(state.step))
-    schedule = optim.make_schedule(cfg.optimizer, start_step, cfg.train_steps)
-    train_step = run.compile_step(schedule)
-
-    shard = partitioning.host_shard(run.mesh, cfg.batch_size)
-    it = data_iter_factory(shard)
-    if data_state is not None:
-        _restore_iterator(it, data_state)
 
     result = TrainResult(params=None, step=step, losses={}, evals=[], resumed_from=resumed_from,
                          model_dir=cfg.model_dir)
@@ -270,6 +291,7 @@ def train(cfg: TrainConfig, model_config, data_iter_factory: Callable[[partition
             batch = partitioning.to_global_batch(local, run.mesh, cfg.batch_size)
             state, metrics = train_step(state, batch)
             step += 1
+            _check_health(ckpt, guard)  # a failed save or a lost lock stops the run at once
             if pending:  # at most one step queued ahead of the device: a signal is answered after it
                 jax.block_until_ready(pending[-1][1]["loss"])
             pending.append((step, metrics))
@@ -282,6 +304,7 @@ def train(cfg: TrainConfig, model_config, data_iter_factory: Callable[[partition
             if watch.reached(step):
                 if not saved:
                     save(state)
+                ckpt.finish()
                 flush(log=True)
                 raise Preempted(step, ckpt.directory, watch.signum)
             if eval_fn and ((cfg.eval_period and step % cfg.eval_period == 0) or step == cfg.train_steps):
@@ -290,10 +313,14 @@ def train(cfg: TrainConfig, model_config, data_iter_factory: Callable[[partition
                 result.evals.append((step, scores))
                 writer.write(step, "eval", scores)
         flush(log=True)
+        if ckpt:
+            ckpt.finish()  # the last save committed, or CheckpointSaveError
     finally:
         watch.close()
         if ckpt:
-            ckpt.close()  # waits for an asynchronous save to commit
+            ckpt.close()  # waits for an asynchronous save; never masks the error in flight
         writer.close()
+        if guard:
+            guard.release()
     result.params, result.step = state.params, step
     return result
