@@ -95,7 +95,7 @@ def card_entries(card: TaskCard, rate: ExamplesRate, formats=None) -> list[tuple
     `formats` may name formats (`zsopt`, ...) or `zs` / `fs`: the card's own
     zero-/few-shot format, with options when the card has them.
     """
-    specs = [s for s in task_specs(card) if not s.scoring and not s.per_template]
+    specs = [s for s in task_specs(card) if not s.scoring and not s.per_template and not s.variant]
     if formats:
         opt = "opt" if card.has_options else "noopt"
         wanted = {f"{f}{opt}" if f in ("zs", "fs") else f for f in formats}
