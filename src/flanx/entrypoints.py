@@ -184,14 +184,18 @@ def eval(argv: list[str]) -> int:  # noqa: A001 - the command's name
         gin_utils.write_config(out_dir)
     params, config, step = _load(path, m("MODEL_CONFIG", None))
     lengths = m("TASK_FEATURE_LENGTHS", None)
+    by_metadata: dict = {}  # results per template and per format (_template_type): flanx.eval.breakdown
     results = evaluate(params, config, names, split=m("SPLIT", "validation"), feature_lengths=lengths,
                        decode=_decode_config(), num_examples=m("EVAL_EXAMPLES", None), step=step,
-                       use_cached=_use_cached(names, m("SPLIT", "validation")))
+                       use_cached=_use_cached(names, m("SPLIT", "validation")), breakdown=by_metadata)
     writer = MetricsWriter(out_dir)
     writer.write(step or 0, "eval", results)
     writer.close()
     if _is_primary():
-        print(json.dumps({"checkpoint": path, "step": step, "results": results}))
+        from flanx import io as io_lib
+        with io_lib.open_output(os.path.join(out_dir, "breakdown.json")) as f:
+            json.dump({"step": step, **by_metadata}, f, indent=1, sort_keys=True)
+        print(json.dumps({"checkpoint": path, "step": step, "results": results, "breakdown": by_metadata}))
     return 0
 
 

@@ -29,7 +29,7 @@ NOT_LOCAL = {"name", "collection", "clusters", "group", "submixture", "templates
              "eval_only", "override", "groups", "local", "mock", "vocabulary", "options_style", "metadata"}
 OPTIONS_STYLES = ("fixed", "random")  # FLAN 2021's OPTIONS: block, or Flan 2022's drawn styles (zsopt)
 METADATA_KEYS = ("task_name", "task_source")
-SPLIT_KEYS = {"files", "name", "size", "take_every", "drop_every", "fields", "num_examples", "slice"}
+SPLIT_KEYS = {"files", "name", "size", "take_every", "drop_every", "fields", "num_examples", "slice", "count"}
 
 
 class CardError(ValueError):
@@ -65,6 +65,11 @@ def split_specs(raw: Any, where: str) -> dict[str, dict]:
         n = spec.get("num_examples")
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
             raise err(where, f"splits.{split}.num_examples", f"expected a row count (an integer >= 0), got {n!r}")
+        if spec.get("count", "data") not in ("data", "recorded"):
+            raise err(where, f"splits.{split}.count", f"expected `recorded` (mixing rates use num_examples even "
+                                                       f"when the data is here) or `data`, got {spec['count']!r}")
+        if spec.get("count") == "recorded" and n is None:
+            raise err(where, f"splits.{split}.count", "`count: recorded` needs `num_examples`")
         if "slice" in spec:
             cut = spec["slice"]
             if not (isinstance(cut, list) and len(cut) == 2

@@ -196,13 +196,16 @@ def count_examples(card: TaskCard, split: str = "train") -> int:
 
 def num_examples(card: TaskCard, split: str = "train") -> tuple[int, str]:
     """(rows in a split, "data" or "recorded"): counted when the data is here (TFDS: from its metadata,
-    before row filters, as FLAN counts), else the split's recorded `num_examples`. Cached on the card."""
+    before row filters, as FLAN counts), else the split's recorded `num_examples`; always the recorded
+    count with `count: recorded` (FLAN's count after its filters, or to spare reading the data). Cached."""
     if split not in card.splits and card.alternate is not None and split in card.alternate.splits:
         return num_examples(card.alternate, split)  # a split the local files do not give
     key = ("num_examples", split)
     if key not in card.row_cache:
         recorded = card.splits[split].get("num_examples") if split in card.splits else None
-        if sources.data_available(card):
+        if recorded is not None and card.splits[split].get("count") == "recorded":
+            card.row_cache[key] = (int(recorded), "recorded")  # e.g. FLAN's count after its filters
+        elif sources.data_available(card):
             if card.source["type"] == "tfds":
                 from flanx.data import hub_sources  # noqa: PLC0415
                 card.row_cache[key] = (hub_sources.split_size(card, split), "data")

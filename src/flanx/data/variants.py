@@ -7,11 +7,12 @@ Flan 2022 renders a dataset differently from FLAN 2021 in two formats:
 - few-shot (`fsopt`, `fsnoopt`): exemplars within a budget of 1,920 tokens
   (FLAN's `FEW_SHOT_MAX_LEN`) and examples left with no exemplar dropped.
 
-A card says how it renders (`options_style`, `fewshot`). A card that belongs
-to a Flan 2022 submixture (`submixture:` set, FLAN task names) but renders
-a format differently from Flan 2022 also yields that format's Flan 2022
-variant, `{card}_template_0to{N}_{fmt}_flan2022` (training only, no scoring
-variant): the FLAN 2021 cards keep their FLAN 2021 tasks for the FLAN 2021
+A card says how it renders: `options_style: random` is Flan 2022's zsopt,
+`fewshot.drop_empty: true` marks its few-shot as Flan 2022's (the card then
+sets its own budget; the Flan 2022 cards say 1,920). A card that belongs to
+a Flan 2022 submixture (`submixture:` set, FLAN task names) but renders a
+format otherwise also yields that format's Flan 2022 variant,
+`{card}_template_0to{N}_{fmt}_flan2022` (training only, no scoring variant): the FLAN 2021 cards keep their FLAN 2021 tasks for the FLAN 2021
 mixtures and evaluation, and the `flan2022` mixture uses the variants.
 `view(card, variant)` is the card as the variant renders it (same rows).
 
@@ -49,7 +50,7 @@ def differing_formats(card) -> list[str]:
     out = []
     if "zsopt" in card.formats and card.options_style != "random":
         out.append("zsopt")
-    if card.fewshot != flan2022_fewshot(card.fewshot):
+    if not card.fewshot.drop_empty:  # a card that drops exemplar-less rows lays out Flan 2022's few-shot itself
         out += [f for f in card.formats if f.startswith("fs")]
     return out
 

@@ -14,7 +14,8 @@ Plain-Python API (the forgetting study and the trainer call these; no gin):
 an uncached task fails at construction naming the command that caches it.
 
 Names may be tasks or mixtures (a mixture evaluates each of its tasks that has
-metrics and the split). Predict metrics get the model's decoded outputs
+metrics and the split). After each call, `EvalRunner.breakdown` holds the
+results by template and by format (`_template_type`): `flanx.eval.breakdown`. Predict metrics get the model's decoded outputs
 (greedy, beam search or sampling: `flanx.predict.DecodeConfig`); score
 metrics (rank classification over `*_scoring` tasks) get per-example target
 log-likelihoods. The batched decode and score calls live in `flanx.predict`
@@ -63,15 +64,21 @@ class EvalRunner:
     def __init__(self, model_config, task_names: Sequence[str] | str, split: str = "validation",
                  feature_lengths: Mapping[str, int] | None = None, decode: DecodeConfig = DecodeConfig(),
                  num_examples: int | None = None, seed: int = 42, use_cached: bool = False):
+        import functools
+
         import seqio
 
         from flanx.data import cache, register_all
+        from flanx.eval import breakdown as breakdown_lib
         register_all()
         names = [task_names] if isinstance(task_names, str) else list(task_names)
         if not names:
             raise ValueError("no evaluation tasks given (EVAL_MIXTURES / task_names is empty)")
         self.model_config, self.decode = model_config, decode
         self.evaluators = []
+        self._records: dict = {}  # task -> what seqio logged (flanx.eval.breakdown)
+        self.breakdown: dict = {}  # the latest call's results by template and by format
+        recorder = functools.partial(breakdown_lib.RecordingLogger, self._records)
         known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
         for name in names:
             if name not in known:
@@ -85,7 +92,8 @@ class EvalRunner:
                 mixture_or_task_name=name, feature_converter=seqio.EncDecFeatureConverter(pack=False),
                 eval_split=split, use_cached=use_cached, seed=seed,
                 sequence_length=dict(feature_lengths) if feature_lengths else None,
-                num_examples=num_examples, shuffle=False, use_memory_cache=True)
+                num_examples=num_examples, shuffle=False, use_memory_cache=True,
+                logger_cls=[recorder], log_dir="unused")  # the recording logger writes nothing
             if not ev.eval_tasks:
                 raise ValueError(f"{name!r} has no task with metrics and a {split!r} split to evaluate")
             self.evaluators.append(ev)
@@ -105,6 +113,9 @@ class EvalRunner:
         for task, metrics in results.items():
             logger.info("[eval] step %s %s %s", step, task,
                         " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+        from flanx.eval import breakdown as breakdown_lib
+        self.breakdown = breakdown_lib.breakdown(self._records)
+        self._records.clear()
         return results
 
     def close(self) -> None:
@@ -115,11 +126,15 @@ class EvalRunner:
 def evaluate(params, model_config, task_names: Sequence[str] | str, split: str = "validation",
              feature_lengths: Mapping[str, int] | None = None, decode: DecodeConfig = DecodeConfig(),
              num_examples: int | None = None, step: int | None = None,
-             use_cached: bool = False) -> dict[str, dict[str, float]]:
-    """Evaluate `params` on tasks/mixtures -> {task: {metric: value}} (see the module docstring)."""
+             use_cached: bool = False, breakdown: dict | None = None) -> dict[str, dict[str, float]]:
+    """Evaluate `params` on tasks/mixtures -> {task: {metric: value}} (see the module docstring); a
+    `breakdown` dict receives the results by template and by format (`flanx.eval.breakdown`)."""
     runner = EvalRunner(model_config, task_names, split, feature_lengths, decode, num_examples,
                         use_cached=use_cached)
     try:
-        return runner(params, step)
+        results = runner(params, step)
+        if breakdown is not None:
+            breakdown.update(runner.breakdown)
+        return results
     finally:
         runner.close()

@@ -15,10 +15,16 @@ Two forms of the data, one row layout:
 
 Rows: `task_name`, `id`, `definition` (the first Definition), `input`,
 `output` (the first reference) and `outputs` (all of them), `source`,
-`categories`, and `exemplars`: two worked examples as text for the few-shot
-format ("definition + 2 positive examples"): the task's first positive
-examples, completed from the task's other instances when it has fewer than
-two (TFDS rows carry no positive examples).
+`categories`, and `exemplars`: two worked examples ({input, output}) for
+the few-shot format ("definition + 2 positive examples"; each template lays
+them out after the definition): the task's first positive examples,
+completed from the task's other instances when it has fewer than two (TFDS
+rows carry no positive examples).
+
+Each card records FLAN's row count of its task (`niv2_counts.tsv` beside the
+card, from FLAN's constants_niv2.py) with `count: recorded`, so mixing rates
+(5,000 per task at most) need not read 1,556 task files; its examples say
+`_task_name` = the NIv2 task name.
 
 A task file without a Definition, with no Instances, with an Instance whose
 `output` is not a list of strings, or a split file naming a task that has
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import logging
 import os
@@ -57,6 +64,7 @@ CHECKOUT_DIR = "natural-instructions"  # default checkout folder under FLANX_DAT
 CHECKOUT_ENV = "FLANX_NIV2_DIR"  # or point this at the checkout
 DEFAULT_TASK_LISTS = ("splits/default/train_tasks.txt",)
 NUM_EXEMPLARS = 2
+COUNTS_FILE = "niv2_counts.tsv"  # FLAN's rows per task, beside the card
 _TASK_NUMBER = re.compile(r"^task(\d+)_")
 
 
@@ -75,9 +83,24 @@ def card_suffix(task: str) -> str:
     return re.sub(r"[^a-z0-9_]", "_", task.lower())
 
 
-def exemplar_text(inp: str, out: str) -> str:
-    """One worked example of the few-shot format."""
-    return f"Example input: {inp}\nExample output: {out}"
+@functools.lru_cache(maxsize=1)
+def recorded_counts() -> dict[str, int]:
+    """FLAN's rows per NIv2 task (`tasks/flan2022/niv2_counts.tsv`, from flan/v2/constants_niv2.py), keyed
+    by the task name cut at its first '.', as FLAN keys them."""
+    path = paths.tasks_dir() / "flan2022" / COUNTS_FILE
+    counts = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line and not line.startswith("#"):
+            task, _, rows = line.partition("\t")
+            if not rows.strip().isdigit():
+                raise ValueError(f"{path}:{n}: expected task<TAB>rows, got {line!r}")
+            counts[task] = int(rows)
+    return counts
+
+
+def recorded_count(task: str) -> int | None:
+    """FLAN's row count of an NIv2 task, or None for a task FLAN did not record."""
+    return recorded_counts().get(task.split(".", 1)[0])
 
 
 @dataclasses.dataclass
@@ -153,15 +176,16 @@ def load_task_file(path: Path) -> NIv2Task:
     return parse_task(doc, Path(path).stem, str(path))
 
 
-def _exemplars(task: NIv2Task, good: list, index: int) -> list[str]:
-    """The row's worked examples: positive examples first, then other instances (chosen per row)."""
-    shots = [exemplar_text(i, o) for i, o in task.positive[:NUM_EXEMPLARS]]
+def _exemplars(task: NIv2Task, good: list, index: int) -> list[dict]:
+    """The row's worked examples ({input, output}): positive examples first, then other instances (chosen
+    per row). Templates lay them out (`fewshot` of each template in niv2.yaml)."""
+    shots = [{"input": i, "output": o} for i, o in task.positive[:NUM_EXEMPLARS]]
     others = len(good) - 1
     if len(shots) < NUM_EXEMPLARS and others > 0:
         start = zlib.crc32(f"{task.name}|{good[index][0]}".encode()) % others
         for k in range(min(NUM_EXEMPLARS - len(shots), others)):
             j = (index + 1 + (start + k) % others) % len(good)
-            shots.append(exemplar_text(good[j][1], good[j][2][0]))
+            shots.append({"input": good[j][1], "output": good[j][2][0]})
     return shots
 
 
@@ -379,5 +403,24 @@ def niv2_groups(spec: dict, groups: dict) -> list[dict]:
             raise SourceFormatError(f"NIv2 tasks {seen[suffix]!r} and {task!r} give the same card name "
                                     f"{spec.get('name')}_{suffix}; list only one of them")
         seen[suffix] = task
-        entries.append({"group": task, "suffix": suffix, "set": extra})
+        entries.append({"group": task, "suffix": suffix, "set": _task_settings(task, extra)})
     return entries
+
+
+def _task_settings(task: str, extra: dict) -> dict:
+    """Card keys of one NIv2 task's card: FLAN's task name, and FLAN's row count as the rate's count (so
+    mixing rates need not read every task file; a task FLAN did not record is counted from its data)."""
+    settings = _merge_dicts(extra, {"metadata": {"task_name": task}})
+    n = recorded_count(task)
+    if n is not None:
+        train = {"splits": {"train": {"num_examples": n, "count": "recorded"}}}
+        settings = _merge_dicts(settings, dict(train, local=train))
+    return settings
+
+
+def _merge_dicts(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = _merge_dicts(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+            else value
+    return out
