@@ -50,6 +50,10 @@ def _submixture_line(sub) -> str:
     cap = f"{cfg.cap:,}" if cfg.cap else "none"
     inversion = f"  inversion {cfg.inversion:g} (inverted cards {cfg.inversion / (1 + cfg.inversion):.1%})" \
         if cfg.inversion is not None else ""
+    here = sub.shares()
+    configured = cfg.format_shares()
+    if here and any(abs(here.get(f, 0.0) - v) > 1e-9 for f, v in configured.items()):  # formats without tasks here
+        shares += " (here " + " ".join(f"{f} {s:.2f}" for f, s in here.items()) + ")"
     return (f"{cfg.name}  weight {cfg.weight:g} (here {sub.weight:.4f})  cap {cap}  formats {shares}{inversion}  "
             f"{len(sub.cards)} cards")
 
