@@ -152,6 +152,22 @@ def test_per_task_cap_is_flans_5000(checkout):
         assert sum(r.value(counts[name]) for _, r in entries) == pytest.approx(min(5000, counts[name]))
 
 
+def test_cards_weigh_with_flans_recorded_counts(checkout):
+    counts = niv2.recorded_counts()  # FLAN facts: 1,654 tasks, 5,163,933 rows in constants_niv2.py
+    assert len(counts) == 1654 and sum(counts.values()) == 5163933
+    assert counts["task001_quoref_question_generation"] == 4225 and counts["task002_quoref_answer_generation"] == 6500
+    assert niv2.recorded_count("task074_squad1.1_question_generation") == counts["task074_squad1"]
+    assert all(niv2.recorded_count(t) for t in MMLU_TASKS)  # recorded by FLAN, left out of its mixture
+    cards = {c.name: c for c in load_card_file(CARD)}
+    recorded = cards["niv2_task001_quoref_question_generation"]
+    assert render.num_examples(recorded) == (4225, "recorded")  # not the checkout's 4 instances
+    assert len(sources.load_rows(recorded, "train")) == 4
+    assert render.num_examples(cards["niv2_task900_big_task"]) == (5003, "data")  # FLAN never saw this task
+    assert recorded.metadata == {"task_name": "task001_quoref_question_generation"}
+    assert cards["niv2_task074_squad1_1_question_generation"].metadata["task_name"] == \
+        "task074_squad1.1_question_generation"
+
+
 def test_task_lists_and_selected_tasks(checkout, tmp_path):
     spec = {"name": "niv2", "source": {"type": "niv2"}, "local": {"source": {"type": "niv2"}}}
     entries = niv2.niv2_groups(spec, {"tasks": ["task900_big_task"]})

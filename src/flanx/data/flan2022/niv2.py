@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import functools
 import json
 import logging
 import os
@@ -48,6 +47,7 @@ from typing import Iterator
 
 from flanx import paths
 from flanx.data import hub_sources
+from flanx.data.flan2022.niv2_counts import COUNTS_FILE, recorded_count, recorded_counts  # noqa: F401 - API
 from flanx.data.group_lists import GROUP_LISTS
 from flanx.data.sources import DataFormatError, Record, SourceFormatError, register_source
 
@@ -64,7 +64,6 @@ CHECKOUT_DIR = "natural-instructions"  # default checkout folder under FLANX_DAT
 CHECKOUT_ENV = "FLANX_NIV2_DIR"  # or point this at the checkout
 DEFAULT_TASK_LISTS = ("splits/default/train_tasks.txt",)
 NUM_EXEMPLARS = 2
-COUNTS_FILE = "niv2_counts.tsv"  # FLAN's rows per task, beside the card
 _TASK_NUMBER = re.compile(r"^task(\d+)_")
 
 
@@ -81,26 +80,6 @@ def overlaps_mmlu(task: str) -> bool:
 def card_suffix(task: str) -> str:
     """A card-name-safe form of a task name: `task074_squad1.1_question_generation` -> `task074_squad1_1_...`."""
     return re.sub(r"[^a-z0-9_]", "_", task.lower())
-
-
-@functools.lru_cache(maxsize=1)
-def recorded_counts() -> dict[str, int]:
-    """FLAN's rows per NIv2 task (`tasks/flan2022/niv2_counts.tsv`, from flan/v2/constants_niv2.py), keyed
-    by the task name cut at its first '.', as FLAN keys them."""
-    path = paths.tasks_dir() / "flan2022" / COUNTS_FILE
-    counts = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line and not line.startswith("#"):
-            task, _, rows = line.partition("\t")
-            if not rows.strip().isdigit():
-                raise ValueError(f"{path}:{n}: expected task<TAB>rows, got {line!r}")
-            counts[task] = int(rows)
-    return counts
-
-
-def recorded_count(task: str) -> int | None:
-    """FLAN's row count of an NIv2 task, or None for a task FLAN did not record."""
-    return recorded_counts().get(task.split(".", 1)[0])
 
 
 @dataclasses.dataclass
@@ -410,17 +389,10 @@ def niv2_groups(spec: dict, groups: dict) -> list[dict]:
 def _task_settings(task: str, extra: dict) -> dict:
     """Card keys of one NIv2 task's card: FLAN's task name, and FLAN's row count as the rate's count (so
     mixing rates need not read every task file; a task FLAN did not record is counted from its data)."""
-    settings = _merge_dicts(extra, {"metadata": {"task_name": task}})
+    settings = {**extra, "metadata": {"task_name": task}}
     n = recorded_count(task)
     if n is not None:
-        train = {"splits": {"train": {"num_examples": n, "count": "recorded"}}}
-        settings = _merge_dicts(settings, dict(train, local=train))
+        train = {"train": {"num_examples": n, "count": "recorded"}}
+        settings["splits"] = train
+        settings["local"] = {**settings.get("local", {}), "splits": train}
     return settings
-
-
-def _merge_dicts(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for key, value in b.items():
-        out[key] = _merge_dicts(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
-            else value
-    return out
