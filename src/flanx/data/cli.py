@@ -136,6 +136,7 @@ def tasks_show(args) -> int:
         # +1: seqio appends EOS to both features.
         n_in, n_tgt = length(ex["inputs_pretokenized"]) + 1, length(ex["targets_pretokenized"]) + 1
         extra = f"  idx={ex['idx']} is_correct={ex['is_correct']}" if spec.scoring else ""
+        extra += f"  template {ex['_template_idx']} ({ex['_template_type']}, {ex['_task_name']})"
         print(f"\n--- example {i}: inputs {n_in} tokens, targets {n_tgt} tokens{extra}")
         print(f"[inputs]\n{ex['inputs_pretokenized']}\n[targets]\n{ex['targets_pretokenized']}")
     return 0
