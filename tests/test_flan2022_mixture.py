@@ -123,7 +123,9 @@ def test_the_registered_flan2022_mixture_has_flans_weights_and_caps():
     assert {s.config.name: s.config.inversion for s in plan.submixtures} == \
         {"flan": None, "t0": None, "niv2": None, "cot": 0.3, "dialog": 0.3}
     flan = next(s for s in plan.submixtures if s.config.name == "flan")
-    assert {c.name for c in flan.cards} >= {"rte", "natural_questions", "samsum"} and len(flan.cards) == 69
+    # FLAN's 71: the 69 FLAN 2021 tasks, LAMBADA and UnifiedQA's science questions
+    assert {c.name for c in flan.cards} >= {"rte", "natural_questions", "samsum", "lambada", "unified_qa_science_inst"}
+    assert len(flan.cards) == 71
     dialog = next(s for s in plan.submixtures if s.config.name == "dialog")
     assert {e.task for e in dialog.entries["zsopt"] if e.inverted} == \
         {"wiki_dialog_ii_template_0to9_zsnoopt", "qrecc_ii_template_0to9_zsnoopt"}
