@@ -29,8 +29,8 @@ import yaml
 
 from flanx import paths
 from flanx.data import render, sources, tasks
-from flanx.registry import Registry
 from flanx.data.cards import SUBMIXTURES, TaskCard, task_specs
+from flanx.registry import Registry
 
 FLAN2022_WEIGHTS = {"flan": 0.4, "t0": 0.32, "niv2": 0.2, "cot": 0.05, "dialog": 0.03}
 
@@ -176,8 +176,7 @@ def replay_mixture(target: str, replay: str, ratio: float) -> str:
 
 def register_collection_mixtures() -> list[str]:
     """The mixtures in `tasks/mixtures.yaml` plus `{card}_mix` for every card."""
-    config_file = paths.tasks_dir() / "mixtures.yaml"
-    config = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+    config = yaml.safe_load((paths.tasks_dir() / "mixtures.yaml").read_text(encoding="utf-8")) or {}
     weights = config.get("submixture_weights", FLAN2022_WEIGHTS)
     names = []
     for card in sorted(tasks.CARDS.values(), key=lambda c: c.name):
@@ -188,7 +187,7 @@ def register_collection_mixtures() -> list[str]:
         rate = dict(cap=m.get("cap", 3000), temperature=float(m.get("temperature", 1.0)))
         desc = str(m.get("description", "")).strip()
         if m.get("kind") in MIXTURE_KINDS:  # e.g. flan_collection: FLAN-T5's mixture (flanx.data.flan2022_mixture)
-            names += MIXTURE_KINDS[m["kind"]](name, m, f"{config_file}: mixtures.{name}")
+            names += MIXTURE_KINDS[m["kind"]](name, m, f"{paths.tasks_dir() / 'mixtures.yaml'}: mixtures.{name}")
         elif m.get("kind") == "flan2022":
             try:
                 names.append(register_flan2022(name, m["vocabulary"], m.get("group", "held_in"),
