@@ -14,8 +14,7 @@ Plain-Python API (the forgetting study and the trainer call these; no gin):
 an uncached task fails at construction naming the command that caches it.
 
 Names may be tasks or mixtures (a mixture evaluates each of its tasks that has
-metrics and the split). After each call, `EvalRunner.breakdown` holds the
-results by template and by format (`_template_type`): `flanx.eval.breakdown`. Predict metrics get the model's decoded outputs
+metrics and the split). Predict metrics get the model's decoded outputs
 (greedy, beam search or sampling: `flanx.predict.DecodeConfig`); score
 metrics (rank classification over `*_scoring` tasks) get per-example target
 log-likelihoods. The batched decode and score calls live in `flanx.predict`
@@ -23,6 +22,10 @@ log-likelihoods. The batched decode and score calls live in `flanx.predict`
 `predict_fn`/`score_fn` and runs the Evaluators. In a multi-process run every
 process evaluates the same examples with the (sharded) parameters and gets the
 same results.
+
+After each call, `EvalRunner.breakdown` holds the results by template and by
+format (`_template_type`), recomputed from what seqio logged
+(`flanx.eval.breakdown`).
 """
 from __future__ import annotations
 
