@@ -152,7 +152,8 @@ def test_config_mistakes_name_the_file_and_key(change, key, message):
     raw = dict(CONFIG, **change)
     with pytest.raises(MixtureConfigError) as e:
         parse_config("m", raw, "tasks/mixtures.yaml: mixtures.m")
-    assert str(e.value).startswith("tasks/mixtures.yaml: mixtures.m") and key in str(e.value) and message in str(e.value)
+    msg = str(e.value)
+    assert msg.startswith("tasks/mixtures.yaml: mixtures.m") and key in msg and message in msg
 
 
 def test_a_bad_entry_is_not_skipped_when_registering():

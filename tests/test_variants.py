@@ -99,7 +99,8 @@ def test_a_templates_own_few_shot_layout():
     shots = [{"question": "2+2", "answer": "4"}, {"question": "3+3", "answer": "6"}]
     rows = [{"task": "Add the numbers.", "question": f"{i}+1", "answer": str(i + 1), "shots": shots} for i in range(6)]
     card = load_card({
-        "name": "laid_out", "source": {"type": "hf", "dataset": {"train": rows}}, "splits": {"train": {"name": "train"}},
+        "name": "laid_out", "source": {"type": "hf", "dataset": {"train": rows}},
+        "splits": {"train": {"name": "train"}},
         "vocabulary": "byte", "formats": ["zsnoopt", "fsnoopt"],
         "fields": {"task": "task", "question": "question", "answer": "answer", "shots": "shots"},
         "fewshot": {"k": 2, "exemplars_field": "shots", "budget_unit": "chars", "max_input_tokens": 500},
@@ -117,11 +118,13 @@ def test_a_templates_own_few_shot_layout():
         if ex["_template_idx"] == 0:
             want = f"Task: Add the numbers.\n---\nQ: 2+2 | A: 4\n---\nQ: {i}+1 | A:"
         else:  # the card's separators ("\n", "\n\n") and k=2, the template's prefixes and input
-            want = f"Add the numbers. Examples follow.\n\nIn: Sum 2+2\nOut: 4\n\nIn: Sum 3+3\nOut: 6\n\nIn: Sum {i}+1\nOut:"
+            want = (f"Add the numbers. Examples follow.\n\nIn: Sum 2+2\nOut: 4\n\nIn: Sum 3+3\nOut: 6\n\n"
+                    f"In: Sum {i}+1\nOut:")
         assert ex["inputs_pretokenized"] == want
         assert ex["targets_pretokenized"] == str(i + 1)
     zero = render.render_examples(card, next(s for s in task_specs(card) if s.fmt == "zsnoopt"), "train")
-    assert all("Add the numbers." in ex["inputs_pretokenized"] and "Q: " not in ex["inputs_pretokenized"] for ex in zero)
+    assert all("Add the numbers." in ex["inputs_pretokenized"] and "Q: " not in ex["inputs_pretokenized"]
+               for ex in zero)
 
 
 def test_metadata_features_on_every_example():

@@ -67,7 +67,8 @@ class Submixture:
 
     def format_shares(self) -> dict[str, float]:
         zs, opt = self.zero_shot, self.options
-        shares = {"zsopt": zs * opt, "fsopt": (1 - zs) * opt, "zsnoopt": zs * (1 - opt), "fsnoopt": (1 - zs) * (1 - opt)}
+        shares = {"zsopt": zs * opt, "fsopt": (1 - zs) * opt,
+                  "zsnoopt": zs * (1 - opt), "fsnoopt": (1 - zs) * (1 - opt)}
         return {f: s for f, s in shares.items() if s > 0}
 
 
@@ -95,7 +96,8 @@ def parse_config(name: str, raw, where: str) -> CollectionConfig:
         raise MixtureConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
     unknown = sorted(set(raw) - MIXTURE_KEYS)
     if unknown:
-        raise MixtureConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(MIXTURE_KEYS))}")
+        raise MixtureConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: "
+                                 f"{', '.join(sorted(MIXTURE_KEYS))}")
     vocabulary = raw.get("vocabulary", "t5_spm")
     if vocabulary not in VOCABULARIES:
         raise MixtureConfigError(f"{where}.vocabulary: {vocabulary!r} is not one of {', '.join(VOCABULARIES.names())}")
@@ -107,7 +109,8 @@ def parse_config(name: str, raw, where: str) -> CollectionConfig:
     for sub, spec in subs.items():
         at = f"{where}.submixtures.{sub}"
         if sub not in SUBMIXTURES:
-            raise MixtureConfigError(f"{at}: unknown submixture {sub!r}; task cards name one of {', '.join(SUBMIXTURES)}")
+            raise MixtureConfigError(f"{at}: unknown submixture {sub!r}; task cards name one of "
+                                     f"{', '.join(SUBMIXTURES)}")
         if not isinstance(spec, dict):
             raise MixtureConfigError(f"{at}: expected a mapping with {', '.join(sorted(SUBMIXTURE_KEYS))}")
         unknown = sorted(set(spec) - SUBMIXTURE_KEYS)
@@ -118,7 +121,8 @@ def parse_config(name: str, raw, where: str) -> CollectionConfig:
             raise MixtureConfigError(f"{at}.weight: required (the submixture's share of examples)")
         cap = spec.get("cap")
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
-            raise MixtureConfigError(f"{at}.cap: expected a positive number of examples per task (or null), got {cap!r}")
+            raise MixtureConfigError(f"{at}.cap: expected a positive number of examples per task (or null), "
+                                     f"got {cap!r}")
         inversion = spec.get("inversion")
         prefer = spec.get("prefer_source")
         if prefer is not None and not isinstance(prefer, str):
@@ -247,8 +251,9 @@ def register(config: CollectionConfig) -> str | None:
                 parts = []
                 for inverted, weight in groups.items():
                     part = f"{name}_{'ii' if inverted else 'direct'}"
-                    mixtures.register_mixture(part, [(e.task, rate) for e in s.entries[fmt] if e.inverted == inverted],
-                                              f"{'inverted' if inverted else 'direct'} {fmt} tasks of {s.config.name!r}")
+                    members = [(e.task, rate) for e in s.entries[fmt] if e.inverted == inverted]
+                    kind = "inverted" if inverted else "direct"
+                    mixtures.register_mixture(part, members, f"{kind} {fmt} tasks of {s.config.name!r}")
                     parts.append((part, weight))
                 mixtures.register_mixture(name, parts, f"{fmt} of the {s.config.name!r} submixture of {config.name}")
             components.append((name, share))

@@ -62,9 +62,10 @@ def _absent_line(sub) -> str:
     if sub.config.name == "niv2":
         from flanx.data.flan2022 import niv2  # noqa: PLC0415
         counts = niv2.recorded_counts()
+        mmlu = len(niv2.MMLU_OVERLAP_TASK_IDS)
         return (f"{INDENT}no task cards here: NIv2 needs a natural-instructions checkout or TFDS "
                 f"{niv2.TFDS_NAME}; FLAN recorded {len(counts):,} tasks ({sum(counts.values()):,} rows, "
-                f"tasks/flan2022/{niv2.COUNTS_FILE}), {len(niv2.MMLU_OVERLAP_TASK_IDS)} of them MMLU tasks it leaves out")
+                f"tasks/flan2022/{niv2.COUNTS_FILE}), {mmlu} of them MMLU tasks it leaves out")
     return f"{INDENT}no task cards here (docs/tasks.md says where its data goes)"
 
 

@@ -12,8 +12,9 @@ A card says how it renders: `options_style: random` is Flan 2022's zsopt,
 sets its own budget; the Flan 2022 cards say 1,920). A card that belongs to
 a Flan 2022 submixture (`submixture:` set, FLAN task names) but renders a
 format otherwise also yields that format's Flan 2022 variant,
-`{card}_template_0to{N}_{fmt}_flan2022` (training only, no scoring variant): the FLAN 2021 cards keep their FLAN 2021 tasks for the FLAN 2021
-mixtures and evaluation, and the `flan2022` mixture uses the variants.
+`{card}_template_0to{N}_{fmt}_flan2022` (training only, no scoring variant):
+the FLAN 2021 cards keep their FLAN 2021 tasks for the FLAN 2021 mixtures and
+evaluation, and the `flan2022` mixture uses the variants.
 `view(card, variant)` is the card as the variant renders it (same rows).
 
 Every rendered example carries FLAN's metadata features (`metadata`):

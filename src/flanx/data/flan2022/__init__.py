@@ -4,7 +4,7 @@ Importing this package registers, through flanx's registries:
 
 | module | source types | row transforms | postprocessors / metrics |
 |---|---|---|---|
-| `niv2` (+ `niv2_counts`: FLAN's rows per task) | `niv2` (natural-instructions checkout), `niv2_tfds` (TFDS natural_instructions) | | |
+| `niv2` (+ `niv2_counts`) | `niv2` (natural-instructions checkout), `niv2_tfds` (TFDS natural_instructions) | | |
 | `p3` (+ `t0_sf_data`) | `p3` (in memory, P3 checkout, or Hugging Face) | `p3` | `take_first_line`, `take_first_word` |
 | `cot` | `flan_cot_tsv` | | `cot_answer` / `cot_exact_match` |
 | `dialog` | `jsonl_gz` | `wiki_dialog`, `qrecc` | |
