@@ -118,19 +118,25 @@ def test_rows_formats_and_exemplars(checkout):
         assert z["targets_pretokenized"] == f["targets_pretokenized"] == f"answer {i}"
         assert "Answer the question about the passage." in z["inputs_pretokenized"]
         assert f"instance input {i}" in z["inputs_pretokenized"] and "pos input" not in z["inputs_pretokenized"]
-        # few-shot: the task's two positive examples, then the zero-shot input (definition and input)
-        text = f["inputs_pretokenized"]
-        first, second = (text.index(f"Example input: pos input {j}\nExample output: pos output {j}") for j in (0, 1))
-        assert first < second < min(text.index("Answer the question about the passage."),
-                                    text.index(f"instance input {i}"))
-        assert "neg input" not in text
+        # few-shot: the definition once, then the two positive examples, then the row's input, laid out by
+        # the example's template (its `fewshot` block in the card)
+        text, layout = f["inputs_pretokenized"], card.templates[f["_template_idx"]].fewshot
+        order = ["Answer the question about the passage.", "pos input 0", "pos output 0", "pos input 1",
+                 "pos output 1", f"instance input {i}"]
+        assert [text.index(s) for s in order] == sorted(text.index(s) for s in order)
+        assert text.count("Answer the question about the passage.") == 1 and "neg input" not in text
+        assert text.startswith(layout.prefix.replace("{definition}", "Answer the question about the passage."))
+        assert text.count(layout.inputs_prefix + "pos input") == 2
+        assert text.endswith(layout.inputs_prefix + f"instance input {i}\n" + layout.targets_prefix.rstrip())
+    assert len({f["_template_idx"] for f in few}) > 1  # the layout follows each example's template
     # One positive example: the second exemplar is another instance of the task, never the row itself.
     card = cards["niv2_task074_squad1_1_question_generation"]
     few = render.render_examples(card, specs_by_fmt(card)["fsnoopt"], "train")
     for i, ex in enumerate(few):
-        other = 1 - i
-        assert f"Example input: instance input {other}\nExample output: answer {other}" in ex["inputs_pretokenized"]
-        assert ex["inputs_pretokenized"].count(f"instance input {i}") == 1
+        other, text = 1 - i, ex["inputs_pretokenized"]
+        assert text.index("pos input 0") < text.index(f"instance input {other}") < text.index(f"answer {other}") \
+            < text.index(f"instance input {i}")
+        assert text.count(f"instance input {i}") == 1
 
 
 def test_per_task_cap_is_flans_5000(checkout):
@@ -144,6 +150,22 @@ def test_per_task_cap_is_flans_5000(checkout):
         entries = card_entries(card, rate)
         assert len(entries) == 2  # zsnoopt and fsnoopt share the task's rate
         assert sum(r.value(counts[name]) for _, r in entries) == pytest.approx(min(5000, counts[name]))
+
+
+def test_cards_weigh_with_flans_recorded_counts(checkout):
+    counts = niv2.recorded_counts()  # FLAN facts: 1,654 tasks, 5,163,933 rows in constants_niv2.py
+    assert len(counts) == 1654 and sum(counts.values()) == 5163933
+    assert counts["task001_quoref_question_generation"] == 4225 and counts["task002_quoref_answer_generation"] == 6500
+    assert niv2.recorded_count("task074_squad1.1_question_generation") == counts["task074_squad1"]
+    assert all(niv2.recorded_count(t) for t in MMLU_TASKS)  # recorded by FLAN, left out of its mixture
+    cards = {c.name: c for c in load_card_file(CARD)}
+    recorded = cards["niv2_task001_quoref_question_generation"]
+    assert render.num_examples(recorded) == (4225, "recorded")  # not the checkout's 4 instances
+    assert len(sources.load_rows(recorded, "train")) == 4
+    assert render.num_examples(cards["niv2_task900_big_task"]) == (5003, "data")  # FLAN never saw this task
+    assert recorded.metadata == {"task_name": "task001_quoref_question_generation"}
+    assert cards["niv2_task074_squad1_1_question_generation"].metadata["task_name"] == \
+        "task074_squad1.1_question_generation"
 
 
 def test_task_lists_and_selected_tasks(checkout, tmp_path):
@@ -250,7 +272,7 @@ def test_tfds_form_splits_the_builder_rows_by_task(tmp_path, monkeypatch):
     for card, task in zip(cards, tasks):
         assert [r["input"] for r in got[card.name]] == [f"{task} input {i}" for i in range(3)]
         assert {r["definition"] for r in got[card.name]} == {f"Definition of {task}."}
-        assert all(len(r["exemplars"]) == 2 and f"{task} input" in r["exemplars"][0] for r in got[card.name])
+        assert all(len(r["exemplars"]) == 2 and f"{task} input" in r["exemplars"][0]["input"] for r in got[card.name])
     # A second read uses the split files, not TFDS (no mock around it now).
     again = dataclasses.replace(cards[0], row_cache={})
     assert sources.load_rows(again, "train") == got[cards[0].name]

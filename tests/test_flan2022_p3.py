@@ -104,10 +104,15 @@ def test_rows_and_formats():
                                                  "options": ["Yes", "No"]}
     block = render_options(["Yes", "No"])
     fmts = specs(mc)
-    for fmt in ("zsopt", "fsopt"):
-        for ex in render.render_examples(mc, fmts[fmt], "train", length_fn=len):
-            assert ex["inputs_pretokenized"].count(block) == (1 if fmt == "zsopt" else 4)
-            assert ex["targets_pretokenized"] == "No"
+    for ex in render.render_examples(mc, fmts["fsopt"], "train", length_fn=len):
+        assert ex["inputs_pretokenized"].count(block) == 4  # few-shot keeps FLAN's fixed OPTIONS block
+        assert ex["targets_pretokenized"] == "No"
+    # zero-shot with options draws Flan 2022's styles: the target is "No", or its label in a lettered style
+    assert mc.options_style == "random"
+    for ex in render.render_examples(mc, fmts["zsopt"], "train", length_fn=len):
+        inp, tgt = ex["inputs_pretokenized"], ex["targets_pretokenized"]
+        assert block not in inp and inp.index("Yes") < inp.index("No", inp.index("Yes"))
+        assert tgt == "No" or (tgt in inp and inp.index(tgt) < inp.rindex("No") and tgt not in ("Yes", "No"))
     for fmt in ("zsnoopt", "fsnoopt"):
         assert all("OPTIONS" not in ex["inputs_pretokenized"]
                    for ex in render.render_examples(mc, fmts[fmt], "train", length_fn=len))

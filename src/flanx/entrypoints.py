@@ -244,6 +244,7 @@ def eval(argv: list[str]) -> int:  # noqa: A001 - the command's name
     path, out_dir = str(m("CHECKPOINT_PATH")), str(m("EVAL_OUTPUT_DIR"))
     names = m("MIXTURE_OR_TASK_NAME")
     names = [names] if isinstance(names, str) else list(names)
+    by_metadata: dict = {}  # results per template and per format (_template_type): flanx.eval.breakdown
     with _own_output_dir(out_dir):  # nothing is written there before the checkpoint has loaded
         params, config, step = _load(path, m("MODEL_CONFIG", None))
         _prepare_tasks(m("MIXTURE_OR_TASK_MODULE", None), names, config.vocab_size,
@@ -254,12 +255,16 @@ def eval(argv: list[str]) -> int:  # noqa: A001 - the command's name
         results = evaluate(params, config, names, split=m("SPLIT", "validation"), feature_lengths=lengths,
                            decode=_decode_config(), num_examples=m("EVAL_EXAMPLES", None), step=step,
                            use_cached=_use_cached(names, m("SPLIT", "validation")),
-                           predictions_dir=out_dir if _is_primary() else None)
+                           predictions_dir=out_dir if _is_primary() else None, breakdown=by_metadata)
         writer = MetricsWriter(out_dir)
         writer.write(step or 0, "eval", results)
         writer.close()
+        if _is_primary():
+            from flanx import io as io_lib
+            with io_lib.open_output(os.path.join(out_dir, "breakdown.json")) as f:
+                json.dump({"step": step, **by_metadata}, f, indent=1, sort_keys=True)
     if _is_primary():
-        print(json.dumps({"checkpoint": path, "step": step, "results": results}))
+        print(json.dumps({"checkpoint": path, "step": step, "results": results, "breakdown": by_metadata}))
     return 0
 
 

@@ -54,7 +54,7 @@ def register_all() -> None:
 
 def _register_mixtures() -> None:
     """tasks/mixtures.yaml's mixtures, `{card}_mix`, and the FLAN 2021 collection's mixtures."""
-    from flanx.data import flan2021, mixtures  # noqa: PLC0415
+    from flanx.data import flan2021, flan2022_mixture, mixtures  # noqa: PLC0415, F401 - flan2022_mixture: its kind
     mixtures.register_collection_mixtures()
     flan2021.register_mixtures()
 

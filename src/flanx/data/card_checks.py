@@ -7,12 +7,13 @@ plug in code are checked against their registries; `clusters:` against
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
 from flanx.data import clusters as clusters_lib
 from flanx.data.sources import SOURCES
-from flanx.data.templates import FewShotConfig, Template, TemplateError
+from flanx.data.templates import FewShotConfig, Template, TemplateError, TemplateFewShot
 from flanx.eval import metrics as metrics_lib
 from flanx.registry import Registry, suggest, with_hint
 
@@ -21,12 +22,14 @@ KEYS = {"name", "description", "dataset", "group", "submixture", "vocabulary", "
         "fields", "label_field", "labels", "options", "options_field", "answer_field", "templates",
         "formats", "fewshot", "metrics", "postprocess", "on_error", "row_transform", "eval_only",
         "task_naming", "groups", "references_field", "metric_scale", "override", "clusters", "collection",
-        "local", "mock"}
+        "local", "mock", "options_style", "metadata"}
 # What a `local:` block may not change: the tasks a card yields and where it belongs stay the same
 # whichever data it reads.
 NOT_LOCAL = {"name", "collection", "clusters", "group", "submixture", "templates", "formats", "task_naming",
-             "eval_only", "override", "groups", "local", "mock", "vocabulary"}
-SPLIT_KEYS = {"files", "name", "size", "take_every", "drop_every", "fields", "num_examples", "slice"}
+             "eval_only", "override", "groups", "local", "mock", "vocabulary", "options_style", "metadata"}
+OPTIONS_STYLES = ("fixed", "random")  # FLAN 2021's OPTIONS: block, or Flan 2022's drawn styles (zsopt)
+METADATA_KEYS = ("task_name", "task_source")
+SPLIT_KEYS = {"files", "name", "size", "take_every", "drop_every", "fields", "num_examples", "slice", "count"}
 
 
 class CardError(ValueError):
@@ -62,6 +65,11 @@ def split_specs(raw: Any, where: str) -> dict[str, dict]:
         n = spec.get("num_examples")
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
             raise err(where, f"splits.{split}.num_examples", f"expected a row count (an integer >= 0), got {n!r}")
+        if spec.get("count", "data") not in ("data", "recorded"):
+            raise err(where, f"splits.{split}.count", f"expected `recorded` (mixing rates use num_examples even "
+                                                       f"when the data is here) or `data`, got {spec['count']!r}")
+        if spec.get("count") == "recorded" and n is None:
+            raise err(where, f"splits.{split}.count", "`count: recorded` needs `num_examples`")
         if "slice" in spec:
             cut = spec["slice"]
             if not (isinstance(cut, list) and len(cut) == 2
@@ -79,15 +87,47 @@ def templates(raw: Any, where: str) -> list[Template]:
     for i, t in enumerate(raw):
         if not isinstance(t, dict) or "input" not in t or "target" not in t:
             raise err(where, f"templates[{i}]", "expected a mapping with `input` and `target`")
-        extra = set(t) - {"input", "target", "inverted"}
+        extra = set(t) - {"input", "target", "inverted", "fewshot"}
         if extra:
             raise err(where, f"templates[{i}]", f"unknown key(s) {', '.join(sorted(extra))}")
         try:
             out.append(Template(t["input"], t["target"], bool(t.get("inverted", False)),
-                                where=f"{where}: templates[{i}]"))
+                                where=f"{where}: templates[{i}]",
+                                fewshot=template_fewshot(where, f"templates[{i}].fewshot", t.get("fewshot"))))
         except TemplateError as e:
             raise CardError(f"task card {e}") from None
     return out
+
+
+def template_fewshot(where: str, key: str, raw: Any) -> TemplateFewShot | None:
+    """A template's own few-shot layout: `{k, inputs_prefix, targets_prefix, x_y_delimiter,
+    example_separator, prefix, input}`."""
+    if raw is None:
+        return None
+    known = [f.name for f in dataclasses.fields(TemplateFewShot)]
+    if not isinstance(raw, dict):
+        raise err(where, key, f"expected a mapping with some of {', '.join(known)}")
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise err(where, key, f"unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    for name, value in raw.items():
+        if name == "k":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise err(where, f"{key}.k", f"expected a shot count >= 1, got {value!r}")
+        elif not isinstance(value, str):
+            raise err(where, f"{key}.{name}", f"expected a string, got {type(value).__name__}")
+    return TemplateFewShot(**raw)
+
+
+def metadata(where: str, raw: Any) -> dict[str, str]:
+    """`metadata: {task_name, task_source}`: what the examples' `_task_name` / `_task_source` say."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or set(raw) - set(METADATA_KEYS) or \
+            not all(isinstance(v, str) and v for v in raw.values()):
+        raise err(where, "metadata", f"expected a mapping with {' and/or '.join(METADATA_KEYS)} (non-empty "
+                                      f"strings), got {raw!r}")
+    return dict(raw)
 
 
 def choice(where: str, key: str, value: Any, allowed) -> Any:
@@ -208,13 +248,15 @@ def check_fewshot_layout(where: str, templates: list[Template], formats, fewshot
     """A template must not repeat what the few-shot layout adds around every input ("Q: Q: ...")."""
     if not any(f.startswith("fs") for f in formats):
         return
-    head, tail = fewshot.inputs_prefix.strip(), fewshot.x_y_delimiter.strip()
     for i, t in enumerate(templates):
-        if head and t.input.lstrip().startswith(head):
+        cfg = t.fewshot_config(fewshot)
+        head, tail = cfg.inputs_prefix.strip(), cfg.x_y_delimiter.strip()
+        text = t.fewshot_template().input
+        if head and text.lstrip().startswith(head):
             raise err(where, f"templates[{i}]", f"input starts with {head!r}, which few-shot formats put before "
                                                  f"every input (fewshot.inputs_prefix): it would read "
                                                  f"{head + ' ' + head!r}. Drop it from the template")
-        if tail and t.input.rstrip().endswith(tail):
+        if tail and text.rstrip().endswith(tail):
             raise err(where, f"templates[{i}]", f"input ends with {tail!r}, which few-shot formats put after "
                                                  f"every input (fewshot.x_y_delimiter). Drop it from the template")
 

@@ -15,7 +15,9 @@ a second card of the same name from another file unless it says
 `override: true`. `docs/tasks.md` documents every key. `task_specs(card)`
 lists the seqio tasks a card yields, named as FLAN does:
 `{card}_template_{i}_zero_shot`, `{card}_template_0to{N}_{fmt}`, plus
-`{name}_scoring` rank-classification variants for tasks with options.
+`{name}_scoring` rank-classification variants for tasks with options, and
+for a card in a Flan 2022 submixture the `{..._fmt}_flan2022` variants of
+formats that Flan 2022 renders differently (`flanx.data.variants`).
 
 Cards in a folder under `tasks/` belong to the collection of that name
 (`tasks/flan2021/rte.yaml`: collection `flan2021`) and may say which FLAN
@@ -37,6 +39,7 @@ import yaml
 
 from flanx import paths
 from flanx.data import card_checks as checks
+from flanx.data import variants
 from flanx.data.card_checks import KEYS, NAME, CardError, err
 from flanx.data.group_lists import GROUP_LISTS
 from flanx.data.sources import data_available
@@ -80,6 +83,8 @@ class TaskCard:
     clusters: tuple[str, ...] = ()
     collection: str | None = None
     mock: dict = dataclasses.field(default_factory=dict, repr=False)
+    options_style: str = "fixed"  # "random": Flan 2022's drawn option styles in zsopt
+    metadata: dict = dataclasses.field(default_factory=dict)  # task_name / task_source of the examples
     variant: str = "main"  # "local" when the card reads its `local:` files
     alternate: "TaskCard | None" = dataclasses.field(default=None, repr=False)  # the other variant
     path: str = "<python>"
@@ -116,6 +121,7 @@ class TaskSpec:
     fmt: str
     scoring: bool = False
     per_template: bool = False  # `{card}_template_{i}_zero_shot`: one template, not for mixtures
+    variant: str = ""  # "flan2022": the format as Flan 2022 renders it (`flanx.data.variants`)
 
 
 def load_card(spec: dict, where: str = "<python>", use_local: bool | None = None) -> TaskCard:
@@ -237,6 +243,8 @@ def _build(spec: dict, where: str, formats: tuple[str, ...] | None = None) -> Ta
         clusters=checks.cluster_keys(where, spec.get("clusters")),
         collection=checks.collection_name(where, spec.get("collection")),
         mock=checks.mock_values(where, spec.get("mock")),
+        options_style=checks.choice(where, "options_style", spec.get("options_style", "fixed"), checks.OPTIONS_STYLES),
+        metadata=checks.metadata(where, spec.get("metadata")),
         path=where)
 
 
@@ -252,11 +260,14 @@ def task_specs(card: TaskCard) -> list[TaskSpec]:
                  for i in range(n)]
         specs += [TaskSpec(f"{card.name}_template_0to{n - 1}_{fmt}", card.name, tuple(range(n)), fmt)
                   for fmt in card.formats]
+        specs += [TaskSpec(variants.variant_name(f"{card.name}_template_0to{n - 1}_{fmt}", variants.FLAN2022),
+                           card.name, tuple(range(n)), fmt, variant=variants.FLAN2022)
+                  for fmt in variants.differing_formats(card)]
     if card.has_options:
         # Rank classification needs a template whose answer is one of the options (not an inverted one).
         specs += [dataclasses.replace(s, name=f"{s.name}_scoring", scoring=True)
                   for s in list(specs) if s.fmt.endswith("opt") and not s.fmt.endswith("noopt")
-                  and not all(card.templates[i].inverted for i in s.template_ids)]
+                  and not s.variant and not all(card.templates[i].inverted for i in s.template_ids)]
     return specs
 
 

@@ -3,7 +3,7 @@
     flanx tasks list [--group G] [--card NAME] [--collection C] [--cluster K] [--cards]
     flanx tasks show NAME [-n 3] [--split train]    rendered inputs/targets with token counts
     flanx mixtures list
-    flanx mixtures show NAME                        rate, share and examples per epoch per task
+    flanx mixtures show NAME [--tree]               rate, share and examples per epoch per task
 
 `--cluster` takes a paper cluster (`nli`) or a FLAN code key (`entailment`);
 `--cards` prints one line per card (collection, clusters, templates, the
@@ -138,6 +138,7 @@ def tasks_show(args) -> int:
         # +1: seqio appends EOS to both features.
         n_in, n_tgt = length(ex["inputs_pretokenized"]) + 1, length(ex["targets_pretokenized"]) + 1
         extra = f"  idx={ex['idx']} is_correct={ex['is_correct']}" if spec.scoring else ""
+        extra += f"  template {ex['_template_idx']} ({ex['_template_type']}, {ex['_task_name']})"
         print(f"\n--- example {i}: inputs {n_in} tokens, targets {n_tgt} tokens{extra}")
         print(f"[inputs]\n{ex['inputs_pretokenized']}\n[targets]\n{ex['targets_pretokenized']}")
     return 0
@@ -156,6 +157,14 @@ def mixtures_show(args) -> int:
     register_all()
     if args.name not in mixtures.MIXTURES:
         return _unknown("mixture", args.name, mixtures.MIXTURES)
+    if args.tree:
+        from flanx.data import mixture_tree  # noqa: PLC0415
+        try:
+            print("\n".join(mixture_tree.tree_lines(args.name)))
+        except paths.MissingDataError as e:
+            print(f"flanx: {e}", file=sys.stderr)
+            return 1
+        return 0
     try:
         rows = mixtures.mixture_table(args.name)
     except paths.MissingDataError as e:
@@ -202,6 +211,8 @@ def _parser() -> argparse.ArgumentParser:
     m.add_parser("list", help="list registered mixtures").set_defaults(fn=mixtures_list)
     p = m.add_parser("show", help="each task's rate, share and examples per epoch")
     p.add_argument("name")
+    p.add_argument("--tree", action="store_true",
+                   help="as a tree: submixture -> task -> format, with rates and shares (flanx.data.mixture_tree)")
     p.set_defaults(fn=mixtures_show)
     return parser
 

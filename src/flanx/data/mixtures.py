@@ -32,6 +32,7 @@ import yaml
 from flanx import paths
 from flanx.data import render, sources, tasks
 from flanx.data.cards import SUBMIXTURES, TaskCard, task_specs
+from flanx.registry import Registry
 
 FLAN2022_WEIGHTS = {"flan": 0.4, "t0": 0.32, "niv2": 0.2, "cot": 0.05, "dialog": 0.03}
 
@@ -51,6 +52,11 @@ class ExamplesRate:
     def __call__(self, task) -> float:  # seqio calls rates with the Task
         return self.value(num_train_examples(task.name))
 
+
+# `kind:` of a mixtures.yaml entry -> fn(name, entry, where) -> registered mixture names; `where` names the
+# file and key for errors. flanx.data.flan2022_mixture registers `flan_collection`.
+MIXTURE_KINDS: Registry = Registry("mixture kind", hint="Register one with "
+                                   "@flanx.data.mixtures.MIXTURE_KINDS.register('name')")
 
 # name -> [(task or mixture name, float weight or ExamplesRate)]
 MIXTURES: dict[str, list[tuple[str, float | ExamplesRate]]] = {}
@@ -97,7 +103,7 @@ def card_entries(card: TaskCard, rate: ExamplesRate, formats=None) -> list[tuple
     `formats` may name formats (`zsopt`, ...) or `zs` / `fs`: the card's own
     zero-/few-shot format, with options when the card has them.
     """
-    specs = [s for s in task_specs(card) if not s.scoring and not s.per_template]
+    specs = [s for s in task_specs(card) if not s.scoring and not s.per_template and not s.variant]
     if formats:
         opt = "opt" if card.has_options else "noopt"
         wanted = {f"{f}{opt}" if f in ("zs", "fs") else f for f in formats}
@@ -185,7 +191,9 @@ def register_collection_mixtures() -> list[str]:
     for name, m in (config.get("mixtures") or {}).items():
         rate = dict(cap=m.get("cap", 3000), temperature=float(m.get("temperature", 1.0)))
         desc = str(m.get("description", "")).strip()
-        if m.get("kind") == "flan2022":
+        if m.get("kind") in MIXTURE_KINDS:  # e.g. flan_collection: FLAN-T5's mixture (flanx.data.flan2022_mixture)
+            names += MIXTURE_KINDS[m["kind"]](name, m, f"{paths.tasks_dir() / 'mixtures.yaml'}: mixtures.{name}")
+        elif m.get("kind") == "flan2022":
             try:
                 names.append(register_flan2022(name, m["vocabulary"], m.get("group", "held_in"),
                                                weights=weights, description=desc, formats=m.get("formats"),

@@ -6,11 +6,14 @@ serves. Rank-classification variants add `idx` [example, option] and
 `is_correct`, one dict per option (a row's `answer_field` may list several
 correct options); a card with `references_field` adds `references`, the
 row's reference answers for evaluation (templates see the first).
-Everything is deterministic: the template of example i of a `0toN` task and
-its few-shot exemplars come from a random generator seeded by (task name,
-split, i), so the same task renders the same text on every machine and
-every run; the shuffle seed only orders examples. Evaluation splits never
-use inverted templates (their targets are not the task's answers).
+Everything is deterministic: the template of example i of a `0toN` task, its
+option style (a card with `options_style: random`, in `zsopt`) and its
+few-shot exemplars come from a random generator seeded by (task name, split,
+i), so the same task renders the same text on every machine and every run;
+the shuffle seed only orders examples. Evaluation splits never use inverted
+templates (their targets are not the task's answers). A few-shot example
+left without exemplars is dropped when the layout says `drop_empty`.
+`_flan2022` task variants render through `flanx.data.variants.view`.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import random
 import zlib
 from typing import Callable
 
-from flanx.data import sources
+from flanx.data import option_styles, sources, variants
 from flanx.data.cards import TaskCard, TaskSpec
 from flanx.data.templates import assemble_fewshot, is_fewshot, is_opt, render_exemplar
 
@@ -82,29 +85,43 @@ def _fewshot_pool(card: TaskCard, limit: int | None) -> tuple[list[dict], dict]:
     return pool, by_value
 
 
-def _fewshot(card, split, index, row, template, with_options, inp, rng, pool, by_value, length_fn) -> str:
-    """The few-shot input of one example: exemplars from the pool (or the row), within the budget."""
-    cfg = card.fewshot
+def _fewshot(card, split, index, row, template, with_options, rng, pool, by_value, length_fn) -> tuple[str, int]:
+    """The few-shot input of one example and how many exemplars it kept: exemplars from the pool (or the
+    row), rendered with the template's few-shot layout, within the budget."""
+    cfg = template.fewshot_config(card.fewshot)
+    shot_template = template.fewshot_template()
+    options = card.row_options(row)
+    inp = shot_template.render(row, options, with_options)[0]
     # Lengths are sums over pieces (memoized), so a pool row is measured once, not once per use.
     layout = length_fn(cfg.inputs_prefix) + length_fn(cfg.x_y_delimiter) + length_fn(cfg.targets_prefix)
-    final_len = layout + template.rendered_length(row, card.row_options(row), with_options, length_fn)[0]
-    if cfg.exemplars_field:  # pre-rendered exemplars carried by the row (e.g. BBH chain-of-thought prompts)
-        prefix = str(row.get(cfg.prefix_field, "")) if cfg.prefix_field else ""
-        shots = list(row[cfg.exemplars_field])[:cfg.k]
-        lens = [length_fn(s) for s in shots]
+    final_len = layout + shot_template.rendered_length(row, options, with_options, length_fn)[0]
+    prefix = (str(row.get(cfg.prefix_field, "")) if cfg.prefix_field else "") + template.fewshot_prefix(row)
+    if cfg.exemplars_field:  # exemplars carried by the row: text (BBH's CoT prompts) or rows (NIv2's examples)
+        examples = [ex if isinstance(ex, str) else text_row(card, dict(row, **ex))
+                    for ex in list(row[cfg.exemplars_field])[:cfg.k]]
     else:
-        prefix = ""
         candidates = by_value.get(row[cfg.match_field], []) if cfg.match_field else range(len(pool))
         # Draw one spare so the example itself can be left out of its own exemplars (O(k), not O(pool)).
         exclude = index if split == cfg.pool_split else -1
         picked = [j for j in rng.sample(candidates, min(cfg.k + 1, len(candidates))) if j != exclude][:cfg.k]
-        shots, lens = [], []
-        for j in picked:
-            ex = text_row(card, pool[j])
-            options = card.row_options(ex)
-            shots.append(render_exemplar(*template.render(ex, options, with_options), cfg))
-            lens.append(layout + sum(template.rendered_length(ex, options, with_options, length_fn)))
-    return assemble_fewshot(inp, shots, cfg, length_fn, prefix, lengths=(final_len, lens))[0]
+        examples = [text_row(card, pool[j]) for j in picked]
+    shots, lens = [], []
+    for ex in examples:
+        if isinstance(ex, str):
+            shots.append(ex)
+            lens.append(length_fn(ex))
+            continue
+        ex_options = card.row_options(ex)
+        shots.append(render_exemplar(*shot_template.render(ex, ex_options, with_options), cfg))
+        lens.append(layout + sum(shot_template.rendered_length(ex, ex_options, with_options, length_fn)))
+    return assemble_fewshot(inp, shots, cfg, length_fn, prefix, lengths=(final_len, lens))
+
+
+def _styled(card: TaskCard, row: dict, style: option_styles.OptionStyle, options: list[str]) -> dict:
+    """The row with its answer as the drawn option style names it (a label such as `(B).`, or unchanged)."""
+    if not card.answer_field or card.answer_field not in row:
+        return row
+    return dict(row, **{card.answer_field: style.answer(str(row[card.answer_field]), options)})
 
 
 def render_examples(card: TaskCard, spec: TaskSpec, split: str,
@@ -113,7 +130,9 @@ def render_examples(card: TaskCard, spec: TaskSpec, split: str,
 
     `limit` renders a preview from the first `limit` rows only (few-shot
     exemplars then come from the first `PREVIEW_POOL` rows of the pool), uncached.
+    Each example carries the metadata features (`flanx.data.variants.metadata`).
     """
+    card = variants.view(card, spec.variant)
     key = ("rendered", spec.name, split)
     if key in card.row_cache:
         return card.row_cache[key]
@@ -129,6 +148,7 @@ def render_examples(card: TaskCard, spec: TaskSpec, split: str,
         length_fn = _memo(length_fn)
         pool_limit = None if limit is None else max(limit, PREVIEW_POOL)
         pool, by_value = ([], {}) if card.fewshot.exemplars_field else _fewshot_pool(card, pool_limit)
+    random_options = is_opt(spec.fmt) and not fewshot and card.options_style == "random"
     out: list[dict] = []
     for i, full_row in enumerate(rows):
         row = text_row(card, full_row)
@@ -137,11 +157,19 @@ def render_examples(card: TaskCard, spec: TaskSpec, split: str,
         template = card.templates[tid]
         options = card.row_options(row)
         with_options = is_opt(spec.fmt) and not template.inverted
-        inp, tgt = template.render(row, options, with_options)
+        style = option_styles.draw(rng) if random_options and with_options and options else None
+        if style is not None:
+            row = _styled(card, row, style, options)
+            inp, tgt = template.render(row, options, with_options, style.render(options))
+        else:
+            inp, tgt = template.render(row, options, with_options)
         if fewshot:
-            inp = _fewshot(card, split, i, row, template, with_options, inp, rng, pool, by_value, length_fn)
+            inp, kept = _fewshot(card, split, i, row, template, with_options, rng, pool, by_value, length_fn)
+            if not kept and template.fewshot_config(card.fewshot).drop_empty:
+                continue  # Flan 2022 drops examples left without an exemplar
+        meta = variants.metadata(card, spec, tid)
         if not spec.scoring:
-            ex = {"inputs_pretokenized": inp, "targets_pretokenized": tgt}
+            ex = {"inputs_pretokenized": inp, "targets_pretokenized": tgt, **meta}
             if card.references_field and not template.inverted:
                 ex["references"] = _references(card, full_row)
             out.append(ex)
@@ -152,9 +180,10 @@ def render_examples(card: TaskCard, spec: TaskSpec, split: str,
             raise sources.DataFormatError(
                 f"task card {card.name!r}, split {split!r}, row {i}: answer {wrong[0]!r} (field "
                 f"{card.answer_field!r}) is not one of the options {options}")
+        targets = style.candidates(options) if style is not None else options
         for j, option in enumerate(options):
-            out.append({"inputs_pretokenized": inp, "targets_pretokenized": option,
-                        "idx": [i, j], "is_correct": option in answers})
+            out.append({"inputs_pretokenized": inp, "targets_pretokenized": targets[j],
+                        "idx": [i, j], "is_correct": option in answers, **meta})
     if limit is None:
         card.row_cache[key] = out
     return out
@@ -167,13 +196,16 @@ def count_examples(card: TaskCard, split: str = "train") -> int:
 
 def num_examples(card: TaskCard, split: str = "train") -> tuple[int, str]:
     """(rows in a split, "data" or "recorded"): counted when the data is here (TFDS: from its metadata,
-    before row filters, as FLAN counts), else the split's recorded `num_examples`. Cached on the card."""
+    before row filters, as FLAN counts), else the split's recorded `num_examples`; always the recorded
+    count with `count: recorded` (FLAN's count after its filters, or to spare reading the data). Cached."""
     if split not in card.splits and card.alternate is not None and split in card.alternate.splits:
         return num_examples(card.alternate, split)  # a split the local files do not give
     key = ("num_examples", split)
     if key not in card.row_cache:
         recorded = card.splits[split].get("num_examples") if split in card.splits else None
-        if sources.data_available(card):
+        if recorded is not None and card.splits[split].get("count") == "recorded":
+            card.row_cache[key] = (int(recorded), "recorded")  # e.g. FLAN's count after its filters
+        elif sources.data_available(card):
             if card.source["type"] == "tfds":
                 from flanx.data import hub_sources  # noqa: PLC0415
                 card.row_cache[key] = (hub_sources.split_size(card, split), "data")

@@ -2,7 +2,10 @@
 
 `register_card(card)` turns every `TaskSpec` of a card into a `seqio.Task`:
 its source renders examples in Python (`flanx.data.render`) and serves them
-as `inputs_pretokenized` / `targets_pretokenized`; preprocessors copy them to
+as `inputs_pretokenized` / `targets_pretokenized` with the metadata features
+`_task_name`, `_task_source`, `_template_type`, `_template_idx`
+(`flanx.data.variants`; not model features, so seqio's feature converters
+and mixtures drop them before batching); preprocessors copy them to
 `inputs` / `targets`, tokenize with the card's vocabulary and append EOS
 after trimming. Tokenized examples can be cached offline (`flanx cache`: the
 `seqio.CacheDatasetPlaceholder` sits before the EOS step) and read back with
@@ -26,7 +29,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from flanx.data import cache, hub_sources, render, vocab
+from flanx.data import cache, hub_sources, render, variants, vocab
 from flanx.data.cards import CardError, TaskCard, TaskSpec, check_collision, collection_card_files, \
     expand_groups, load_card, load_card_file, task_specs
 from flanx.eval import metrics as metrics_lib
@@ -84,6 +87,9 @@ def _examples_dataset(card: TaskCard, spec: TaskSpec, split: str, shuffle: bool,
         "inputs_pretokenized": tf.constant([ex["inputs_pretokenized"] for ex in examples], tf.string),
         "targets_pretokenized": tf.constant([ex["targets_pretokenized"] for ex in examples], tf.string),
     }
+    for name in variants.METADATA_FEATURES:  # FLAN's metadata; the feature converter drops it before the model
+        values = [ex[name] for ex in examples]
+        columns[name] = tf.constant(values, tf.int32 if name == "_template_idx" else tf.string)
     if card.references_field and not spec.scoring:  # several references per target, for evaluation
         refs = [json.dumps(ex.get("references") or [ex["targets_pretokenized"]]) for ex in examples]
         columns[metrics_lib.REFERENCES_FEATURE] = tf.constant(refs, tf.string)

@@ -27,6 +27,10 @@ log-likelihoods. The batched decode and score calls live in `flanx.predict`
 `predict_fn`/`score_fn` and runs the Evaluators. In a multi-process run every
 process evaluates the same examples with the (sharded) parameters and gets the
 same results.
+
+After each call, `EvalRunner.breakdown` holds the results by template and by
+format (`_template_type`), recomputed from what seqio logged
+(`flanx.eval.breakdown`).
 """
 from __future__ import annotations
 
@@ -85,15 +89,21 @@ class EvalRunner:
                  feature_lengths: Mapping[str, int] | None = None, decode: DecodeConfig = DecodeConfig(),
                  num_examples: int | None = None, seed: int = 42, use_cached: bool = False,
                  predictions_dir: str | None = None):
+        import functools
+
         import seqio
 
         from flanx.data import cache, register_all
+        from flanx.eval import breakdown as breakdown_lib
         register_all()
         names = [task_names] if isinstance(task_names, str) else list(task_names)
         if not names:
             raise ValueError("no evaluation tasks given (EVAL_MIXTURES / task_names is empty)")
         self.model_config, self.decode = model_config, decode
         self.evaluators = []
+        self._records: dict = {}  # task -> what seqio logged (flanx.eval.breakdown)
+        self.breakdown: dict = {}  # the latest call's results by template and by format
+        recorder = functools.partial(breakdown_lib.RecordingLogger, self._records)
         known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
         for name in names:
             if name not in known:
@@ -108,7 +118,8 @@ class EvalRunner:
                 eval_split=split, use_cached=use_cached, seed=seed,
                 sequence_length=dict(feature_lengths) if feature_lengths else None,
                 num_examples=num_examples, shuffle=False, use_memory_cache=True,
-                logger_cls=[_predictions_logger()] if predictions_dir else (), log_dir=predictions_dir)
+                logger_cls=[recorder] + ([_predictions_logger()] if predictions_dir else []),
+                log_dir=predictions_dir or "unused")  # the recording logger writes nothing
             if not ev.eval_tasks:
                 raise ValueError(f"{name!r} has no task with metrics and a {split!r} split to evaluate")
             self.evaluators.append(ev)
@@ -128,6 +139,9 @@ class EvalRunner:
         for task, metrics in results.items():
             logger.info("[eval] step %s %s %s", step, task,
                         " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+        from flanx.eval import breakdown as breakdown_lib
+        self.breakdown = breakdown_lib.breakdown(self._records)
+        self._records.clear()
         return results
 
     def close(self) -> None:
@@ -138,12 +152,17 @@ class EvalRunner:
 def evaluate(params, model_config, task_names: Sequence[str] | str, split: str = "validation",
              feature_lengths: Mapping[str, int] | None = None, decode: DecodeConfig = DecodeConfig(),
              num_examples: int | None = None, step: int | None = None,
-             use_cached: bool = False, predictions_dir: str | None = None) -> dict[str, dict[str, float]]:
-    """Evaluate `params` on tasks/mixtures -> {task: {metric: value}} (see the module docstring)."""
+             use_cached: bool = False, predictions_dir: str | None = None,
+             breakdown: dict | None = None) -> dict[str, dict[str, float]]:
+    """Evaluate `params` on tasks/mixtures -> {task: {metric: value}} (see the module docstring); a
+    `breakdown` dict receives the results by template and by format (`flanx.eval.breakdown`)."""
     runner = EvalRunner(model_config, task_names, split, feature_lengths, decode, num_examples,
                         use_cached=use_cached, predictions_dir=predictions_dir)
     try:
-        return runner(params, step)
+        results = runner(params, step)
+        if breakdown is not None:
+            breakdown.update(runner.breakdown)
+        return results
     finally:
         runner.close()
 

@@ -139,8 +139,9 @@ def _split_files_here(spec: dict, group: str) -> bool:
 
 
 @GROUP_LISTS.register("flan_cot")
-def flan_cot_groups(spec: dict, groups: dict) -> list[str]:
-    """`groups: {list: flan_cot, exclude: [...]}`: the CoT datasets (`DATASETS`) whose files are here.
+def flan_cot_groups(spec: dict, groups: dict) -> list[dict]:
+    """`groups: {list: flan_cot, exclude: [...], task_name_suffix: _ii}`: the CoT datasets (`DATASETS`) whose
+    files are here, each card's examples named as FLAN names the task (`stream_aqua`, `cot_creak_ii`, ...).
 
     FLAN's CoT files are not all public in every copy (e-SNLI and QED are often
     missing), so a card exists for each dataset whose TSV you have.
@@ -155,4 +156,5 @@ def flan_cot_groups(spec: dict, groups: dict) -> list[str]:
     if len(here) < len(names):
         logger.info("task card %r: no file for CoT dataset(s) %s; their cards are left out", spec.get("name"),
                     ", ".join(d for d in names if d not in here))
-    return here
+    suffix = str(groups.get("task_name_suffix", ""))
+    return [{"group": d, "set": {"metadata": {"task_name": DATASETS[d][1] + suffix}}} for d in here]

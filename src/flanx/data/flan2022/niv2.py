@@ -15,10 +15,16 @@ Two forms of the data, one row layout:
 
 Rows: `task_name`, `id`, `definition` (the first Definition), `input`,
 `output` (the first reference) and `outputs` (all of them), `source`,
-`categories`, and `exemplars`: two worked examples as text for the few-shot
-format ("definition + 2 positive examples"): the task's first positive
-examples, completed from the task's other instances when it has fewer than
-two (TFDS rows carry no positive examples).
+`categories`, and `exemplars`: two worked examples ({input, output}) for
+the few-shot format ("definition + 2 positive examples"; each template lays
+them out after the definition): the task's first positive examples,
+completed from the task's other instances when it has fewer than two (TFDS
+rows carry no positive examples).
+
+Each card records FLAN's row count of its task (`niv2_counts.tsv` beside the
+card, from FLAN's constants_niv2.py) with `count: recorded`, so mixing rates
+(5,000 per task at most) need not read 1,556 task files; its examples say
+`_task_name` = the NIv2 task name.
 
 A task file without a Definition, with no Instances, with an Instance whose
 `output` is not a list of strings, or a split file naming a task that has
@@ -41,6 +47,7 @@ from typing import Iterator
 
 from flanx import paths
 from flanx.data import hub_sources
+from flanx.data.flan2022.niv2_counts import COUNTS_FILE, recorded_count, recorded_counts  # noqa: F401 - API
 from flanx.data.group_lists import GROUP_LISTS
 from flanx.data.sources import DataFormatError, Record, SourceFormatError, register_source
 
@@ -73,11 +80,6 @@ def overlaps_mmlu(task: str) -> bool:
 def card_suffix(task: str) -> str:
     """A card-name-safe form of a task name: `task074_squad1.1_question_generation` -> `task074_squad1_1_...`."""
     return re.sub(r"[^a-z0-9_]", "_", task.lower())
-
-
-def exemplar_text(inp: str, out: str) -> str:
-    """One worked example of the few-shot format."""
-    return f"Example input: {inp}\nExample output: {out}"
 
 
 @dataclasses.dataclass
@@ -153,15 +155,16 @@ def load_task_file(path: Path) -> NIv2Task:
     return parse_task(doc, Path(path).stem, str(path))
 
 
-def _exemplars(task: NIv2Task, good: list, index: int) -> list[str]:
-    """The row's worked examples: positive examples first, then other instances (chosen per row)."""
-    shots = [exemplar_text(i, o) for i, o in task.positive[:NUM_EXEMPLARS]]
+def _exemplars(task: NIv2Task, good: list, index: int) -> list[dict]:
+    """The row's worked examples ({input, output}): positive examples first, then other instances (chosen
+    per row). Templates lay them out (`fewshot` of each template in niv2.yaml)."""
+    shots = [{"input": i, "output": o} for i, o in task.positive[:NUM_EXEMPLARS]]
     others = len(good) - 1
     if len(shots) < NUM_EXEMPLARS and others > 0:
         start = zlib.crc32(f"{task.name}|{good[index][0]}".encode()) % others
         for k in range(min(NUM_EXEMPLARS - len(shots), others)):
             j = (index + 1 + (start + k) % others) % len(good)
-            shots.append(exemplar_text(good[j][1], good[j][2][0]))
+            shots.append({"input": good[j][1], "output": good[j][2][0]})
     return shots
 
 
@@ -379,5 +382,17 @@ def niv2_groups(spec: dict, groups: dict) -> list[dict]:
             raise SourceFormatError(f"NIv2 tasks {seen[suffix]!r} and {task!r} give the same card name "
                                     f"{spec.get('name')}_{suffix}; list only one of them")
         seen[suffix] = task
-        entries.append({"group": task, "suffix": suffix, "set": extra})
+        entries.append({"group": task, "suffix": suffix, "set": _task_settings(task, extra)})
     return entries
+
+
+def _task_settings(task: str, extra: dict) -> dict:
+    """Card keys of one NIv2 task's card: FLAN's task name, and FLAN's row count as the rate's count (so
+    mixing rates need not read every task file; a task FLAN did not record is counted from its data)."""
+    settings = {**extra, "metadata": {"task_name": task}}
+    n = recorded_count(task)
+    if n is not None:
+        train = {"train": {"num_examples": n, "count": "recorded"}}
+        settings["splits"] = train
+        settings["local"] = {**settings.get("local", {}), "splits": train}
+    return settings

@@ -242,9 +242,12 @@ def take_first_word(text, example=None, is_target=False) -> str:
 
 
 def subtask_settings(subtask: str) -> dict:
-    """Card keys of one T0-SF subtask: answer options for `mc_options`, FLAN's postprocessor, its row count."""
+    """Card keys of one T0-SF subtask: answer options for `mc_options`, FLAN's postprocessor, its row count
+    (recorded: mixing rates use it even with the data here), FLAN's task name for the examples."""
     _, kind, train_rows, target_tokens = T0_SF_SUBTASKS[subtask]
-    settings = {"splits": {"train": {"num_examples": train_rows}}}
+    # P3's row count weighs the mixture without reading the subtask (amazon_polarity: 3.6M rows).
+    settings = {"splits": {"train": {"num_examples": train_rows, "count": "recorded"}},
+                "metadata": {"task_name": subtask}}
     if kind == "mc_options":
         settings.update(fields={"options": "options"}, options_field="options", answer_field="answer")
     elif kind == "qa":
