@@ -206,6 +206,8 @@ def train(cfg: TrainConfig, model_config, data_iter_factory: Callable[[partition
         if latest is None and init_params is not None:  # fresh adapters on base weights (LoRA only)
             from flanx.models import lora
             init_params, _ = lora.setup(init_params, model_config, jax.random.PRNGKey(cfg.seed))
+        if latest is not None:  # resuming: the checkpoint holds every parameter (adapters too)
+            init_params = None
         run = _Run(cfg, model_config, init_params, init_step, trainable_mask, mesh, apply_fn)
     except BaseException:
         if ckpt:
