@@ -76,3 +76,20 @@ def test_limit_scores_the_first_examples_of_the_same_selection(model):
     picked = [int(group[0]["idx"][0]) for group in suite.data[name].examples]
     assert picked == [0, 1, 3, 4, 6, 7]
     assert all(len(group) == 5 for group in suite.data[name].examples)
+
+
+def test_compare_models_reports_a_held_out_comparison(model, tmp_path):
+    from flanx.experiments.compare import compare_models
+
+    config, params = model
+    other = init_params(config, jax.random.PRNGKey(2))
+    tasks = {"evalsuite_mini_template_0to1_zsopt_scoring": "validation"}
+    out = compare_models({"base": (params, config), "tuned": {0: (other, config), 1: (params, config)}}, tasks,
+                         str(tmp_path), LENGTHS, DecodeConfig(batch_size=4), bootstrap_samples=50)
+    res = out["results"]
+    assert res["target_task"] is None and res["variants"]["tuned"]["seeds"] == [0, 1]
+    name = next(iter(tasks))
+    base = res["tasks"]["base"][name]["rank_accuracy"]["mean"]
+    tuned = res["tasks"]["tuned"][name]["rank_accuracy"]["mean"]
+    assert res["summary"]["tuned"]["forgetting_held_out"]["mean"] == pytest.approx(base - tuned)
+    assert (tmp_path / "report.md").is_file() and (tmp_path / "per_task_change.png").is_file()

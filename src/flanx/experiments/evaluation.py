@@ -25,12 +25,15 @@ metrics (BLEU, F1) have none. `chance` is the expected rank accuracy of a
 uniform guess among an example's options (scoring tasks), else None.
 
 This is the one evaluation the forgetting study and the held-out cluster
-comparison use; results go into the eval files `flanx.experiments.report` reads.
+comparison use; `record` and `write_record` put a result into the evaluation
+files `flanx.experiments.report` reads (`evals/<variant>/seed<k>.json`).
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 from typing import Any, Mapping
 
 import numpy as np
@@ -145,7 +148,12 @@ class EvalSuite:
         rows = data.rows(limit)
         scores = []
         for chunk in _batches(rows, self.decode.batch_size):
-            batch = make_eval_batch(chunk, self.feature_lengths)
+            # Options are short: score targets at the next power of two (>= 4) of the longest one in the
+            # batch, not the full target length (the padding adds nothing to a log-likelihood, only cost).
+            longest = max(len(r["targets"]) for r in chunk)
+            lengths = dict(self.feature_lengths, targets=min(self.feature_lengths["targets"],
+                                                             max(4, 1 << (longest - 1).bit_length())))
+            batch = make_eval_batch(chunk, lengths)
             scores += [float(s) for s in score_batch(params, model_config, batch, self.decode.batch_size)]
         post = data.task.postprocess_fn
         targets = [post(_text(r["targets_pretokenized"]), example=r, is_target=True) for r in rows]
@@ -165,3 +173,24 @@ class EvalSuite:
                             abs_tol=1e-9):
             per_example = {}
         return {"metrics": metrics, "per_example": per_example, "chance": chance}
+
+
+def record(variant: str, seed: int, tasks: dict | None, **fields) -> dict:
+    """An evaluation file's body: a suite's result (per-example scores rounded to 4 decimals, 0/1 kept
+    as ints, so files stay small) plus `fields` (arm, knob, value, optimizer, steps, curve, timings...)."""
+    body = {"variant": variant, "seed": int(seed), **fields}
+    if tasks is not None:
+        body["tasks"] = {t: {**b, "per_example": {m: [int(x) if x in (0.0, 1.0) else round(x, 4) for x in v]
+                                                  for m, v in b["per_example"].items()}}
+                         for t, b in tasks.items()}
+    return body
+
+
+def write_record(evals_dir: str, body: dict) -> str:
+    """Write `evals_dir/<variant>/seed<k>.json` (compact JSON, renamed into place when complete)."""
+    path = os.path.join(evals_dir, body["variant"], f"seed{body['seed']}.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(body, f, sort_keys=True, default=str, separators=(",", ":"))
+    os.replace(path + ".tmp", path)
+    return path

@@ -10,9 +10,9 @@ plan that the study runs identically for every seed in `seeds`: same steps,
 batch size and data pipeline (the seed orders the data and seeds the run).
 Every variant and the base are evaluated on the same examples of the target,
 held-in and held-out tasks (`flanx.experiments.evaluation`), keeping
-per-example scores; with `curve_every` the held-in, held-out and target tasks
-are also evaluated every k fine-tuning steps on the first `curve_examples`
-of those examples. `flanx.experiments.report` turns the evaluation files into
+per-example scores; with `curve_every` the held-in and held-out tasks are
+also evaluated every k fine-tuning steps on the first `curve_examples` of
+those examples. `flanx.experiments.report` turns the evaluation files into
 numbers with spreads, and `flanx.experiments.plots` into pictures.
 
 Resumable: each stage writes its outputs under `out_dir` and a stage whose
@@ -27,19 +27,18 @@ newest checkpoint (the trainer's exact resume).
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import resource
 import subprocess
 import sys
 import time
-from typing import Any
 
 import jax
 import numpy as np
 
 from flanx.experiments import arms as arms_lib
+from flanx.experiments.evaluation import record, write_record
 from flanx.experiments.study_config import (STUDY_CONFIG_FILE, StudyConfig, StudyDirMismatch,  # noqa: F401
                                             check_study_dir, fingerprint)
 from flanx.train.config import TrainConfig
@@ -56,15 +55,6 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _write_json(path: str, payload: Any) -> None:
-    """Compact JSON, written under a temporary name and renamed: a half-written file never looks complete."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, sort_keys=True, default=str, separators=(",", ":"))
-    os.replace(tmp, path)
-
-
 def _cpu_time() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -72,16 +62,6 @@ def _cpu_time() -> float:
 
 def _to_host(params):
     return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), params)
-
-
-def _compact(task_evals: dict) -> dict:
-    """Per-example scores rounded to 4 decimals (0/1 scores as ints) to keep evaluation files small."""
-    out = {}
-    for task, body in task_evals.items():
-        per = {m: [int(x) if x in (0.0, 1.0) else round(x, 4) for x in values]
-               for m, values in body["per_example"].items()}
-        out[task] = {**body, "per_example": per}
-    return out
 
 
 def _curve_values(task_evals: dict, limit: int) -> dict[str, dict[str, float]]:
@@ -213,14 +193,15 @@ class Study:
                            optimizer=plan.optimizer)
         final: dict = {}
         limit, eval_time = cfg.curve_examples, [0.0]
+        curve_tasks = list(dict.fromkeys([*cfg.held_in, *cfg.held_out]))
 
         def eval_fn(params, step):
             t0 = time.perf_counter()
             if step >= cfg.arm_steps:  # the end of the run: the full evaluation, kept whole
                 final.update(self.suite()(params, plan.model_config))
                 values = _curve_values(final, limit)
-            else:
-                values = _curve_values(self.suite()(params, plan.model_config, limit=limit), limit)
+            else:  # held-in and held-out tasks on the curve examples
+                values = _curve_values(self.suite()(params, plan.model_config, limit=limit, tasks=curve_tasks), limit)
             eval_time[0] += time.perf_counter() - t0
             return values
 
@@ -234,7 +215,7 @@ class Study:
         for row in read_metrics(model_dir, "eval"):
             if row["step"] < cfg.arm_steps:
                 points[int(row["step"])] = _point({t: v for t, v in row.items() if isinstance(v, dict)})
-        points[cfg.arm_steps] = _point(_curve_values(final, limit))
+        points[cfg.arm_steps] = _point(_curve_values({t: final[t] for t in curve_tasks}, limit))
         return final, [{"step": s, "values": points[s]} for s in sorted(points)], train_time
 
     def run_variant(self, variant: arms_lib.Variant, seed: int) -> dict:
@@ -242,40 +223,38 @@ class Study:
         ctx = arms_lib.ArmContext(cfg, self.model_config, self.base_params(), seed, self.fisher,
                                   lambda name: self.trained_params(name, seed))
         plan = arms_lib.ARMS[variant.arm].fn(ctx, variant.value)
-        body = {"variant": variant.name, "arm": variant.arm, "knob": variant.knob, "value": variant.value,
-                "seed": seed, "optimizer": plan.describe(), "steps": cfg.arm_steps if plan.trains else 0}
+        info = {"arm": variant.arm, "knob": variant.knob, "value": variant.value, "optimizer": plan.describe(),
+                "steps": cfg.arm_steps if plan.trains else 0}
         if plan.same_as:
-            return {**body, "same_as": plan.same_as}
+            return record(variant.name, seed, None, **info, same_as=plan.same_as)
         cpu0, t0 = _cpu_time(), time.perf_counter()
         if plan.trains:
             logger.info("study: %s seed %d: training %d steps on %s (%s)", variant.name, seed, cfg.arm_steps,
-                        plan.mixture, body["optimizer"])
+                        plan.mixture, info["optimizer"])
             tasks, curve, train_time = self._train(variant.name, seed, plan)
             from flanx.train.writers import read_metrics
 
             losses = {int(r["step"]): round(float(r["loss"]), 5) for r in
                       read_metrics(self._run_dir(variant.name, seed), "train") if "loss" in r}
-            body.update(train_loss=sorted(losses.items()), train_time_s=round(train_time, 1), curve=curve)
+            info.update(train_loss=sorted(losses.items()), curve=curve)
         else:
             logger.info("study: %s seed %d: evaluating", variant.name, seed)
-            tasks = self.suite()(plan.params, plan.model_config)
-            body.update(train_time_s=0.0)
+            tasks, train_time = self.suite()(plan.params, plan.model_config), 0.0
         elapsed = time.perf_counter() - t0
-        body.update(tasks=_compact(tasks), eval_time_s=round(elapsed - body["train_time_s"], 1),
-                    cpu_time_s=round(_cpu_time() - cpu0, 1))
-        return body
+        return record(variant.name, seed, tasks, **info, train_time_s=round(train_time, 1),
+                      eval_time_s=round(elapsed - train_time, 1), cpu_time_s=round(_cpu_time() - cpu0, 1))
 
     def run_base(self) -> dict:
         cpu0, t0 = _cpu_time(), time.perf_counter()
         params = self.base_params()
         train_time = time.perf_counter() - t0
         tasks = self.suite()(params, self.model_config)
-        body = {"variant": arms_lib.BASE, "arm": None, "knob": None, "value": None, "seed": self.cfg.seed,
-                "optimizer": None, "steps": 0, "tasks": _compact(tasks), "train_time_s": round(train_time, 1),
-                "eval_time_s": round(time.perf_counter() - t0 - train_time, 1),
-                "cpu_time_s": round(_cpu_time() - cpu0, 1)}
-        body["curve"] = [{"step": 0, "values": _point(_curve_values(body["tasks"], self.cfg.curve_examples))}]
-        return body
+        held = [*self.cfg.held_in, *self.cfg.held_out]
+        start = _point(_curve_values({t: tasks[t] for t in held}, self.cfg.curve_examples))
+        return record(arms_lib.BASE, self.cfg.seed, tasks, arm=None, knob=None, value=None, optimizer=None, steps=0,
+                      curve=[{"step": 0, "values": start}], train_time_s=round(train_time, 1),
+                      eval_time_s=round(time.perf_counter() - t0 - train_time, 1),
+                      cpu_time_s=round(_cpu_time() - cpu0, 1))
 
     # ---- the whole study --------------------------------------------------
     def run(self) -> dict:
@@ -286,16 +265,16 @@ class Study:
         os.makedirs(cfg.out_dir, exist_ok=True)
         check_study_dir(cfg, self.model_config)
         t_start, cpu_start, load_start = time.perf_counter(), _cpu_time(), os.getloadavg()
-        path = self._eval_path(arms_lib.BASE, cfg.seed)
-        if not os.path.exists(path):
-            _write_json(path, self.run_base())
+        evals_dir = os.path.join(cfg.out_dir, "evals")
+        if not os.path.exists(self._eval_path(arms_lib.BASE, cfg.seed)):
+            write_record(evals_dir, self.run_base())
         for seed in cfg.seeds:
             for variant in self.variants:  # training arms first: evaluation-only arms may read them
                 path = self._eval_path(variant.name, seed)
                 if os.path.exists(path):
                     logger.info("study: %s seed %d already evaluated, skipping", variant.name, seed)
                     continue
-                _write_json(path, self.run_variant(variant, seed))
+                write_record(evals_dir, self.run_variant(variant, seed))
         meta = {"command": self.command, "commit": _git_commit(), "description": cfg.description,
                 "wall_time_s": round(time.perf_counter() - t_start, 1),
                 "cpu_time_s": round(_cpu_time() - cpu_start, 1),

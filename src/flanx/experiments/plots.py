@@ -5,8 +5,8 @@ All read the results dict of `flanx.experiments.report.build_results`:
 - `pareto.png`: target gain vs held-in (and held-out) forgetting, every
   variant a point with bootstrap 95% error bars, the Pareto front joined, the
   best trade-off starred;
-- `forgetting_curves.png`: held-in / held-out (and target) mean primary metric
-  every `curve_every` fine-tuning steps, one panel per arm, one line per knob
+- `forgetting_curves.png`: held-in / held-out mean primary metric every
+  `curve_every` fine-tuning steps, one panel per arm, one line per knob
   value (mean over seeds, band = std over seeds);
 - `per_task_change.png`: each variant's change from the base on each task;
 - `training_loss.png`: fine-tuning loss of each variant (first seed).
@@ -84,7 +84,7 @@ def plot_curves(results: dict, path: str) -> str | None:
         return None
     plt = _plt()
     arms = list(dict.fromkeys(_arm(results, v) for v in curves))
-    groups = [g for g in ("target", "held_in", "held_out") if any(g in c for c in curves.values())]
+    groups = [g for g in ("held_in", "held_out") if any(g in c for c in curves.values())]
     fig, axes = plt.subplots(len(groups), len(arms), figsize=(3.4 * len(arms), 2.6 * len(groups)),
                              squeeze=False, sharex=True, sharey="row")
     for j, arm in enumerate(arms):

@@ -137,7 +137,7 @@ def build_results(evals: dict[str, dict[int, dict]], target: str | None, held_in
         runs[v] = {s: {k: b.get(k) for k in ("steps", "train_time_s", "eval_time_s", "same_as")}
                    | {"final_loss": b["train_loss"][-1][1] if b.get("train_loss") else None}
                    for s, b in sorted(evals[v].items())}
-        curves[v] = _curves(evals[v], held_in, held_out, target, base_start)
+        curves[v] = _curves(evals[v], held_in, held_out, base_start)
     return {"name": name, "target_task": target, "held_in": list(held_in), "held_out": list(held_out),
             "primary_metric": primary, "target_metrics": t_metrics,
             "chance": {t: base_eval[t].get("chance") for t in tasks},
@@ -147,7 +147,7 @@ def build_results(evals: dict[str, dict[int, dict]], target: str | None, held_in
             "train_loss": {v: {s: b.get("train_loss", []) for s, b in evals[v].items()} for v in variants}}
 
 
-def _curves(evals: dict[int, dict], held_in, held_out, target, start: dict | None) -> dict[str, Any]:
+def _curves(evals: dict[int, dict], held_in, held_out, start: dict | None) -> dict[str, Any]:
     """Mean (over seeds) and std of each group's mean primary metric at every curve step all seeds share.
 
     Curves start at step 0 with the base model's scores on the same examples (`start`)."""
@@ -158,7 +158,7 @@ def _curves(evals: dict[int, dict], held_in, held_out, target, start: dict | Non
         per_seed = [{0: start, **c} for c in per_seed]
     steps = sorted(set.intersection(*(set(c) for c in per_seed)))
     out: dict[str, Any] = {"steps": steps}
-    for group, group_tasks in (("target", [target] if target else []), ("held_in", held_in), ("held_out", held_out)):
+    for group, group_tasks in (("held_in", held_in), ("held_out", held_out)):
         if not group_tasks:
             continue
         values = np.array([[np.mean([c[s][t] for t in group_tasks]) for s in steps] for c in per_seed])
@@ -253,8 +253,9 @@ def render_markdown(results: dict, plots: dict[str, str]) -> str:
     refs = results.get("reference")
     if refs:
         lines += ["", "## Reference numbers", "", refs.get("note", ""), ""]
-        ref_rows = [[f"reference: {n}", *(fmt(vals.get(m)) for m in refs["metrics"])] for n, vals in refs["rows"].items()]
-        ref_rows += [[f"flanx: {v}", *(fmt(results["tasks"][v][target].get(m, {}).get("mean")) for m in refs["metrics"])]
+        metrics = refs["metrics"]
+        ref_rows = [[f"reference: {n}", *(fmt(vals.get(m)) for m in metrics)] for n, vals in refs["rows"].items()]
+        ref_rows += [[f"flanx: {v}", *(fmt(results["tasks"][v][target].get(m, {}).get("mean")) for m in metrics)]
                      for v in variants]
         lines += _table(["run", *refs["metrics"]], ref_rows)
     if plots:
