@@ -27,6 +27,7 @@ newest checkpoint (the trainer's exact resume).
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import resource
@@ -43,16 +44,28 @@ from flanx.experiments.study_config import (STUDY_CONFIG_FILE, StudyConfig, Stud
                                             check_study_dir, fingerprint)
 from flanx.train.config import TrainConfig
 
+INVOCATIONS_FILE = "invocations.json"   # one record per `flanx study` run into out_dir: command, commit, times, load
+
 logger = logging.getLogger("flanx")
 
 
 def _git_commit() -> str:
+    """The checkout's commit (short), `-dirty` when tracked files differ from it; 'unknown' outside git."""
+    here = os.path.dirname(os.path.abspath(__file__))
     try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
-                              text=True, timeout=10).stdout.strip() or "unknown"
-    except Exception:  # noqa: BLE001 - not a checkout
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "."], cwd=here, timeout=10).returncode
+    except Exception:  # noqa: BLE001 - no git
         return "unknown"
+    return (commit + ("-dirty" if dirty else "")) if commit else "unknown"
+
+
+def _read_json(path: str, default):
+    if not os.path.exists(path):
+        return default
+    with open(path) as f:
+        return json.load(f)
 
 
 def _cpu_time() -> float:
@@ -265,6 +278,8 @@ class Study:
         os.makedirs(cfg.out_dir, exist_ok=True)
         check_study_dir(cfg, self.model_config)
         t_start, cpu_start, load_start = time.perf_counter(), _cpu_time(), os.getloadavg()
+        invocation = {"command": self.command, "commit": _git_commit(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                      "load_average_start": [round(x, 2) for x in load_start], "cpus": os.cpu_count()}
         evals_dir = os.path.join(cfg.out_dir, "evals")
         if not os.path.exists(self._eval_path(arms_lib.BASE, cfg.seed)):
             write_record(evals_dir, self.run_base())
@@ -275,17 +290,29 @@ class Study:
                     logger.info("study: %s seed %d already evaluated, skipping", variant.name, seed)
                     continue
                 write_record(evals_dir, self.run_variant(variant, seed))
-        meta = {"command": self.command, "commit": _git_commit(), "description": cfg.description,
-                "wall_time_s": round(time.perf_counter() - t_start, 1),
-                "cpu_time_s": round(_cpu_time() - cpu_start, 1),
-                "load_average": [round(x, 2) for x in (*load_start, *os.getloadavg())],
-                "jax_backend": jax.default_backend(), "config": fingerprint(cfg, self.model_config)}
-        return self.report(meta)
+        invocation.update(wall_time_s=round(time.perf_counter() - t_start, 1),
+                          cpu_time_s=round(_cpu_time() - cpu_start, 1),
+                          load_average_end=[round(x, 2) for x in os.getloadavg()])
+        path = os.path.join(cfg.out_dir, INVOCATIONS_FILE)
+        history = _read_json(path, [])
+        with open(path, "w") as f:
+            json.dump(history + [invocation], f, indent=1)
+        return self.report()
 
-    def report(self, meta: dict | None = None) -> dict:
+    def report(self) -> dict:
+        """Write the report from the evaluation files (and the recorded invocations) in `out_dir`."""
         from flanx.experiments import report
 
         cfg = self.cfg
+        path = os.path.join(cfg.out_dir, INVOCATIONS_FILE)
+        runs = _read_json(path, [])
+        meta = {"description": cfg.description, "jax_backend": jax.default_backend(),
+                "config": fingerprint(cfg, self.model_config), "invocations": runs}
+        if runs:  # the last command and commit; times and loads summed / listed over every invocation
+            meta.update(command=runs[-1]["command"], commit=runs[-1]["commit"],
+                        wall_time_s=round(sum(r["wall_time_s"] for r in runs), 1),
+                        cpu_time_s=round(sum(r["cpu_time_s"] for r in runs), 1),
+                        load_average=[r["load_average_start"] + r["load_average_end"] for r in runs])
         found = report.read_evals(os.path.join(cfg.out_dir, "evals"))
         evals = {}  # the configured variants and seeds, in config order
         for name in [arms_lib.BASE] + [v.name for v in self.variants]:

@@ -266,9 +266,14 @@ def render_markdown(results: dict, plots: dict[str, str]) -> str:
                       f"{r.get('eval_time_s') or 0:.1f}" + (f" (same as {r['same_as']})" if r.get("same_as") else "")]
                      for v in variants for s, r in results["runs"][v].items()])
     lines += ["", "## Provenance", ""]
-    for key in ("command", "commit", "wall_time_s", "cpu_time_s", "load_average", "jax_backend"):
+    for key in ("command", "commit", "wall_time_s", "cpu_time_s", "jax_backend"):
         if key in meta:
             lines.append(f"- {key.replace('_', ' ')}: `{meta[key]}`")
+    for i, run in enumerate(meta.get("invocations", []), 1):
+        lines.append(f"- invocation {i}: started {run['started']}, commit `{run['commit']}`, wall "
+                     f"{run['wall_time_s']:.0f} s, CPU (user+system) {run['cpu_time_s']:.0f} s on {run['cpus']} "
+                     f"CPUs, load average (1/5/15 min) {run['load_average_start']} at start, "
+                     f"{run['load_average_end']} at the end")
     if "config" in meta:
         lines += ["", "```json", json.dumps(meta["config"], indent=1, sort_keys=True, default=str), "```"]
     return "\n".join(lines) + "\n"
