@@ -20,6 +20,7 @@ outputs exist is skipped; an interrupted training run resumes from its own
 newest checkpoint (the trainer's exact resume).
 
     out_dir/study_config.json           the settings (resuming with other settings is refused)
+    out_dir/invocations.json            each run of the command: command, commit, wall and CPU time, load
     out_dir/base/                       base training run (absent with base_checkpoint)
     out_dir/runs/<variant>/seed<k>/     each training variant's run (model_dir)
     out_dir/evals/<variant>/seed<k>.json  its evaluation, written once complete
