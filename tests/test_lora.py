@@ -147,6 +147,7 @@ def test_setup_is_the_one_lora_preparation(base_params):
         lora.setup(base_params, LORA)
 
 
+@pytest.mark.slow
 def test_trainer_resumes_a_lora_run_started_from_base_weights(tmp_path, base_params):
     """A LoRA run given base weights (no adapters) resumes from its checkpoint, adapters and all."""
     from flanx.train import trainer

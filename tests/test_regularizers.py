@@ -133,6 +133,7 @@ def test_train_step_adds_the_extra_loss_gradient_once():
     assert "extra_loss" not in m_plain
 
 
+@pytest.mark.slow
 def test_trainer_applies_an_extra_loss_and_logs_it(tmp_path):
     from flanx.models import get_config, init_params
     from flanx.train import trainer

@@ -54,6 +54,7 @@ def test_a_new_arm_is_one_registered_function(base):
         arms.ARMS.unregister("half_lr_test")
 
 
+@pytest.mark.slow
 def test_training_plans(base):
     ctx = _ctx(base)
     single = arms.ARMS["single_task"].fn(ctx, None)

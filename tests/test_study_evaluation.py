@@ -42,6 +42,7 @@ def test_select_indices_spread_over_the_split():
     assert select_indices(7, None) == list(range(7))
 
 
+@pytest.mark.slow
 def test_suite_matches_seqio_evaluator_and_keeps_per_example_scores(model):
     from flanx.eval import evaluator
 
@@ -78,6 +79,7 @@ def test_limit_scores_the_first_examples_of_the_same_selection(model):
     assert all(len(group) == 5 for group in suite.data[name].examples)
 
 
+@pytest.mark.slow
 def test_compare_models_reports_a_held_out_comparison(model, tmp_path):
     from flanx.experiments.compare import compare_models
 
