@@ -61,7 +61,7 @@ def test_study_refuses_to_resume_a_directory_with_other_settings(tmp_path):
     assert (tmp_path / STUDY_CONFIG_FILE).is_file()
     check_study_dir(*load("flanx.StudyConfig.description = 'same study, new words'"))
     check_study_dir(*load("flanx.StudyConfig.seeds = (0, 1, 2)", "flanx.StudyConfig.arms = ('single_task',)"))
-    with pytest.raises(ValueError, match=r"arm_steps: 200 -> 50.*new directory"):
+    with pytest.raises(ValueError, match=r"arm_steps: 150 -> 50.*new directory"):
         check_study_dir(*load("flanx.StudyConfig.arm_steps = 50"))
     with pytest.raises(ValueError, match=r"model: .*'d_ff': 256.*'d_ff': 512"):
         check_study_dir(*load("flanx.T5Config.d_ff = 512"))
