@@ -147,3 +147,31 @@ def test_dialogsum_test_split_can_carry_its_three_summaries(data_root):
     assert ex["targets_pretokenized"] == raw["summary1"] and len(set(ex["references"])) == 3
     (train,) = render.render_examples(card, zero_shot, "train", limit=1)
     assert train["references"] == [train["targets_pretokenized"]]
+
+
+def test_bbh_choices_gives_closed_answer_rows_their_options():
+    mc = {"input": "Which is right?\nOptions:\n(A) red\n(B) blue\n(C) green", "target": "(B)", "task": "date_understanding"}
+    assert transforms.bbh_choices(mc)["choices"] == ["(A)", "(B)", "(C)"]
+    binary = {"input": "not ( True ) and ( True ) is", "target": "False", "task": "boolean_expressions"}
+    assert transforms.bbh_choices(binary)["choices"] == ["True", "False"]
+    # Free-form tasks and answers outside the options are dropped (None), not errors.
+    assert transforms.bbh_choices({"input": "2 + 2 =", "target": "4", "task": "multistep_arithmetic_two"}) is None
+    assert transforms.bbh_choices(dict(mc, target="Monsters, Inc")) is None
+
+
+@pytest.mark.needs_data
+def test_bbh_choice_card_rank_classifies_the_closed_answer_tasks(data_root):
+    import seqio
+
+    import flanx.data
+
+    if not (data_root / "bbh").is_dir():
+        pytest.skip("BBH is not in FLANX_DATA_DIR")
+    flanx.data.register_all()
+    task = seqio.get_mixture_or_task("bbh_choice_template_0_zero_shot_scoring")
+    rows = list(task.get_dataset({"inputs": 1024, "targets": 16}, split="test", shuffle=False).take(40))
+    by_example = {}
+    for row in rows:
+        by_example.setdefault(int(row["idx"][0]), []).append(bool(row["is_correct"]))
+    complete = list(by_example.values())[:-1]  # the last example may be cut by take()
+    assert complete and all(sum(flags) == 1 and len(flags) >= 2 for flags in complete)

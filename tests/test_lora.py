@@ -183,3 +183,24 @@ def test_finetune_lora_gin_trains_where_finetune_gin_stalls():
     assert lora_run.config.optimizer.name == "adamw" and lora_run.model.lora.rank == 16
     assert drops["runs/finetune_lora.gin"] > 0.3, drops
     assert abs(drops["runs/finetune.gin"]) < 0.15, drops
+@pytest.mark.slow
+def test_trainer_resumes_a_lora_run_started_from_base_weights(tmp_path, base_params):
+    """A LoRA run given base weights (no adapters) resumes from its checkpoint, adapters and all."""
+    from flanx.train import trainer
+    from flanx.train.config import OptimizerConfig, TrainConfig
+    from flanx.train.synthetic import SyntheticBatches
+
+    base = jax.tree.map(np.asarray, base_params)
+
+    def run(steps):
+        cfg = TrainConfig(train_steps=steps, batch_size=2, model_dir=str(tmp_path), checkpoint_period=2,
+                          log_every=2, optimizer=OptimizerConfig(name="adamw", learning_rate=1e-2))
+        return trainer.train(cfg, LORA, lambda s: SyntheticBatches(s, 8, 4, vocab_size=64), init_params=base)
+
+    first = run(2)
+    again = run(2)  # finished: nothing to train, the checkpoint's parameters come back
+    more = run(4)   # two more steps from step 2
+    assert again.resumed_from == 2 and more.resumed_from == 2 and more.step == 4
+    for a, b in zip(jax.tree.leaves(first.params), jax.tree.leaves(again.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert lora.has_lora(more.params)

@@ -83,3 +83,21 @@ def mmlu(row: dict) -> dict:
         raise DataFormatError(f"field 'answer': expected 0-3, got {row['answer']!r}") from None
     return dict(row, choices=choices, answer_text=answer,
                 subject_name=str(row.get("subject", "")).replace("_", " "))
+
+# BIG-Bench Hard tasks whose answer is one of two fixed words (the letter-option tasks list theirs in the input).
+BBH_LABELS = {"boolean_expressions": ["True", "False"], "causal_judgement": ["Yes", "No"],
+              "formal_fallacies": ["valid", "invalid"], "navigate": ["Yes", "No"],
+              "sports_understanding": ["yes", "no"], "web_of_lies": ["Yes", "No"]}
+_BBH_LETTER = re.compile(r"^\(([A-Z])\)", re.MULTILINE)
+
+
+@ROW_TRANSFORMS.register("bbh_choices")
+def bbh_choices(row: dict) -> dict | None:
+    """BBH rows with a closed answer set -> per-row options `choices`: the `(A)`, `(B)`, ... the input
+    lists, or the task's two labels. Free-form tasks (arithmetic, sorting, Dyck) and the few rows whose
+    answer is not among the options are dropped."""
+    letters = _BBH_LETTER.findall(str(row["input"]))
+    choices = [f"({letter})" for letter in letters] if letters else BBH_LABELS.get(str(row.get("task")))
+    if not choices or row["target"] not in choices:
+        return None
+    return dict(row, choices=choices)

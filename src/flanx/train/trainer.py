@@ -16,6 +16,9 @@
   adapters (`flanx.models.lora.setup`) and only the adapters train.
 - `eval_fn(params, step) -> {task: {metric: value}}` runs every
   `eval_period` steps and at the end.
+- `extra_loss`: a `flanx.train.regularizers.ExtraLoss` (L2-SP, EWC) added to
+  the loss each step; its `aux` arrays go to the mesh once (trees shaped like
+  the parameters sharded like them) and are logged as `extra_loss`.
 
 The trainer alone decides whether a run resumes: with `model_dir` set, a run
 resumes from the newest committed checkpoint in `model_dir/checkpoints`
@@ -176,27 +179,37 @@ class _Run:
         with self.mesh:
             return jax.jit(make_from, out_shardings=self.state_sharding)(params)
 
-    def compile_step(self, schedule) -> Callable:
+    def compile_step(self, schedule, extra_loss=None) -> Callable:
         fn = step_lib.make_train_step(self.apply_fn, self.optimizer, schedule, self.cfg.loss,
-                                      self.cfg.num_microbatches, self.trainable)
-        jitted = jax.jit(fn, in_shardings=(self.state_sharding, self.batch_sharding),
+                                      self.cfg.num_microbatches, self.trainable,
+                                      extra_loss=extra_loss.fn if extra_loss else None)
+        args, shardings = (), (self.state_sharding, self.batch_sharding)
+        if extra_loss is not None:  # aux trees shaped like the params are sharded like them
+            params_def = jax.tree.structure(self.state_sharding.params)
+            aux_sharding = {k: self.state_sharding.params if jax.tree.structure(v) == params_def else
+                            jax.tree.map(lambda _: self.replicated, v) for k, v in extra_loss.aux.items()}
+            args = (jax.tree.map(_host_array_to_global, dict(extra_loss.aux), aux_sharding),)
+            shardings += (aux_sharding,)
+        jitted = jax.jit(fn, in_shardings=shardings,
                          out_shardings=(self.state_sharding, self.replicated), donate_argnums=(0,))
 
         def run(state, batch):
             with self.mesh, nn.logical_axis_rules(partitioning.LOGICAL_AXIS_RULES):
-                return jitted(state, batch)
+                return jitted(state, batch, *args)
         return run
 
 
 def train(cfg: TrainConfig, model_config, data_iter_factory: Callable[[partitioning.HostShard], Iterator],
           init_params=None, eval_fn: Callable | None = None, *, init_step: int = 0,
           init_checkpoint: str | None = None, trainable_mask=None, mesh=None,
-          apply_fn: Callable | None = None, on_model_dir_ready: Callable[[], None] | None = None) -> TrainResult:
+          apply_fn: Callable | None = None, on_model_dir_ready: Callable[[], None] | None = None,
+          extra_loss=None) -> TrainResult:
     """Train `model_config` on batches from `data_iter_factory` up to `cfg.train_steps` (absolute).
 
     With `cfg.model_dir`, the run locks MODEL_DIR and checks it against its newest checkpoint before
     writing anything there (`flanx.train.run_dir`); `on_model_dir_ready()` is then called on every
     process, before training writes (the entry point writes its gin records and log files there).
+    `extra_loss` (a `flanx.train.regularizers.ExtraLoss`) is added to each step's loss.
     """
     ckpt = resume = None
     guard = run_dir.claim(cfg.model_dir) if cfg.model_dir else None  # a second writer stops here
@@ -210,6 +223,8 @@ def train(cfg: TrainConfig, model_config, data_iter_factory: Callable[[partition
         if latest is None and init_params is not None:  # fresh adapters on base weights (LoRA only)
             from flanx.models import lora
             init_params, _ = lora.setup(init_params, model_config, jax.random.PRNGKey(cfg.seed))
+        if latest is not None:  # resuming: the checkpoint holds every parameter (adapters too)
+            init_params = None
         run = _Run(cfg, model_config, init_params, init_step, trainable_mask, mesh, apply_fn)
         if latest is not None:  # config, shapes and damage are checked before anything is written
             resume = run_dir.restore_newest(ckpt, run.abstract_state, model_config, cfg)
@@ -229,7 +244,7 @@ def train(cfg: TrainConfig, model_config, data_iter_factory: Callable[[partition
             state = run.fresh_state()
         step = int(_local_value(state.step))
         schedule = optim.make_schedule(cfg.optimizer, start_step, cfg.train_steps)
-        train_step = run.compile_step(schedule)
+        train_step = run.compile_step(schedule, extra_loss)
 
         shard = partitioning.host_shard(run.mesh, cfg.batch_size)
         it = data_iter_factory(shard)
@@ -265,7 +280,8 @@ def train(cfg: TrainConfig, model_config, data_iter_factory: Callable[[partition
             result.losses[s] = m["loss"]
         if log:
             s, last = fetched[-1]
-            mean = {k: float(np.mean([m[k] for _, m in fetched])) for k in ("loss", "accuracy", "z_loss")}
+            mean = {k: float(np.mean([m[k] for _, m in fetched]))
+                    for k in ("loss", "accuracy", "z_loss", "extra_loss") if k in last}
             now = time.perf_counter()
             tps = window["tokens"] / max(now - window["t"], 1e-9)
             writer.write(s, "train", {**mean, "learning_rate": last["learning_rate"],
