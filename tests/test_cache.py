@@ -6,10 +6,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 
 import numpy as np
 import pytest
+from helpers import assert_same_batches, take
 import seqio
 import yaml
 
@@ -88,26 +88,6 @@ def _task_names():
     return [t.name for t in seqio.get_mixture_or_task(MIX).tasks] + [SCORING_TASK]
 
 
-def _take(it, n):
-    return [next(it) for _ in range(n)]
-
-
-def _assert_same_batches(a, b):
-    assert len(a) == len(b)
-    for i, (x, y) in enumerate(zip(a, b)):
-        assert x.keys() == y.keys()
-        for k in x:
-            np.testing.assert_array_equal(x[k], y[k], err_msg=f"batch {i} {k}")
-
-
-def _assert_same_examples(a, b):
-    assert len(a) == len(b) > 0
-    for x, y in zip(a, b):
-        assert x.keys() == y.keys()
-        for k in x:
-            assert np.array_equal(x[k], y[k]), k
-
-
 def test_cache_has_seqios_layout_and_stats(synthetic_cache):
     out, _, summary = synthetic_cache
     assert set(summary["cached"]) == {SUM_TASK, REFUND_TASK, SCORING_TASK}
@@ -145,30 +125,30 @@ def test_plain_seqio_reads_the_cache(synthetic_cache):
 def test_cached_batches_are_the_uncached_batches(synthetic_cache):
     # a mixture, packed, well past one epoch of each task (23 + 11 examples, 4 per batch)
     kwargs = dict(task_feature_lengths=LENGTHS, batch_size=4, seed=5)
-    _assert_same_batches(_take(pipeline.get_dataset(MIX, **kwargs), 25),
-                         _take(pipeline.get_dataset(MIX, use_cached=True, **kwargs), 25))
+    assert_same_batches(take(pipeline.get_dataset(MIX, **kwargs), 25),
+                        take(pipeline.get_dataset(MIX, use_cached=True, **kwargs), 25))
     # a task, unpacked, host 1 of 2
     kwargs = dict(task_feature_lengths=LENGTHS, batch_size=3, seed=9, pack=False, shard_info=seqio.ShardInfo(1, 2))
-    _assert_same_batches(_take(pipeline.get_dataset(SUM_TASK, **kwargs), 12),
-                         _take(pipeline.get_dataset(SUM_TASK, use_cached=True, **kwargs), 12))
+    assert_same_batches(take(pipeline.get_dataset(SUM_TASK, **kwargs), 12),
+                        take(pipeline.get_dataset(SUM_TASK, use_cached=True, **kwargs), 12))
 
 
 def test_resume_continues_across_cached_and_uncached(synthetic_cache):
     kwargs = dict(task_feature_lengths=LENGTHS, batch_size=4, seed=2)
-    reference = _take(pipeline.get_dataset(MIX, **kwargs), 13)
+    reference = take(pipeline.get_dataset(MIX, **kwargs), 13)
     for first, then in ((False, True), (True, False)):
         it = pipeline.get_dataset(MIX, use_cached=first, **kwargs)
-        _take(it, 9)
+        take(it, 9)
         state = json.loads(json.dumps(it.state()))
         resumed = pipeline.get_dataset(MIX, use_cached=then, start_state=state, **kwargs)
-        _assert_same_batches(_take(resumed, 4), reference[9:])
+        assert_same_batches(take(resumed, 4), reference[9:])
 
 
 def test_eval_examples_including_scoring_features_match(synthetic_cache):
     for name in (SCORING_TASK, SUM_TASK):
         for split in ("validation", "train"):
-            _assert_same_examples(pipeline.get_eval_dataset(name, split, LENGTHS),
-                                  pipeline.get_eval_dataset(name, split, LENGTHS, use_cached=True))
+            assert_same_batches(pipeline.get_eval_dataset(name, split, LENGTHS),
+                                pipeline.get_eval_dataset(name, split, LENGTHS, use_cached=True))
     ex = pipeline.get_eval_dataset(SCORING_TASK, "validation", use_cached=True)[0]
     assert ex["idx"].shape == (2,) and isinstance(ex["is_correct"], bool)
 
@@ -194,8 +174,8 @@ def test_rerun_skips_cached_splits_adds_missing_ones_and_overwrite_recreates(syn
                          "--overwrite", "--splits", "train", "--min_shards", 3)
     assert rc == 0 and summary["cached"] == {SUM_TASK: {"train": 23}}
     assert json.loads((task_dir / "stats.train.json").read_text())["examples"] == 23
-    _assert_same_examples(pipeline.get_eval_dataset(SUM_TASK, "validation", LENGTHS),
-                          pipeline.get_eval_dataset(SUM_TASK, "validation", LENGTHS, use_cached=True))
+    assert_same_batches(pipeline.get_eval_dataset(SUM_TASK, "validation", LENGTHS),
+                        pipeline.get_eval_dataset(SUM_TASK, "validation", LENGTHS, use_cached=True))
 
 
 def test_uncached_tasks_fail_naming_the_task_and_the_command(synthetic_cache, capsys):
@@ -248,8 +228,8 @@ def test_dialogsum_cache_gives_the_uncached_batches_and_training(tmp_path, data_
         assert rc == 0 and summary["cached"] == {DIALOGSUM_TASK: {"train": 26, "validation": 10}}
         cache.use_cache_dirs([str(tmp_path / "cache")])
         kwargs = dict(task_feature_lengths=DIALOGSUM_LENGTHS, batch_size=4, seed=1)
-        uncached = _take(pipeline.get_dataset(DIALOGSUM_TASK, **kwargs), 30)
-        _assert_same_batches(uncached, _take(pipeline.get_dataset(DIALOGSUM_TASK, use_cached=True, **kwargs), 30))
+        uncached = take(pipeline.get_dataset(DIALOGSUM_TASK, **kwargs), 30)
+        assert_same_batches(uncached, take(pipeline.get_dataset(DIALOGSUM_TASK, use_cached=True, **kwargs), 30))
         assert uncached[0]["encoder_input_tokens"].max() > 1000  # T5 SentencePiece ids, real text
 
         # A few steps of the tiny model (T5 vocabulary) through `flanx train`, from the cache and

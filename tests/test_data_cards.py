@@ -11,8 +11,9 @@ import yaml
 
 import flanx.data
 from flanx import paths
-from flanx.data import cards, pipeline, render, tasks
-from flanx.data.cards import CardError, load_card, load_card_file, task_specs
+from flanx.data import card_files, pipeline, render, tasks
+from flanx.data.card_files import load_card_file
+from flanx.data.cards import CardError, load_card, task_specs
 
 BASE = {"name": "mini", "source": {"type": "synthetic", "generator": "chat"},
         "splits": {"train": {"size": 30}, "validation": {"size": 10}},
@@ -68,7 +69,7 @@ def test_task_names_follow_flan():
 
 
 def test_collection_cards_are_valid_and_varied():
-    by_name = {c.name: c for p in cards.collection_card_files() for c in load_card_file(p)}
+    by_name = {c.name: c for p in card_files.collection_card_files() for c in load_card_file(p)}
     expected = {"dialogsum", "samsum", "rte", "cb", "sst2", "trec", "ag_news_subset", "gsm8k", "gsm8k_cot", "mmlu", "bbh",
                 "synth_chat_summary", "synth_chat_intent", "synth_chat_order_number", "synth_chat_sentiment",
                 "synth_order_total", "synth_chat_customer_name", "synth_chat_refund"}
@@ -185,8 +186,9 @@ def _write_card(path, **overrides):
 def test_card_files_with_flan_names_need_eight_templates(tmp_path):
     path = tmp_path / "few.yaml"
     path.write_text(yaml.safe_dump(card()))  # two templates
+    minimum = card_files.MIN_FLAN_TEMPLATES
     with pytest.raises(CardError, match=rf"task card {path} \(mini\): templates: 2 template\(s\), but a card with "
-                                        rf"FLAN task names .* at least {cards.MIN_FLAN_TEMPLATES}.*task_naming: plain"):
+                                        rf"FLAN task names .* at least {minimum}.*task_naming: plain"):
         load_card_file(path)
     path.write_text(yaml.safe_dump(card(task_naming="plain")))
     assert [s.name for s in task_specs(load_card_file(path)[0])] == ["mini", "mini_scoring"]
@@ -197,15 +199,15 @@ def test_same_card_name_from_two_files_needs_override(tmp_path):
     first, second = _write_card(tmp_path / "a.yaml", name="coll"), _write_card(tmp_path / "b.yaml", name="coll")
     with pytest.raises(CardError, match=rf"task card {second} \(coll\): name: 'coll' is already the name of task "
                                         rf"card {first}; rename this card, or set `override: true`"):
-        cards.load_card_files([first, second])
+        card_files.load_card_files([first, second])
     _write_card(second, name="coll", override=True, labels={"refund": "refund", "other": "other"})
-    loaded = cards.load_card_files([first, second])
+    loaded = card_files.load_card_files([first, second])
     assert sorted(loaded["coll"].options) == ["other", "refund"] and loaded["coll"].file == str(second)
     # A user card named like a collection card.
     user_rte = _write_card(tmp_path / "rte.yaml", name="rte")
     with pytest.raises(CardError, match=rf"{user_rte} \(rte\): name: 'rte' is already the name of task card "
                                         rf".*tasks/flan2021/rte.yaml"):
-        cards.load_card_files(cards.collection_card_files() + [user_rte])
+        card_files.load_card_files(card_files.collection_card_files() + [user_rte])
     flanx.data.register_all()
     with pytest.raises(CardError, match=r"'rte' is already the name of task card .*tasks/flan2021/rte.yaml"):
         flanx.data.register_task_card(str(user_rte))
@@ -240,11 +242,11 @@ def test_cli_with_an_overriding_card_has_no_stale_tasks(tmp_path, monkeypatch, c
     spec = card(name="clicard", override=True)
     spec["templates"] = [{"input": f"{i}) {{chat}}{{options}}", "target": "{label}"} for i in range(9)]
     second.write_text(yaml.safe_dump(spec))
-    monkeypatch.setattr(cards, "collection_card_files", lambda: [second, first])  # override first, then the other
+    monkeypatch.setattr(card_files, "collection_card_files", lambda: [second, first])  # override first, then the other
     assert cli.main(["tasks", "list"]) == 1  # the error boundary: one message, no traceback
     err = capsys.readouterr().err
     assert "flanx tasks: error: task card" in err and "already the name of task card" in err and "Traceback" not in err
-    monkeypatch.setattr(cards, "collection_card_files", lambda: [first, second])
+    monkeypatch.setattr(card_files, "collection_card_files", lambda: [first, second])
     assert cli.main(["tasks", "show", "clicard_template_0to7_zsopt", "--split", "validation"]) == 2
     assert "did you mean: clicard_template_0to8_zsopt" in capsys.readouterr().err.lower()
     assert cli.main(["tasks", "show", "clicard_template_0to8_zsopt", "--split", "validation", "-n", "1"]) == 0

@@ -6,6 +6,7 @@ import re
 import pytest
 
 from flanx import cli, paths
+from flanx.data import card_files
 from flanx.data import cards as cards_lib
 from flanx.data import mixtures, render
 
@@ -31,7 +32,7 @@ def test_tasks_show_renders_with_token_counts(capsys):
     code, out, _ = run(capsys, "tasks", "show", "synth_chat_intent_template_0to7_zsopt", "-n", "2", "--split", "validation")
     assert code == 0
     # The CLI reads the card files directly; render the same task from a freshly loaded card.
-    card = cards_lib.load_card_file(paths.tasks_dir() / "synth_chat_intent.yaml")[0]
+    card = card_files.load_card_file(paths.tasks_dir() / "synth_chat_intent.yaml")[0]
     spec = [s for s in cards_lib.task_specs(card) if s.name == "synth_chat_intent_template_0to7_zsopt"][0]
     expected = render.render_examples(card, spec, "validation")[:2]
     blocks = out.split("--- example ")[1:]

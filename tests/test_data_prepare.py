@@ -12,7 +12,7 @@ import types
 import pytest
 
 from flanx import cli, paths
-from flanx.data import cards as cards_lib
+from flanx.data import card_files
 from flanx.data import prepare, sources
 
 TEMPLATES = [{"input": f"t{i} {{a}}", "target": "{b}"} for i in range(10)]
@@ -142,7 +142,7 @@ def test_prepare_writes_the_manifest_names_failures_and_manual_steps(collection,
 
     # Prepared data is found offline; a second run downloads only what is still missing.
     monkeypatch.setenv(paths.TFDS_DIR_ENV, str(out_dir))
-    cards = cards_lib.load_card_files(cards_lib.collection_card_files("demo"))
+    cards = card_files.load_card_files(card_files.collection_card_files("demo"))
     assert sources.data_available(cards["good_a"]) and sources.data_available(cards["hub"])
     assert not sources.data_available(cards["offline"]) and not sources.data_available(cards["manual"])
     monkeypatch.setitem(sys.modules, "datasets", fake_datasets())  # the saved copy is read, sliced, offline

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from flanx import paths
-from flanx.data import sources, synthetic
+from flanx.data import sources, synthetic_rows
 from flanx.data.cards import CardError, load_card
 from flanx.data.sources import DataFormatError
 
@@ -189,23 +189,23 @@ def test_hf_source_in_memory_dataset():
 
 
 def test_synthetic_is_deterministic_short_and_balanced():
-    a = synthetic.generate("chat", "train", 500, seed=0)
-    assert a == synthetic.generate("chat", "train", 500, seed=0)
-    assert a != synthetic.generate("chat", "train", 500, seed=1)
-    assert a[:10] != synthetic.generate("chat", "validation", 10, seed=0)
+    a = synthetic_rows.generate("chat", "train", 500, seed=0)
+    assert a == synthetic_rows.generate("chat", "train", 500, seed=0)
+    assert a != synthetic_rows.generate("chat", "train", 500, seed=1)
+    assert a[:10] != synthetic_rows.generate("chat", "validation", 10, seed=0)
     assert max(len(r["chat"].encode()) for r in a) <= 150
     assert max(len(r["summary"].encode()) for r in a) <= 48
     for r in a:  # the labels are recoverable from the chat itself
         assert r["order_number"] in r["chat"] and r["customer"] in r["chat"] and r["order_number"] in r["summary"]
         assert (r["refund"] == "yes") == (r["intent"] == "refund")
     intents = [r["intent"] for r in a]
-    assert all(60 <= intents.count(i) <= 140 for i in synthetic.INTENTS)
+    assert all(60 <= intents.count(i) <= 140 for i in synthetic_rows.INTENTS)
     assert 200 <= [r["sentiment"] for r in a].count("positive") <= 300
-    totals = synthetic.generate("order_total", "train", 200)
+    totals = synthetic_rows.generate("order_total", "train", 200)
     assert all(int(r["price_a"]) + int(r["price_b"]) == int(r["total"]) for r in totals)
-    assert len(synthetic.generate("chat", "test")) == synthetic.SPLIT_SIZES["test"]
+    assert len(synthetic_rows.generate("chat", "test")) == synthetic_rows.SPLIT_SIZES["test"]
     with pytest.raises(ValueError, match="unknown synthetic generator"):
-        synthetic.generate("nope", "train", 1)
+        synthetic_rows.generate("nope", "train", 1)
 
 
 # ----------------------------------------------------------------------------- JSON, encodings, nulls

@@ -4,14 +4,14 @@ from __future__ import annotations
 import collections
 import re
 
-import numpy as np
 import pytest
 import seqio
 
 import flanx.data
 from flanx import paths
+from flanx.data import card_files
 from flanx.data import cards as cards_lib
-from flanx.data import mixtures, pipeline, render, synthetic, tasks
+from flanx.data import mixtures, pipeline, render, synthetic_rows, tasks
 from flanx.data.templates import render_options
 
 
@@ -84,7 +84,7 @@ def test_template_choice_is_deterministic_uniform_and_eval_skips_inverted():
     spec = tasks.get_spec("synth_chat_summary_template_0to9_zsnoopt")
     train = render.render_examples(card, spec, "train")
     # Fresh card objects (no cache) render the same text.
-    fresh = cards_lib.load_card_file(paths.tasks_dir() / "synth_chat_summary.yaml")[0]
+    fresh = card_files.load_card_file(paths.tasks_dir() / "synth_chat_summary.yaml")[0]
     assert render.render_examples(fresh, spec, "train") == train
     inverted = [ex for ex in train if ex["targets_pretokenized"].startswith("Customer: Hi")]
     assert 0.07 < len(inverted) / len(train) < 0.13  # 1 of 10 templates
@@ -134,7 +134,7 @@ def test_seqio_tasks_tokenize_with_eos_and_carry_metrics():
 def test_real_tasks_register_without_data_and_raise_missing_data_when_read(monkeypatch):
     monkeypatch.delenv(paths.DATA_DIR_ENV, raising=False)
     monkeypatch.delenv("FLANX_SPM_PATH", raising=False)
-    card = cards_lib.load_card_file(paths.tasks_dir() / "flan2021" / "rte.yaml", use_local=True)[0]
+    card = card_files.load_card_file(paths.tasks_dir() / "flan2021" / "rte.yaml", use_local=True)[0]
     card.name = "rte_nodata"
     names = tasks.register_card(card)
     try:
@@ -235,7 +235,7 @@ def test_seqio_evaluator_scores_each_prediction_against_all_its_references():
     try:
         card = tasks.get_card("refs_eval")
         rows = render.sources.load_rows(card, "validation")
-        raw = synthetic.generate("chat", "validation", 6)
+        raw = synthetic_rows.generate("chat", "validation", 6)
         assert [r["refs"] for r in rows] == [[r["summary"], r["customer"]] for r in raw]
         # Predict the second reference, the first, or something else, in turn: 4 of 6 are right.
         wanted = [(r["customer"], r["summary"], "no idea")[i % 3] for i, r in enumerate(raw)]

@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import subprocess
-import sys
 
 import gin
 import pytest
+from helpers import run_python
 
 from flanx import entrypoints, gin_utils
 
@@ -27,10 +25,7 @@ def _train_run(argv):
     return gin_utils.evaluate("flanx.train")
 
 
-@pytest.fixture(autouse=True)
-def _clean_gin():
-    yield
-    gin_utils.reset()
+pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 def test_finetune_dropout_is_in_the_config_and_the_operative_record():
@@ -100,12 +95,8 @@ def test_unknown_macro_in_a_user_gin_file_is_refused(tmp_path):
         _train_run(["--gin_file=models/tiny.gin", f"--gin_file={mine}", *FINETUNE[2:]])
 
 
-def _cli(*args, env_dir):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
-               JAX_COMPILATION_CACHE_DIR=str(env_dir / "jax_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    return subprocess.run([sys.executable, "-m", "flanx.train", *args], env=env, capture_output=True, text=True,
-                          timeout=400)
+def _cli(*args):
+    return run_python("-m", "flanx.train", *args, timeout=400)
 
 
 def test_zero_train_steps_fails_instead_of_doing_nothing(tmp_path):
@@ -130,8 +121,7 @@ def test_operative_config_alone_reruns_the_same_losses(tmp_path):
     proc = _cli("--gin_file=models/tiny.gin", "--gin_file=runs/pretrain.gin", f"--gin.MODEL_DIR='{first}'",
                 f"--gin.MIXTURE_OR_TASK_NAME='{TASK}'", "--gin.TASK_FEATURE_LENGTHS={'inputs': 96, 'targets': 16}",
                 "--gin.TRAIN_STEPS=4", "--gin.BATCH_SIZE=4", "--gin.LOG_EVERY=1", "--gin.DROPOUT_RATE=0.1",
-                "--gin.LEARNING_RATE=0.003", "--gin.RANDOM_SEED=7", "--gin.flanx.T5Config.d_model=32",
-                env_dir=tmp_path)
+                "--gin.LEARNING_RATE=0.003", "--gin.RANDOM_SEED=7", "--gin.flanx.T5Config.d_model=32")
     assert proc.returncode == 0, proc.stderr[-3000:]
     operative = (first / "operative_config.gin").read_text()
     for line in (f"MODEL_DIR = '{first}'", "TRAIN_STEPS = 4", "BATCH_SIZE = 4", "LEARNING_RATE = 0.003",
@@ -144,7 +134,7 @@ def test_operative_config_alone_reruns_the_same_losses(tmp_path):
     defined = [scope for (scope, selector) in gin.config._CONFIG if selector == "gin.macro"]  # noqa: SLF001
     assert "%gin.REQUIRED" not in operative and len(defined) >= 20  # every macro, with its value
 
-    proc = _cli(f"--gin_file={first / 'operative_config.gin'}", f"--gin.MODEL_DIR='{second}'", env_dir=tmp_path)
+    proc = _cli(f"--gin_file={first / 'operative_config.gin'}", f"--gin.MODEL_DIR='{second}'")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [s for s, _ in _losses(first)] == [1, 2, 3, 4]
     assert _losses(second) == _losses(first)

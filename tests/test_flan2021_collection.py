@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from flanx import cli, paths
-from flanx.data import cards as cards_lib
+from flanx.data import card_files
 from flanx.data import clusters as clusters_lib
 from flanx.data import render, sources
 from flanx.data.cards import TaskSpec, task_specs
@@ -30,7 +30,7 @@ from flanx.data.templates import is_opt
 COLLECTION = "flan2021"
 FLAN_TASKS = clusters_lib.collection_tasks(COLLECTION)  # FLAN 2021's 69 task names
 CLUSTER_OF = {t: c.key for c in clusters_lib.cluster_table().clusters.values() for t in c.tasks}
-CARD_FILES = {p.stem: p for p in cards_lib.collection_card_files(COLLECTION)}
+CARD_FILES = {p.stem: p for p in card_files.collection_card_files(COLLECTION)}
 MOCK_ROWS = 12  # rows per split: enough for 3 few-shot exemplars and every class of a 12-way label
 MIN_TEMPLATES = 10  # FLAN writes 10 templates per dataset
 
@@ -41,7 +41,7 @@ def words(text: str) -> int:  # the few-shot budget in words: no SentencePiece m
 
 @functools.lru_cache(maxsize=None)
 def load(name: str, use_local: bool = False):
-    (card,) = cards_lib.load_card_file(CARD_FILES[name], use_local=use_local)
+    (card,) = card_files.load_card_file(CARD_FILES[name], use_local=use_local)
     return card
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from flanx import paths
 from flanx.data import render, sources
-from flanx.data.cards import load_card_file
+from flanx.data.card_files import load_card_file
 from flanx.data.cards import task_specs
 
 pytestmark = pytest.mark.needs_data

@@ -9,10 +9,12 @@ import csv
 from pathlib import Path
 
 import pytest
+from helpers import chars_budget
 
 from flanx import paths
 from flanx.data import render, sources
-from flanx.data.cards import load_card, load_card_file, task_specs
+from flanx.data.card_files import load_card_file
+from flanx.data.cards import task_specs
 from flanx.data.flan2022 import cot
 from flanx.eval import metrics
 
@@ -51,13 +53,6 @@ def write_tsv(path: Path, rows) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join("\t".join(r) + "\n" for r in rows), encoding="utf-8")
     return path
-
-
-def chars_budget(card, max_input: int = 6000):
-    """The card with a character budget: few-shot rendering without the SentencePiece model."""
-    import dataclasses
-    return dataclasses.replace(card, fewshot=dataclasses.replace(card.fewshot, budget_unit="chars",
-                                                                 max_input_tokens=max_input))
 
 
 # ----------------------------------------------------------------------------- the TSV reader
@@ -143,7 +138,7 @@ def test_esnli_and_qed_cards_appear_with_their_files_and_render(tmp_path, monkey
     cards = {c.name: c for c in load_card_file(COT_CARD) + load_card_file(COT_II_CARD)}
     assert set(cards) == {"cot_esnli", "cot_qed", "cot_ii_esnli", "cot_ii_qed"}
     for name, rows in (("esnli", ESNLI_ROWS), ("qed", QED_ROWS)):
-        card = chars_budget(cards[f"cot_{name}"])
+        card = chars_budget(cards[f"cot_{name}"], 6000)
         assert [r["answer"] for r in sources.load_rows(card, "train")] == [r[1] for r in rows]
         for spec in task_specs(card):
             examples = render.render_examples(card, spec, "train")
@@ -154,7 +149,7 @@ def test_esnli_and_qed_cards_appear_with_their_files_and_render(tmp_path, monkey
                 if spec.fmt == "fsnoopt":  # exemplars: other rows' questions precede this one
                     others = [r[0].replace("\\n", "\n") for r in rows if r is not raw]
                     assert sum(q in ex["inputs_pretokenized"] for q in others) == 3
-        ii = chars_budget(cards[f"cot_ii_{name}"])
+        ii = chars_budget(cards[f"cot_ii_{name}"], 6000)
         (zs,) = [s for s in task_specs(ii) if s.fmt == "zsnoopt" and not s.per_template]
         targets = [ex["targets_pretokenized"] for ex in render.render_examples(ii, zs, "train")]
         assert all(any(part in t for part in (raw[2].replace("\\n", "\n"), raw[0].replace("\\n", "\n")))
@@ -174,7 +169,7 @@ def test_every_cot_card_renders_every_template_on_real_rows(data_root):
     on_disk = [d for d in ON_DISK if (data_root / "flan_cot" / f"{d}_train.tsv").is_file()]
     assert {c.name for c in cards} >= {f"cot_ii_{d}" for d in on_disk}
     for card in cards:
-        card = chars_budget(card)
+        card = chars_budget(card, 6000)
         rows = sources.load_rows(card, "train", limit=40)
         if card.name != "gsm8k_cot":
             dataset = card.name.removeprefix("cot_ii_").removeprefix("cot_")

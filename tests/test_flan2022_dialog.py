@@ -7,10 +7,12 @@ import gzip
 import json
 
 import pytest
+from helpers import chars_budget
 
 from flanx import paths
 from flanx.data import render, sources
-from flanx.data.cards import load_card_file, task_specs
+from flanx.data.card_files import load_card_file
+from flanx.data.cards import task_specs
 from flanx.data.flan2022 import dialog
 
 TASKS = paths.tasks_dir() / "flan2022"
@@ -45,11 +47,6 @@ def qrecc_rows() -> list[dict]:
                          "Answer_URL": "", "Conversation_no": conv, "Turn_no": turn, "Conversation_source": "quac"})
             context += [question, answer]
     return rows
-
-
-def chars_budget(card):
-    return dataclasses.replace(card, fewshot=dataclasses.replace(card.fewshot, budget_unit="chars",
-                                                                 max_input_tokens=100_000))
 
 
 def check_next_turn(row: dict, turns: list[str]):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flanx import paths
-from flanx.data.cards import load_card_file
+from flanx.data.card_files import load_card_file
 from flanx.data.flan2022 import flan_tasks
 from flanx.data.transforms import DataFormatError
 from test_flan2021_collection import mock_tfds, render_all

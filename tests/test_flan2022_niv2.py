@@ -8,10 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import chars_budget
 
 from flanx import paths
 from flanx.data import render, sources
-from flanx.data.cards import load_card, load_card_file, task_specs
+from flanx.data.card_files import load_card_file
+from flanx.data.cards import load_card, task_specs
 from flanx.data.flan2022 import niv2
 
 CARD = paths.tasks_dir() / "flan2022" / "niv2.yaml"
@@ -59,11 +61,6 @@ def write_checkout(root: Path, tasks: dict, train_list=None) -> Path:
     (root / "splits" / "default" / "train_tasks.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
     (root / "splits" / "default" / "test_tasks.txt").write_text("", encoding="utf-8")
     return root
-
-
-def chars_budget(card):
-    return dataclasses.replace(card, fewshot=dataclasses.replace(card.fewshot, budget_unit="chars",
-                                                                 max_input_tokens=100_000))
 
 
 def specs_by_fmt(card):
@@ -261,7 +258,7 @@ def test_tfds_form_splits_the_builder_rows_by_task(tmp_path, monkeypatch):
                                                                   "output": "output", "exemplars": "exemplars"},
             "templates": [{"input": "{definition}\n{input}", "target": "{output}"}],
             "groups": {"list": "niv2_tasks", "tasks": tasks}}
-    from flanx.data.cards import expand_groups
+    from flanx.data.card_files import expand_groups
     cards = [chars_budget(load_card(s)) for s in expand_groups(spec)]
     assert [c.name for c in cards] == ["niv2_task001_quoref_question_generation",
                                        "niv2_task1346_glue_cola_grammatical_correctness_classification"]

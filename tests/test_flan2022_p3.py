@@ -9,7 +9,8 @@ import yaml
 
 from flanx import paths
 from flanx.data import render, sources
-from flanx.data.cards import expand_groups, load_card, load_card_file, task_specs
+from flanx.data.card_files import expand_groups, load_card_file
+from flanx.data.cards import load_card, task_specs
 from flanx.data.flan2022 import p3
 from flanx.data.flan2022.t0_sf_data import P3_DATASETS_IN_FLAN2021, T0_SF_SUBTASKS
 from flanx.data.templates import render_options

@@ -148,8 +148,8 @@ def test_text_formatting_inputs_and_filters():
 
 def _flan2021_card(name):
     from flanx import paths  # noqa: PLC0415
-    from flanx.data import cards  # noqa: PLC0415
-    (card,) = cards.load_card_file(paths.tasks_dir() / "flan2021" / f"{name}.yaml")
+    from flanx.data import card_files  # noqa: PLC0415
+    (card,) = card_files.load_card_file(paths.tasks_dir() / "flan2021" / f"{name}.yaml")
     return card
 
 

@@ -16,7 +16,8 @@ import pytest
 
 from flanx import paths
 from flanx.data import render, sources
-from flanx.data.cards import load_card, load_card_file, task_specs
+from flanx.data.card_files import load_card_file
+from flanx.data.cards import load_card, task_specs
 from flanx.data.templates import render_options
 from flanx.data.transforms import ROW_TRANSFORMS, DataFormatError
 

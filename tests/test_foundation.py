@@ -42,8 +42,12 @@ def test_real_data_dir_has_every_listed_dataset(data_root):
 
 
 def test_resource_dirs_found():
-    assert (paths.tasks_dir()).is_dir()
-    assert (paths.configs_dir() / "runs").exists() or paths.configs_dir().is_dir()
+    """The checkout's task collection and gin configs, with the files every run relies on."""
+    assert paths.tasks_dir() == REPO / "tasks" and paths.configs_dir() == REPO / "t5x_configs"
+    assert (paths.tasks_dir() / "mixtures.yaml").is_file() and (paths.tasks_dir() / "dialogsum.yaml").is_file()
+    for gin_file in ("base/train.gin", "runs/pretrain.gin", "runs/finetune.gin", "runs/eval.gin", "runs/infer.gin",
+                     "models/tiny.gin", "meshes/cpu_1.gin", "experiments/forgetting_synthetic.gin"):
+        assert (paths.configs_dir() / gin_file).is_file(), gin_file
 
 
 def test_progress_lines_have_step_scalars_rate_and_eta():

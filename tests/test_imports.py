@@ -1,13 +1,14 @@
 """Module boundaries: no import cycles among flanx modules, `python -m` entry points that import
-themselves once, and `models/` + `train/` free of TensorFlow and seqio, even through lazy imports."""
+themselves once, `models/` + `train/` free of TensorFlow and seqio (even through lazy imports), and
+what the launchers import free of jax."""
 from __future__ import annotations
 
 import ast
-import subprocess
-import sys
+import re
 from pathlib import Path
 
 import pytest
+from helpers import random_params, run_python
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 FORBIDDEN_IN_CORE = ("tensorflow", "seqio")  # what models/ and train/ must never reach
@@ -139,6 +140,48 @@ def test_entry_points_are_not_imported_by_other_modules():
         assert MODULES[package].name == "__init__.py" and f"{package}.__main__" in MODULES
 
 
+ARCHITECTURE = SRC.parent / "docs" / "architecture.md"
+# Lazy reads that sit above their row, named in docs/architecture.md's module map.
+ALLOWED_UPWARD = {("flanx.checkpoints.hf_files", "flanx.data.vocab"), ("flanx.checkpoints.hf_files", "flanx.gin_utils")}
+
+
+def _documented_rows() -> list[list[str]]:
+    """The module map of docs/architecture.md, top row first: each row's modules as flanx prefixes."""
+    text = ARCHITECTURE.read_text()
+    table = text[text.index("| module | owns |"):].split("\n\n", 1)[0].splitlines()[2:]
+    rows = []
+    for line in table:
+        cell = line.split(" | ")[0]
+        names = []
+        for path in re.findall(r"`([^`]+)`", cell):
+            parts = path.rstrip("/").removesuffix(".py").split("/")
+            names.append(".".join(["flanx", *[p for p in parts if p != "__init__"]]))
+        rows.append(names)
+    return rows
+
+
+def _row_of(module: str, rows: list[list[str]]) -> int | None:
+    best = None
+    for i, row in enumerate(rows):
+        for prefix in row:
+            if (module == prefix or module.startswith(prefix + ".")) and (best is None or len(prefix) > best[1]):
+                best = (i, len(prefix))
+    if best is None and MODULES[module].name == "__init__.py" and GRAPH[module]:  # an unlisted package's
+        below = [_row_of(m, rows) for m in GRAPH[module]]                          # __init__: as low as what it
+        return max(r for r in below if r is not None)                             # imports
+    return None if best is None else best[0]
+
+
+def test_imports_point_down_the_documented_module_map():
+    rows = _documented_rows()
+    assert ["flanx.cli"] in rows and ["flanx.paths", "flanx.registry"] in rows, rows  # the table was read
+    unlisted = sorted(m for m in MODULES if _row_of(m, rows) is None and GRAPH[m])
+    assert not unlisted, f"modules missing from docs/architecture.md's module map: {unlisted}"
+    upward = sorted((m, d) for m in MODULES for d in GRAPH[m]
+                    if _row_of(m, rows) is not None and _row_of(d, rows) < _row_of(m, rows))
+    assert set(upward) <= ALLOWED_UPWARD, f"imports pointing up the module map: {sorted(set(upward) - ALLOWED_UPWARD)}"
+
+
 @pytest.mark.parametrize("package", ["flanx.models", "flanx.train"])
 def test_core_packages_never_reach_tensorflow_or_seqio(package):
     # `flanx/train/__main__.py` is only the name `python -m flanx.train`: it hands over to the gin
@@ -151,15 +194,26 @@ def test_core_packages_never_reach_tensorflow_or_seqio(package):
         assert not bad, f"{module} reaches TensorFlow/seqio through {bad}"
 
 
-def test_every_module_imports_and_the_core_loads_no_tensorflow():
-    """Import each module (not `__main__` ones, which run) in one fresh interpreter; models/ and
-    train/ first, checking that loading them brought in no TensorFlow or seqio."""
+def test_every_module_imports_and_the_core_loads_no_tensorflow(tmp_path):
+    """One fresh interpreter, in three phases: what the launchers import loads without jax; models/, train/,
+    partitioning, checkpoints and convert load, and read a checkpoint, without TensorFlow or seqio; then
+    every other module (not `__main__` ones, which run) imports."""
+    from flanx import checkpoints as C
+    from flanx.models import get_config
+
+    checkpoint = C.save_params(tmp_path / "ck", random_params(get_config("tiny")), get_config("tiny"))
+    launcher_side = ["flanx.distributed", "flanx.io", "flanx.mesh"]
     core = [m for m in MODULES if m.startswith(("flanx.models", "flanx.train")) and not m.endswith("__main__")]
-    rest = [m for m in MODULES if m not in core and not m.endswith("__main__")]
+    core += ["flanx.partitioning", "flanx.checkpoints", "flanx.convert"]
+    rest = [m for m in MODULES if m not in core + launcher_side and not m.endswith("__main__")]
     code = (
         "import importlib, sys\n"
+        f"for m in {launcher_side!r}: importlib.import_module(m)\n"
+        "assert 'jax' not in sys.modules and 'tensorflow' not in sys.modules, 'the launchers reach jax'\n"
         f"for m in {core!r}: importlib.import_module(m)\n"
+        f"importlib.import_module('flanx.checkpoints').load_params({str(checkpoint)!r}, scan_layers=True)\n"
         f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN_IN_CORE!r})\n"
         "assert not bad, bad\n"
         f"for m in {rest!r}: importlib.import_module(m)\n")
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+    proc = run_python("-c", code, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]

@@ -330,7 +330,8 @@ def _has_train_entry_point() -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(not _has_train_entry_point(), reason="`python -m flanx.train` (flanx.entrypoints) is missing")
 def test_two_process_training_through_local_launcher_matches_one(tmp_path):
-    """`launch/local.py` + `python -m flanx.train`: 2 CPU processes give the 1-process losses (1e-5)."""
+    """`launch/local.py` + `python -m flanx.train`: 2 CPU processes (loopback coordinator, gloo collectives)
+    each load their half of the global batch and give the 1-process losses and final parameters (1e-5)."""
     runs = {n: tmp_path / f"p{n}" for n in (1, 2)}
     launches = {n: subprocess.Popen([sys.executable, str(REPO / "launch" / "local.py"), f"--num_processes={n}",
                                      f"--model_dir={d}", *TRAIN_ARGS], env=CLEAN_ENV, cwd=tmp_path,
@@ -358,3 +359,14 @@ def test_two_process_training_through_local_launcher_matches_one(tmp_path):
     assert one[0][1] - one[-1][1] > 0.1  # it trained
     assert sorted(p.name for p in (runs[2] / "logs").glob("process_*.out")) == ["process_0.out", "process_1.out"]
     assert (runs[2] / "operative_config.gin").is_file()
+    # Each process loads its own half of the global batch.
+    for i in range(2):
+        assert f"data: shard {i} of 2, 2 rows of each batch of 4" in (runs[2] / "logs" / f"process_{i}.log").read_text()
+    # Both runs' final checkpoints hold the same parameters.
+    from flanx.checkpoints import flatten, load_params
+
+    (p1, _, s1), (p2, _, s2) = (load_params(str(runs[n])) for n in (1, 2))
+    assert s1 == s2 == 3
+    f1, f2 = flatten(p1), flatten(p2)
+    assert set(f1) == set(f2)
+    assert max(float(np.max(np.abs(f1[k] - f2[k]))) for k in f1) <= 1e-5

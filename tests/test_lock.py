@@ -5,43 +5,42 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 
 import pytest
+from helpers import hold_lock_in_child
 
 from flanx import lock as lock_lib
 from flanx.lock import DirLock, LockError
-
-HOLDER = textwrap.dedent("""
-    import sys, time
-    from flanx.lock import DirLock
-    lock = DirLock(sys.argv[1], heartbeat_s=0.2).acquire()
-    print("LOCKED", flush=True)
-    time.sleep(120)
-""")
-
-
-def _hold_in_child(tmp_path, directory):
-    """A live process holding `directory`'s lock (as a training run would)."""
-    script = tmp_path / "holder.py"
-    script.write_text(HOLDER)
-    proc = subprocess.Popen([sys.executable, str(script), str(directory)], stdout=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
-    assert proc.stdout.readline().strip() == "LOCKED"
-    return proc
 
 
 def _holder(path) -> dict:
     return json.loads(open(path).read())
 
 
+def _race(n: int, acquire) -> list:
+    """Run `acquire` in `n` threads released at once: each one's lock, or its LockError."""
+    barrier, outcomes = threading.Barrier(n), []
+
+    def contend():
+        barrier.wait()
+        try:
+            outcomes.append(acquire())
+        except LockError as e:
+            outcomes.append(e)
+
+    threads = [threading.Thread(target=contend) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return outcomes
+
+
 def test_second_writer_fails_naming_host_pid_and_start_time(tmp_path):
     directory = tmp_path / "run"
-    child = _hold_in_child(tmp_path, directory)
+    child = hold_lock_in_child(directory, heartbeat_s=0.2)
     try:
         started = time.strftime("%Y-%m-%d %H:%M", time.localtime(_holder(directory / "flanx.lock")["started"]))
         with pytest.raises(LockError) as e:
@@ -57,7 +56,7 @@ def test_second_writer_fails_naming_host_pid_and_start_time(tmp_path):
 
 def test_lock_of_a_killed_run_on_this_host_is_taken_over(tmp_path, caplog):
     directory = tmp_path / "run"
-    child = _hold_in_child(tmp_path, directory)
+    child = hold_lock_in_child(directory, heartbeat_s=0.2)
     child.send_signal(signal.SIGKILL)
     child.wait()
     assert _holder(directory / "flanx.lock")["pid"] == child.pid  # left behind by the killed run
@@ -95,20 +94,7 @@ def test_unreadable_lock_is_stale(tmp_path):
 
 def test_of_racing_writers_exactly_one_wins(tmp_path):
     directory, n = str(tmp_path / "run"), 8
-    barrier, outcomes = threading.Barrier(n), []
-
-    def contend():
-        barrier.wait()
-        try:
-            outcomes.append(DirLock(directory).acquire())
-        except LockError as e:
-            outcomes.append(e)
-
-    threads = [threading.Thread(target=contend) for _ in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    outcomes = _race(n, lambda: DirLock(directory).acquire())
     winners = [o for o in outcomes if isinstance(o, DirLock)]
     assert len(winners) == 1 and len(outcomes) == n
     assert _holder(winners[0].path)["token"] == winners[0].holder.token
@@ -235,20 +221,7 @@ def test_gcs_lock_uses_generation_preconditions():
 
 def test_gcs_racing_writers_exactly_one_wins():
     client, n = FakeClient(), 6
-    barrier, outcomes = threading.Barrier(n), []
-
-    def contend():
-        barrier.wait()
-        try:
-            outcomes.append(DirLock("gs://bkt/run", gcs_client=client).acquire())
-        except LockError as e:
-            outcomes.append(e)
-
-    threads = [threading.Thread(target=contend) for _ in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    outcomes = _race(n, lambda: DirLock("gs://bkt/run", gcs_client=client).acquire())
     winners = [o for o in outcomes if isinstance(o, DirLock)]
     assert len(winners) == 1
     winners[0].release()

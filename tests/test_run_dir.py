@@ -2,7 +2,8 @@
 
 Concurrent writers, a changed config on resume, damaged newest checkpoints (fallback, in the trainer and
 in `load_params`), unwritable and full checkpoint directories, and metrics rows after a resume. Training
-runs use a one-layer model and jax's persistent compilation cache, so each takes a few seconds.
+runs use a one-layer model and the test run's jax compilation cache (conftest.py), so each takes a few
+seconds.
 """
 from __future__ import annotations
 
@@ -13,14 +14,12 @@ import os
 import shutil
 import struct
 import subprocess
-import sys
-import textwrap
 import threading
 import time
 
-import jax
 import numpy as np
 import pytest
+from helpers import hold_lock_in_child
 
 from flanx.checkpoints import CheckpointError, load_params
 from flanx.lock import LockError
@@ -34,19 +33,6 @@ from flanx.train.writers import read_metrics
 
 MODEL = get_config("tiny", vocab_size=32, d_model=16, num_heads=2, head_dim=8, d_ff=32, num_encoder_layers=1,
                    num_decoder_layers=1)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _compile_cache(tmp_path_factory):
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
-    before = {n: getattr(jax.config, n) for n in names}
-    jax.config.update(names[0], str(tmp_path_factory.mktemp("jax_cache")))
-    jax.config.update(names[1], 0)
-    jax.config.update(names[2], 0)
-    yield
-    for n, v in before.items():
-        jax.config.update(n, v)
 
 
 def _data(shard):
@@ -96,22 +82,10 @@ def flanx_warnings():
 
 # ------------------------------------------------------------------ 1. two runs on one MODEL_DIR
 
-HOLDER = textwrap.dedent("""
-    import sys, time
-    from flanx.lock import DirLock
-    DirLock(sys.argv[1]).acquire()
-    print("LOCKED", flush=True)
-    time.sleep(120)
-""")
-
-
 def test_second_run_on_a_model_dir_fails_at_start_and_changes_nothing(base_run, tmp_path):
     model_dir = _copy(base_run, tmp_path)
-    (tmp_path / "holder.py").write_text(HOLDER)
-    other = subprocess.Popen([sys.executable, str(tmp_path / "holder.py"), str(model_dir)], stdout=subprocess.PIPE,
-                             text=True, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    other = hold_lock_in_child(model_dir)
     try:
-        assert other.stdout.readline().strip() == "LOCKED"
         before = _snapshot(model_dir)
         with pytest.raises(LockError, match=rf"{model_dir} is in use by another run \(host .*, pid {other.pid}, "
                                             r"started \d{4}-\d\d-\d\d \d\d:\d\d:\d\d"):

@@ -12,7 +12,7 @@ import yaml
 
 import flanx.data
 from flanx import cli, entrypoints, gin_utils
-from flanx.data import cards, mixtures, render, tasks, user_tasks
+from flanx.data import card_files, mixtures, render, tasks, user_tasks
 from flanx.data.cards import CardError
 
 ROWS = [{"instruction": "Summarize the chat.", "dialogue": f"Customer: order {i} is late.\nAgent: it ships today.",
@@ -39,10 +39,7 @@ def _folder(tmp_path, name: str, mixture: dict | None = None):
     return folder
 
 
-@pytest.fixture(autouse=True)
-def _clean_gin():
-    yield
-    gin_utils.reset()
+pytestmark = pytest.mark.usefixtures("clean_gin")
 
 
 def test_tasks_path_folder_reaches_tasks_and_mixtures_commands(tmp_path, monkeypatch, capsys):
@@ -160,7 +157,7 @@ def test_card_folder_files_default_to_the_data_dir_with_a_hint(tmp_path, monkeyp
     spec["source"] = {"type": "json"}
     (folder / "ut_rootless.yaml").write_text(yaml.safe_dump(spec))
     monkeypatch.delenv("FLANX_DATA_DIR", raising=False)
-    card = cards.load_card_file(folder / "ut_rootless.yaml")[0]
+    card = card_files.load_card_file(folder / "ut_rootless.yaml")[0]
     with pytest.raises(FileNotFoundError, match=r"'chats.json' is beside the card file .*ut_rootless.yaml: add "
                                                 r"`root: .` to the card's `source:`"):
         render.count_examples(card, "train")

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from flanx.data import render, sources, variants
-from flanx.data.cards import CardError, load_card, load_card_file, task_specs
+from flanx.data.card_files import load_card_file
+from flanx.data.cards import CardError, load_card, task_specs
 
 
 def synth_card(**extra):

@@ -16,15 +16,17 @@ train: evaluates `flanx.train` (`flanx.train.config.TrainRun`: the model config,
   DROPOUT_RATE, LEARNING_RATE; optional INITIAL_CHECKPOINT_PATH,
   LOSS_NORMALIZING_FACTOR, EVAL_PERIOD, EVAL_MIXTURES, EVAL_SPLIT, EVAL_EXAMPLES,
   CHECKPOINT_PERIOD, KEEP_CHECKPOINTS, RANDOM_SEED, NUM_MICROBATCHES, PACK,
-  SHUFFLE, LOG_EVERY, MESH_DATA/FSDP/MODEL; finer knobs as bindings on
+  SHUFFLE, LOG_EVERY, MESH_DATA/FSDP/MODEL, MIXTURE_OR_TASK_MODULE; finer knobs as bindings on
   flanx.OptimizerConfig / flanx.LossConfig / flanx.DecodeConfig / flanx.T5Config.
   MODEL_DIR gets config.gin (every binding) and operative_config.gin (every
   value the run uses, macros included) before training starts; the operative
   config alone (with a new MODEL_DIR) re-runs the run.
 eval:  CHECKPOINT_PATH, EVAL_OUTPUT_DIR, MIXTURE_OR_TASK_NAME (a name or a list);
-  optional MODEL_CONFIG (else the checkpoint's), TASK_FEATURE_LENGTHS, SPLIT, EVAL_EXAMPLES.
+  optional MODEL_CONFIG (else the checkpoint's), TASK_FEATURE_LENGTHS, SPLIT, EVAL_EXAMPLES,
+  MIXTURE_OR_TASK_MODULE.
 infer: CHECKPOINT_PATH, INFER_OUTPUT_DIR, MIXTURE_OR_TASK_NAME or INFER_INPUT_FILE;
-  optional TASK_FEATURE_LENGTHS, SPLIT, INFER_EXAMPLES, WITH_SCORES, VOCABULARY.
+  optional MODEL_CONFIG, TASK_FEATURE_LENGTHS, SPLIT, INFER_EXAMPLES, WITH_SCORES, VOCABULARY,
+  MIXTURE_OR_TASK_MODULE.
 all three: USE_CACHED_TASKS (T5X's name; default False) reads the tasks from their offline cache
   (`flanx cache`) in TASK_CACHE_DIRS (a directory or a list).
 """
@@ -42,7 +44,7 @@ from flanx.progress import setup_logging, setup_process_logging
 
 logger = logging.getLogger("flanx")
 MODEL_HINT = "include a model gin file, e.g. --gin_file=models/flan_t5_base.gin (sets MODEL_CONFIG)"
-m = gin_utils.resolved_macro
+macro = gin_utils.resolved_macro  # macro(NAME[, default]): a macro's evaluated value
 # Macros each command reads itself (train reads none: its macros reach it through bindings).
 DIRECT_MACROS = {
     "train": (),
@@ -80,7 +82,7 @@ def _require(*names: str, maybe: tuple[str, ...] = ()) -> None:
     missing = []
     for name in names + maybe:
         try:
-            m(name) if name in names else m(name, None)
+            macro(name) if name in names else macro(name, None)
         except ValueError:
             missing.append(name)
     if missing:
@@ -108,7 +110,7 @@ def _use_cached(names=(), split: str = "train", use: bool | None = None, cache_d
     infer); when cached, fail now if a task of `names` is not."""
     from flanx.data import cache
     if use is None:
-        use, cache_dirs = m("USE_CACHED_TASKS", False), m("TASK_CACHE_DIRS", None)
+        use, cache_dirs = macro("USE_CACHED_TASKS", False), macro("TASK_CACHE_DIRS", None)
     use = cache.configure(use, cache_dirs or None)
     if use and names:
         from flanx.data import register_all
@@ -205,6 +207,8 @@ def train(argv: list[str]) -> int:
 
         from flanx.data import pipeline
         info = seqio.ShardInfo(shard.index, shard.num_shards) if shard.num_shards > 1 else None
+        logger.info("data: shard %d of %d, %d rows of each batch of %d", shard.index, shard.num_shards,
+                    shard.local_batch_size, cfg.batch_size)
         return pipeline.get_dataset(data.mixture_or_task_name, data.task_feature_lengths, split=data.split,
                                     batch_size=shard.local_batch_size, shuffle=data.shuffle, seed=data.seed,
                                     pack=data.pack, shard_info=info,
@@ -241,20 +245,20 @@ def eval(argv: list[str]) -> int:  # noqa: A001 - the command's name
     from flanx.eval.evaluator import evaluate
     from flanx.train.writers import MetricsWriter
 
-    path, out_dir = str(m("CHECKPOINT_PATH")), str(m("EVAL_OUTPUT_DIR"))
-    names = m("MIXTURE_OR_TASK_NAME")
+    path, out_dir = str(macro("CHECKPOINT_PATH")), str(macro("EVAL_OUTPUT_DIR"))
+    names = macro("MIXTURE_OR_TASK_NAME")
     names = [names] if isinstance(names, str) else list(names)
     by_metadata: dict = {}  # results per template and per format (_template_type): flanx.eval.breakdown
     with _own_output_dir(out_dir):  # nothing is written there before the checkpoint has loaded
-        params, config, step = _load(path, m("MODEL_CONFIG", None))
-        _prepare_tasks(m("MIXTURE_OR_TASK_MODULE", None), names, config.vocab_size,
+        params, config, step = _load(path, macro("MODEL_CONFIG", None))
+        _prepare_tasks(macro("MIXTURE_OR_TASK_MODULE", None), names, config.vocab_size,
                        f"the checkpoint's model ({path})", fix=_CHECKPOINT_FIX)
         if _is_primary():
             gin_utils.write_config(out_dir)
-        lengths = m("TASK_FEATURE_LENGTHS", None)
-        results = evaluate(params, config, names, split=m("SPLIT", "validation"), feature_lengths=lengths,
-                           decode=_decode_config(), num_examples=m("EVAL_EXAMPLES", None), step=step,
-                           use_cached=_use_cached(names, m("SPLIT", "validation")),
+        lengths = macro("TASK_FEATURE_LENGTHS", None)
+        results = evaluate(params, config, names, split=macro("SPLIT", "validation"), feature_lengths=lengths,
+                           decode=_decode_config(), num_examples=macro("EVAL_EXAMPLES", None), step=step,
+                           use_cached=_use_cached(names, macro("SPLIT", "validation")),
                            predictions_dir=out_dir if _is_primary() else None, breakdown=by_metadata)
         writer = MetricsWriter(out_dir)
         writer.write(step or 0, "eval", results)
@@ -278,16 +282,16 @@ def infer(argv: list[str]) -> int:
     setup_logging()
     from flanx import infer as infer_lib
 
-    path, out_dir = str(m("CHECKPOINT_PATH")), str(m("INFER_OUTPUT_DIR"))
-    input_file, task = m("INFER_INPUT_FILE", None), m("MIXTURE_OR_TASK_NAME", None)
+    path, out_dir = str(macro("CHECKPOINT_PATH")), str(macro("INFER_OUTPUT_DIR"))
+    input_file, task = macro("INFER_INPUT_FILE", None), macro("MIXTURE_OR_TASK_NAME", None)
     if not (input_file or task):
         raise ValueError("set MIXTURE_OR_TASK_NAME (a task) or INFER_INPUT_FILE (JSONL with \"inputs\", or text)")
-    lengths = m("TASK_FEATURE_LENGTHS", None)
+    lengths = macro("TASK_FEATURE_LENGTHS", None)
     decode = _decode_config()
     model = f"the checkpoint's model ({path})"
     if input_file:  # the prompts are read (and checked) before the checkpoint is loaded
         from flanx.data import get_vocabulary
-        vocab_name = m("VOCABULARY", "t5_spm")
+        vocab_name = macro("VOCABULARY", "t5_spm")
         vocab = get_vocabulary(vocab_name)
         examples = infer_lib.read_prompts(input_file, vocab, (lengths or {}).get("inputs", 512))
         out_name = os.path.splitext(os.path.basename(input_file))[0] + ".jsonl"
@@ -295,14 +299,14 @@ def infer(argv: list[str]) -> int:
         import seqio
 
         from flanx.data import import_tasks, pipeline
-        import_tasks(m("MIXTURE_OR_TASK_MODULE", None))
-        split = m("SPLIT", "validation")
-        examples = pipeline.get_eval_dataset(task, split, lengths, m("INFER_EXAMPLES", None),
+        import_tasks(macro("MIXTURE_OR_TASK_MODULE", None))
+        split = macro("SPLIT", "validation")
+        examples = pipeline.get_eval_dataset(task, split, lengths, macro("INFER_EXAMPLES", None),
                                              use_cached=_use_cached())
         vocab = seqio.get_mixture_or_task(task).output_features["targets"].vocabulary
         out_name = f"{task}-{split}.jsonl"
     with _own_output_dir(out_dir):
-        params, config, _ = _load(path, m("MODEL_CONFIG", None))
+        params, config, _ = _load(path, macro("MODEL_CONFIG", None))
         if input_file:
             from flanx.data import checks
             checks.check_vocabulary_fits(vocab_name, config.vocab_size, model, "VOCABULARY is",
@@ -313,7 +317,7 @@ def infer(argv: list[str]) -> int:
         if _is_primary():
             gin_utils.write_config(out_dir)
         records = infer_lib.predict(params, config, examples, vocab, decode, lengths,
-                                    bool(m("WITH_SCORES", False)))
+                                    bool(macro("WITH_SCORES", False)))
         if _is_primary():
             out = infer_lib.write_jsonl(os.path.join(out_dir, out_name), records)
             print(json.dumps({"output": out, "examples": len(records)}))

@@ -59,7 +59,7 @@ def register_configurables() -> None:
     """Register flanx's typed configs with gin (idempotent)."""
     global _REGISTERED
     if not _REGISTERED:
-        from flanx.eval.evaluator import DecodeConfig
+        from flanx.predict import DecodeConfig
         from flanx.models import config as model_config
         from flanx.train import config as train_config
 

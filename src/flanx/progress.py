@@ -5,14 +5,16 @@
 process of a run to `MODEL_DIR/logs/process_{i}.log` and leaves INFO lines on
 the console to process 0.
 
-Every long loop in flanx (training, evaluation, data benchmarks, the study)
-reports through `Progress`, which logs a line like
+The training loop, evaluation and inference (over their examples) and the data
+benchmark report through `Progress`; the study reports through the training and
+evaluation runs it makes. (`flanx data prepare` prints a line per dataset and
+`flanx cache` leaves progress to Beam's runner.) A line looks like
 
     [train] step 120/1000 (12.0%) loss=2.3140 lr=1.00e-03 tokens/s=4,210 eta=3m41s
 
-with step, the caller's scalars, throughput and ETA. Lines go to the `flanx`
-logger (stderr by default), so a run's log is greppable and a terminal stays
-readable without a progress-bar dependency.
+with step, the caller's scalars, throughput since the previous line and ETA.
+Lines go to the `flanx` logger (stderr by default), so a run's log is
+greppable and a terminal stays readable without a progress-bar dependency.
 """
 from __future__ import annotations
 
@@ -136,8 +138,8 @@ class Progress:
 
     `total` is the number of steps (None when unknown), `every` how many steps
     between lines, `unit` what throughput counts (`tokens`, `examples`). Call
-    `update(step, n_units, **scalars)` after each step; the first line after
-    `warmup` steps excludes compilation from the throughput estimate. For work
+    `update(step, n_units, **scalars)` after each step; throughput and ETA are
+    measured since the previous line, so only the first line includes compilation. For work
     counted in items (evaluation and inference examples), `advance(n)` adds `n`
     items and writes a line whenever the count passes a multiple of `every`
     (`what="examples"` names the count in the line).

@@ -10,7 +10,7 @@ Public API:
 - `register_task_card(card)`: add a dataset from Python: `card` is a dict with
   the same keys as a YAML card, or the path of a YAML card. Returns the names
   of the seqio tasks it registered (see `docs/tasks.md`).
-- `import_tasks(spec)`: T5X's MIXTURE_OR_TASK_MODULE: import a Python module
+- `import_tasks(module_or_path)`: T5X's MIXTURE_OR_TASK_MODULE: import a Python module
   that registers tasks, or register a card file / folder of cards (with its
   `mixtures.yaml`) as a `FLANX_TASKS_PATH` entry would be.
 - `get_vocabulary("t5_spm" | "byte")`: the seqio vocabulary.
@@ -19,9 +19,12 @@ Public API:
 - `flanx.data.mixtures.replay_mixture(target, replay, ratio)`: the forgetting
   study's "target + replay" mixture.
 
-Only this package (and evaluation glue) imports seqio and TensorFlow; the
-template engine, card loader, sources and synthetic generators here do not,
-so `flanx tasks list` stays fast.
+seqio and TensorFlow are imported by this package and by the modules that
+read tasks through it (`flanx.entrypoints`, `flanx.eval.evaluator`,
+`flanx.eval.breakdown`, `flanx.experiments`), never by `models/` or
+`train/` (tests/test_imports.py). Within this package the template engine,
+card loader, sources and synthetic generators import neither, so
+`flanx tasks list` stays fast.
 """
 from __future__ import annotations
 
@@ -78,33 +81,33 @@ def register_task_card(card, *, refresh_mixtures: bool = True) -> list[str]:
     return names
 
 
-def import_tasks(spec, macro: str = "MIXTURE_OR_TASK_MODULE") -> None:
-    """Make the tasks of `spec` known: a card file or folder (registered like a FLANX_TASKS_PATH
+def import_tasks(module_or_path, macro: str = "MIXTURE_OR_TASK_MODULE") -> None:
+    """Make the tasks of `module_or_path` known: a card file or folder (registered like a FLANX_TASKS_PATH
     entry, with its mixtures.yaml), or a Python module to import; a list does each. None: nothing."""
     import importlib  # noqa: PLC0415
     import os  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
     from flanx.data import user_tasks  # noqa: PLC0415
-    if spec is None or spec == "":
+    if module_or_path is None or module_or_path == "":
         return
-    if isinstance(spec, (list, tuple)):
-        for item in spec:
+    if isinstance(module_or_path, (list, tuple)):
+        for item in module_or_path:
             import_tasks(item, macro)
         return
-    if not isinstance(spec, str):
+    if not isinstance(module_or_path, str):
         raise user_tasks.TasksPathError(f"{macro} must be a module name, a card file or a folder (a string), "
-                                        f"got {spec!r}")
-    if os.sep in spec or spec.endswith((".yaml", ".yml")) or Path(spec).exists():
+                                        f"got {module_or_path!r}")
+    if os.sep in module_or_path or module_or_path.endswith((".yaml", ".yml")) or Path(module_or_path).exists():
         register_all()
-        if user_tasks.register_entries(user_tasks.path_entries(spec, source=macro)):
+        if user_tasks.register_entries(user_tasks.path_entries(module_or_path, source=macro)):
             _register_mixtures()
         return
     try:
-        importlib.import_module(spec)
+        importlib.import_module(module_or_path)
     except ModuleNotFoundError as e:
-        if e.name and spec.startswith(e.name):
+        if e.name and module_or_path.startswith(e.name):
             raise user_tasks.TasksPathError(
-                f"{macro}={spec!r} is neither a card file or folder (no such path in {os.getcwd()}) nor an "
+                f"{macro}={module_or_path!r} is neither a card file or folder (no such path in {os.getcwd()}) nor an "
                 f"importable Python module (is its folder on PYTHONPATH?)") from None
         raise

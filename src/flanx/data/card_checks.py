@@ -3,7 +3,7 @@
 `flanx.data.cards.load_card` calls these; they hold no state. Names that
 plug in code are checked against their registries; `clusters:` against
 `tasks/clusters.yaml`; a `local:` block is merged over the top-level keys
-(`local_spec`) and may not change what tasks the card yields.
+(`local_variant`) and may not change what tasks the card yields.
 """
 from __future__ import annotations
 
@@ -44,39 +44,40 @@ def split_specs(raw: Any, where: str) -> dict[str, dict]:
     if not isinstance(raw, dict) or not raw:
         raise err(where, "splits", "expected a mapping split -> file pattern(s) or settings")
     out = {}
-    for split, spec in raw.items():
-        if isinstance(spec, (str, list)):
-            spec = {"files": spec}
-        if not isinstance(spec, dict):
+    for split, split_spec in raw.items():
+        if isinstance(split_spec, (str, list)):
+            split_spec = {"files": split_spec}
+        if not isinstance(split_spec, dict):
             raise err(where, f"splits.{split}", "expected a path, a list of paths or a mapping")
-        unknown = set(spec) - SPLIT_KEYS
+        unknown = set(split_spec) - SPLIT_KEYS
         if unknown:
             raise err(where, f"splits.{split}", f"unknown key(s) {', '.join(sorted(unknown))}; "
                                                  f"known: {', '.join(sorted(SPLIT_KEYS))}")
-        spec = dict(spec)
-        if isinstance(spec.get("files"), str):
-            spec["files"] = [spec["files"]]
-        spec.setdefault("name", split)
-        if "fields" in spec:
-            spec["fields"] = fields_map(where, f"splits.{split}.fields", spec["fields"])
+        split_spec = dict(split_spec)
+        if isinstance(split_spec.get("files"), str):
+            split_spec["files"] = [split_spec["files"]]
+        split_spec.setdefault("name", split)
+        if "fields" in split_spec:
+            split_spec["fields"] = fields_map(where, f"splits.{split}.fields", split_spec["fields"])
         for key in ("take_every", "drop_every"):
-            if key in spec and not (isinstance(spec[key], list) and len(spec[key]) == 2 and spec[key][0] > 0):
+            every = split_spec.get(key)
+            if key in split_spec and not (isinstance(every, list) and len(every) == 2 and every[0] > 0):
                 raise err(where, f"splits.{split}.{key}", "expected [every_n, remainder], e.g. [20, 0]")
-        n = spec.get("num_examples")
+        n = split_spec.get("num_examples")
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
             raise err(where, f"splits.{split}.num_examples", f"expected a row count (an integer >= 0), got {n!r}")
-        if spec.get("count", "data") not in ("data", "recorded"):
+        if split_spec.get("count", "data") not in ("data", "recorded"):
             raise err(where, f"splits.{split}.count", f"expected `recorded` (mixing rates use num_examples even "
-                                                       f"when the data is here) or `data`, got {spec['count']!r}")
-        if spec.get("count") == "recorded" and n is None:
+                                                       f"when the data is here) or `data`, got {split_spec['count']!r}")
+        if split_spec.get("count") == "recorded" and n is None:
             raise err(where, f"splits.{split}.count", "`count: recorded` needs `num_examples`")
-        if "slice" in spec:
-            cut = spec["slice"]
+        if "slice" in split_spec:
+            cut = split_spec["slice"]
             if not (isinstance(cut, list) and len(cut) == 2
                     and all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in cut)):
                 raise err(where, f"splits.{split}.slice", f"expected [start, stop] (integers or null, negative "
                                                            f"counts from the end, e.g. [0, -200]), got {cut!r}")
-        out[str(split)] = spec
+        out[str(split)] = split_spec
     return out
 
 
@@ -154,22 +155,22 @@ def check_source(where: str, source: dict | None, splits: dict[str, dict]) -> No
     for key, needed in getattr(reader, "needs", {}).items():
         if key not in source:
             raise err(where, f"source.{key}", f"a `{kind}` source needs `{key}`: {needed}")
-    for split, spec in splits.items():
-        if "slice" in spec and not getattr(reader, "reads_files", False):
+    for split, split_spec in splits.items():
+        if "slice" in split_spec and not getattr(reader, "reads_files", False):
             raise err(where, f"splits.{split}.slice", f"`slice` cuts the rows of files; a `{kind}` split says "
                                                        f"it in its name, e.g. `name: \"train[:-200]\"`")
     if getattr(reader, "reads_files", False):
-        for split, spec in splits.items():
-            if not spec.get("files"):
+        for split, split_spec in splits.items():
+            if not split_spec.get("files"):
                 raise err(where, f"splits.{split}", f"a `{kind}` source reads files: give a path or glob "
                                                      f"(`{split}: data/{split}.{kind}`) or `files:`")
 
 
-def check_metrics(where: str, spec: dict, fields: dict, has_options: bool, fixed_options) -> tuple[str, ...]:
-    metrics = spec.get("metrics") or ()
+def check_metrics(where: str, raw: dict, fields: dict, has_options: bool, fixed_options) -> tuple[str, ...]:
+    metrics = raw.get("metrics") or ()
     if isinstance(metrics, str) or not isinstance(metrics, (list, tuple)):
         raise err(where, "metrics", "expected a list of metric names, e.g. [accuracy]")
-    references_field = spec.get("references_field")
+    references_field = raw.get("references_field")
     if references_field is not None and references_field not in fields:
         raise err(where, "references_field", f"{references_field!r} is not in `fields`")
     for m in metrics:
@@ -197,9 +198,9 @@ def fields_map(where: str, key: str, raw: Any) -> dict:
     return {str(k): [str(c) for c in v] if isinstance(v, list) else str(v) for k, v in raw.items()}
 
 
-def local_spec(spec: dict, where: str) -> dict:
+def local_variant(raw: dict, where: str) -> dict:
     """The card mapping with its `local:` keys in place of the top-level ones."""
-    local = spec["local"]
+    local = raw["local"]
     if not isinstance(local, dict) or not local:
         raise err(where, "local", "expected a mapping of the keys that differ when reading local files, "
                                    "e.g. {dataset: rte, source: {type: jsonl}, splits: {...}}")
@@ -210,7 +211,7 @@ def local_spec(spec: dict, where: str) -> dict:
     unknown = sorted(set(local) - KEYS)
     if unknown:
         raise err(where, f"local.{unknown[0]}", f"unknown key; known keys: {', '.join(sorted(KEYS - NOT_LOCAL))}")
-    merged = {k: v for k, v in spec.items() if k != "local"}
+    merged = {k: v for k, v in raw.items() if k != "local"}
     merged.update(local)
     if "source" in local and "dataset" not in local:
         merged.pop("dataset", None)

@@ -20,6 +20,7 @@ import difflib
 import sys
 
 from flanx import paths
+from flanx.data import card_files
 from flanx.data import cards as cards_lib
 from flanx.data import clusters as clusters_lib
 from flanx.data import render, sources, user_tasks, vocab
@@ -29,7 +30,7 @@ MULTI_COMMAND = True
 
 def _collection() -> tuple[dict, dict]:
     # The collection, then the user's cards ($FLANX_TASKS_PATH): same names need `override: true`.
-    cards = cards_lib.load_card_files(cards_lib.collection_card_files() + user_tasks.user_card_files())
+    cards = card_files.load_card_files(card_files.collection_card_files() + user_tasks.user_card_files())
     specs = {spec.name: spec for card in cards.values() for spec in cards_lib.task_specs(card)}
     return cards, specs
 

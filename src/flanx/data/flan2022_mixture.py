@@ -89,15 +89,19 @@ def _number(where: str, key: str, value, low: float, high: float | None = None) 
     return float(value)
 
 
+def _check_mapping(where: str, value, known, expected: str) -> None:
+    """`value` is a mapping with only `known` keys; else MixtureConfigError: `expected`, or the unknown keys."""
+    if not isinstance(value, dict):
+        raise MixtureConfigError(f"{where}: {expected}")
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise MixtureConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+
+
 def parse_config(name: str, raw, where: str) -> CollectionConfig:
     """Validate one `kind: flan_collection` entry (`where` names the file and key, e.g.
     `tasks/mixtures.yaml: mixtures.flan2022`)."""
-    if not isinstance(raw, dict):
-        raise MixtureConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - MIXTURE_KEYS)
-    if unknown:
-        raise MixtureConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: "
-                                 f"{', '.join(sorted(MIXTURE_KEYS))}")
+    _check_mapping(where, raw, MIXTURE_KEYS, f"expected a mapping, got {type(raw).__name__}")
     vocabulary = raw.get("vocabulary", "t5_spm")
     if vocabulary not in VOCABULARIES:
         raise MixtureConfigError(f"{where}.vocabulary: {vocabulary!r} is not one of {', '.join(VOCABULARIES.names())}")
@@ -106,31 +110,26 @@ def parse_config(name: str, raw, where: str) -> CollectionConfig:
         raise MixtureConfigError(f"{where}.submixtures: expected a mapping submixture -> {{weight, cap, zero_shot, "
                                  f"options, inversion}} (submixtures: {', '.join(SUBMIXTURES)})")
     parsed = []
-    for sub, spec in subs.items():
+    for sub, settings in subs.items():
         at = f"{where}.submixtures.{sub}"
         if sub not in SUBMIXTURES:
             raise MixtureConfigError(f"{at}: unknown submixture {sub!r}; task cards name one of "
                                      f"{', '.join(SUBMIXTURES)}")
-        if not isinstance(spec, dict):
-            raise MixtureConfigError(f"{at}: expected a mapping with {', '.join(sorted(SUBMIXTURE_KEYS))}")
-        unknown = sorted(set(spec) - SUBMIXTURE_KEYS)
-        if unknown:
-            raise MixtureConfigError(f"{at}: unknown key(s) {', '.join(unknown)}; known: "
-                                     f"{', '.join(sorted(SUBMIXTURE_KEYS))}")
-        if "weight" not in spec:
+        _check_mapping(at, settings, SUBMIXTURE_KEYS, f"expected a mapping with {', '.join(sorted(SUBMIXTURE_KEYS))}")
+        if "weight" not in settings:
             raise MixtureConfigError(f"{at}.weight: required (the submixture's share of examples)")
-        cap = spec.get("cap")
+        cap = settings.get("cap")
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
             raise MixtureConfigError(f"{at}.cap: expected a positive number of examples per task (or null), "
                                      f"got {cap!r}")
-        inversion = spec.get("inversion")
-        prefer = spec.get("prefer_source")
+        inversion = settings.get("inversion")
+        prefer = settings.get("prefer_source")
         if prefer is not None and not isinstance(prefer, str):
             raise MixtureConfigError(f"{at}.prefer_source: expected a source type, e.g. p3; got {prefer!r}")
         parsed.append(Submixture(
-            sub, _number(at, "weight", spec["weight"], 0.0), cap,
-            _number(at, "zero_shot", spec.get("zero_shot", 0.5), 0.0, 1.0),
-            _number(at, "options", spec.get("options", 0.5), 0.0, 1.0),
+            sub, _number(at, "weight", settings["weight"], 0.0), cap,
+            _number(at, "zero_shot", settings.get("zero_shot", 0.5), 0.0, 1.0),
+            _number(at, "options", settings.get("options", 0.5), 0.0, 1.0),
             None if inversion is None else _number(at, "inversion", inversion, 0.0), prefer))
     if not any(s.weight > 0 for s in parsed):
         raise MixtureConfigError(f"{where}.submixtures: every weight is 0")

@@ -1,15 +1,16 @@
 """Group lists: functions that list a task card's groups from data (`groups: {list: NAME, ...}`).
 
 A card with `groups: [a, b]` expands to one card per group
-(`flanx.data.cards.expand_groups`). When the groups depend on the data a
+(`flanx.data.card_files.expand_groups`). When the groups depend on the data a
 user has (the tasks of a natural-instructions checkout, the P3 subtasks on
 disk), the card says `groups: {list: NAME, ...options}` and the function
-registered here as NAME returns them:
+registered here as NAME returns them, given the card's mapping as read and
+its `groups` mapping:
 
     from flanx.data.group_lists import GROUP_LISTS
 
     @GROUP_LISTS.register("my_tasks")
-    def my_tasks(spec: dict, groups: dict) -> list:
+    def my_tasks(raw_card: dict, groups: dict) -> list:
         return ["a", {"group": "b.1", "suffix": "b_1", "set": {"splits": {"train": {"num_examples": 10}}}}]
 
 Each group is a name, or a mapping: `group` (filled in for `{group}` in the

@@ -103,17 +103,17 @@ def not_prepared(card) -> paths.MissingDataError:
 
 @register_source("tfds", files=False, needs={"name": "the TFDS builder name, e.g. super_glue/rte:1.0.2"},
                  available=prepared)
-def read_tfds(card, spec: dict) -> Iterator[Record]:
+def read_tfds(card, split_spec: dict) -> Iterator[Record]:
     """A TFDS split (`source.name`, `data_dir`, `download`)."""
     import tensorflow_datasets as tfds  # noqa: PLC0415 - optional, heavy
     name = card.source["name"]
     try:
-        ds = tfds.load(name, split=spec["name"], data_dir=str(data_dir_of(card)),
+        ds = tfds.load(name, split=split_spec["name"], data_dir=str(data_dir_of(card)),
                        download=card.source.get("download", False), try_gcs=False)
     except (AssertionError, FileNotFoundError) as e:  # TFDS: "could not find data in ..."
         raise not_prepared(card) from e
     for i, ex in enumerate(tfds.as_numpy(ds)):
-        origin = f"tfds:{name}/{spec['name']}[{i}]"
+        origin = f"tfds:{name}/{split_spec['name']}[{i}]"
         try:
             yield origin, _decode(ex)
         except UnicodeDecodeError as e:
@@ -149,7 +149,7 @@ def hf_available(card) -> bool:
 
 
 @register_source("hf", files=False, available=hf_available)
-def read_hf(card, spec: dict) -> Iterator[Record]:
+def read_hf(card, split_spec: dict) -> Iterator[Record]:
     """A Hugging Face `datasets` split (`source.path`/`name`), or an in-memory `source.dataset` mapping."""
     dataset = card.source.get("dataset")
     label = card.source.get("path", "in-memory")
@@ -157,12 +157,12 @@ def read_hf(card, spec: dict) -> Iterator[Record]:
         import datasets  # noqa: PLC0415 - optional, imported only for hf sources
         saved = hf_saved_dir(card)
         if saved is not None and saved.is_dir():
-            split, rows = split_slice(spec["name"])
+            split, rows = split_slice(split_spec["name"])
             full = datasets.load_from_disk(str(saved))[split]
             dataset = (full[i] for i in range(len(full))[rows])
         else:
-            dataset = datasets.load_dataset(card.source["path"], card.source.get("name"), split=spec["name"])
+            dataset = datasets.load_dataset(card.source["path"], card.source.get("name"), split=split_spec["name"])
     else:  # an in-memory mapping {split: rows}, e.g. a datasets.DatasetDict
-        dataset = dataset[spec["name"]]
+        dataset = dataset[split_spec["name"]]
     for i, ex in enumerate(dataset):
-        yield f"hf:{label}/{spec['name']}[{i}]", dict(ex)
+        yield f"hf:{label}/{split_spec['name']}[{i}]", dict(ex)

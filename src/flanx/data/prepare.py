@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from flanx import paths
-from flanx.data import cards as cards_lib
+from flanx.data import card_files
 from flanx.data import hub_sources
 
 MANIFEST = "manifest.json"
@@ -100,9 +100,9 @@ def prepare_tfds(entry: Entry, cards: list, data_dir: Path, checksums: bool) -> 
     entry.splits = {name: int(info.num_examples) for name, info in builder.info.splits.items()}
     for card in cards:
         entry.card_splits[card.name] = {
-            split: {"name": spec["name"], "rows": int(builder.info.splits[spec["name"]].num_examples),
-                    "recorded": spec.get("num_examples")}
-            for split, spec in card.splits.items()}
+            split: {"name": split_spec["name"], "rows": int(builder.info.splits[split_spec["name"]].num_examples),
+                    "recorded": split_spec.get("num_examples")}
+            for split, split_spec in card.splits.items()}
     folder = hub_sources.builder_dir(entry.name, data_dir)
     entry.files = _checksums(folder, data_dir, checksums) if folder else {}
     entry.status = "ok"
@@ -128,9 +128,9 @@ def prepare_hf(entry: Entry, cards: list, data_dir: Path, checksums: bool) -> En
         split, cut = hub_sources.split_slice(split_name)
         return len(range(entry.splits[split])[cut]) if split in entry.splits else None
     for c in cards:
-        entry.card_splits[c.name] = {split: {"name": spec["name"], "rows": rows(spec["name"]),
-                                             "recorded": spec.get("num_examples")}
-                                     for split, spec in c.splits.items()}
+        entry.card_splits[c.name] = {split: {"name": split_spec["name"], "rows": rows(split_spec["name"]),
+                                             "recorded": split_spec.get("num_examples")}
+                                     for split, split_spec in c.splits.items()}
     entry.files = _checksums(target, data_dir, checksums)
     entry.status = "ok"
     return entry
@@ -138,10 +138,10 @@ def prepare_hf(entry: Entry, cards: list, data_dir: Path, checksums: bool) -> En
 
 def download_sources(collection: str, only: list[str] | None = None) -> dict[tuple[str, str], list]:
     """(source type, dataset) -> the collection's cards reading it (their TFDS/HF variant)."""
-    files = cards_lib.collection_card_files(collection)
+    files = card_files.collection_card_files(collection)
     if not files:
         raise SystemExit(f"flanx: no task cards in collection {collection!r} (tasks/{collection}/)")
-    cards = cards_lib.load_card_files(files, use_local=False)
+    cards = card_files.load_card_files(files, use_local=False)
     unknown = sorted(set(only or ()) - set(cards))
     if unknown:
         raise SystemExit(f"flanx: collection {collection!r} has no card(s) {', '.join(unknown)}")

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from flanx import paths
-from flanx.data import synthetic
+from flanx.data import synthetic_rows
 from flanx.data.transforms import ROW_TRANSFORMS, DataFormatError
 from flanx.registry import Registry
 
@@ -73,14 +73,14 @@ def register_source(name: str, *, files: bool, needs: dict[str, str] | None = No
     """
     def add(fn: Callable) -> Callable:
         if files:
-            def split_reader(card, spec: dict) -> Iterator[Record]:
-                for path in resolve_files(card, spec["files"]):
+            def split_reader(card, split_spec: dict) -> Iterator[Record]:
+                for path in resolve_files(card, split_spec["files"]):
                     extra = _file_fields(card, path)
                     for origin, rec in fn(path, card):
                         yield origin, (rec if isinstance(rec, Exception) or not extra else dict(extra, **rec))
         else:
-            def split_reader(card, spec: dict) -> Iterator[Record]:
-                return fn(card, spec)
+            def split_reader(card, split_spec: dict) -> Iterator[Record]:
+                return fn(card, split_spec)
         split_reader.__name__ = split_reader.__qualname__ = getattr(fn, "__name__", name)
         split_reader.__doc__ = fn.__doc__
         split_reader.reads_files = files
@@ -142,8 +142,8 @@ def files_present(card) -> bool:
         return False
     src_root = card.source.get("root")
     base = Path(src_root) if src_root else paths.data_dir()
-    for spec in card.splits.values():
-        for pattern in spec.get("files") or ():
+    for split_spec in card.splits.values():
+        for pattern in split_spec.get("files") or ():
             full = Path(pattern) if Path(pattern).is_absolute() else (base / pattern if base else None)
             if full is None or not glob.glob(str(full)):
                 return False
@@ -173,11 +173,11 @@ def _file_fields(card, path: Path) -> dict:
 
 # ----------------------------------------------------------------------------- other sources
 
-@register_source("synthetic", files=False, needs={"generator": f"one of {', '.join(synthetic.GENERATORS)}"})
-def read_synthetic(card, spec: dict) -> Iterator[Record]:
+@register_source("synthetic", files=False, needs={"generator": f"one of {', '.join(synthetic_rows.GENERATORS)}"})
+def read_synthetic(card, split_spec: dict) -> Iterator[Record]:
     """Rows of a built-in generator (`source.generator`, `source.seed`; the split's `size`)."""
-    split = spec["name"]
-    rows = synthetic.iter_rows(card.source["generator"], split, spec.get("size"), int(card.source.get("seed", 0)))
+    split, seed = split_spec["name"], int(card.source.get("seed", 0))
+    rows = synthetic_rows.iter_rows(card.source["generator"], split, split_spec.get("size"), seed)
     for i, row in enumerate(rows):
         yield f"synthetic:{card.source['generator']}/{split}[{i}]", row
 
@@ -186,11 +186,11 @@ def read_records(card, split: str) -> Iterator[Record]:
     """Raw (origin, record) pairs of `split`, after the split's row selection."""
     if split not in card.splits:
         raise KeyError(f"task card {card.name!r} has no split {split!r}; splits: {', '.join(card.splits)}")
-    spec = card.splits[split]
-    records = SOURCES.check(card.source["type"], f"task card {card.path}: source.type")(card, spec)
-    if spec.get("slice"):  # [start, stop] of the split's records, as Python slices them
-        records = iter(list(records)[slice(*spec["slice"])])
-    take, drop = spec.get("take_every"), spec.get("drop_every")
+    split_spec = card.splits[split]
+    records = SOURCES.check(card.source["type"], f"task card {card.path}: source.type")(card, split_spec)
+    if split_spec.get("slice"):  # [start, stop] of the split's records, as Python slices them
+        records = iter(list(records)[slice(*split_spec["slice"])])
+    take, drop = split_spec.get("take_every"), split_spec.get("drop_every")
     for i, rec in enumerate(records):
         if take and i % take[0] != take[1]:
             continue

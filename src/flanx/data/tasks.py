@@ -30,8 +30,8 @@ import seqio
 import tensorflow as tf
 
 from flanx.data import cache, hub_sources, render, variants, vocab
-from flanx.data.cards import CardError, TaskCard, TaskSpec, check_collision, collection_card_files, \
-    expand_groups, load_card, load_card_file, task_specs
+from flanx.data.card_files import check_collision, collection_card_files, expand_groups, load_card_file
+from flanx.data.cards import CardError, TaskCard, TaskSpec, load_card, task_specs
 from flanx.eval import metrics as metrics_lib
 
 # The input pipeline runs on the host: TensorFlow must not take GPU memory that JAX needs (it
@@ -199,7 +199,7 @@ def cards_from(card_or_path) -> list[TaskCard]:
     if isinstance(card_or_path, TaskCard):
         return [card_or_path]
     if isinstance(card_or_path, dict):
-        return [load_card(spec) for spec in expand_groups(card_or_path)]
+        return [load_card(raw) for raw in expand_groups(card_or_path)]
     if isinstance(card_or_path, (str, Path)):
         return load_card_file(card_or_path)
     raise TypeError(f"register_task_card takes a dict, a TaskCard or a YAML path, got {type(card_or_path).__name__}")

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from flanx.registry import Registry
 
@@ -53,6 +53,33 @@ def _check_transform(name: str, fn) -> None:
 ROW_TRANSFORMS: Registry[RowTransform] = Registry(
     "row transform", validator=_check_transform,
     hint="Register one with @flanx.data.transforms.ROW_TRANSFORMS.register('name') (see docs/tasks.md)")
+
+
+# Value helpers for transforms of TFDS rows (bytes, numpy scalars and arrays), shared by flanx.data.flan_transforms.
+
+def text_value(value: Any, field: str) -> str:
+    """A text value: `str`, UTF-8 `bytes`, or a 0-d numpy value holding either."""
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataFormatError(f"field {field!r}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    if getattr(value, "shape", None) == () and hasattr(value, "item"):
+        return text_value(value.item(), field)
+    if value is None:
+        raise DataFormatError(f"field {field!r} is null")
+    raise DataFormatError(f"field {field!r}: expected text, got {type(value).__name__}")
+
+
+def text_values(value: Any, field: str) -> list[str]:
+    """A list of texts from a list, tuple or 1-d numpy array of `str`/`bytes`."""
+    if value is None:
+        raise DataFormatError(f"field {field!r} is null")
+    if isinstance(value, (str, bytes, dict)) or getattr(value, "ndim", 1) != 1 or not hasattr(value, "__iter__"):
+        raise DataFormatError(f"field {field!r}: expected a list of texts, got {type(value).__name__}")
+    return [text_value(v, field) for v in value]
 
 
 @ROW_TRANSFORMS.register("gsm8k")

@@ -9,9 +9,9 @@ and the `mixtures.yaml` beside it. `flanx tasks|mixtures`, the entry points
 `tasks/mixtures.yaml` and may name the collection's cards and the user's.
 
 A user card named like a card of the collection (or of another user file)
-is an error unless it says `override: true` (`flanx.data.cards.check_collision`).
+is an error unless it says `override: true` (`flanx.data.card_files.check_collision`).
 
-`flanx.data.import_tasks(spec)` serves T5X's `MIXTURE_OR_TASK_MODULE` macro:
+`flanx.data.import_tasks(module_or_path)` serves T5X's `MIXTURE_OR_TASK_MODULE` macro:
 a Python module to import (it registers tasks when imported), or a card file
 / folder (registered as a `FLANX_TASKS_PATH` entry would be, by
 `register_entries` here).
@@ -56,7 +56,7 @@ def path_entries(value: str | None = None, source: str = TASKS_PATH_ENV) -> list
     return entries
 
 
-def card_files(entries: list[Path]) -> list[Path]:
+def entry_card_files(entries: list[Path]) -> list[Path]:
     """The card files of `entries`: a folder's `*.yaml`/`*.yml` (sorted; not mixtures.yaml), or the file itself."""
     files: list[Path] = []
     for entry in entries:
@@ -82,7 +82,7 @@ def mixture_files(entries: list[Path]) -> list[Path]:
 
 def user_card_files() -> list[Path]:
     """The card files named by $FLANX_TASKS_PATH (read without seqio by `flanx tasks`)."""
-    return card_files(path_entries())
+    return entry_card_files(path_entries())
 
 
 def registered_mixture_files() -> list[Path]:
@@ -95,13 +95,13 @@ def register_entries(entries: list[Path]) -> bool:
 
     The caller refreshes the mixtures afterwards (`flanx.data.register_all` does).
     """
-    from flanx.data import cards, tasks  # noqa: PLC0415 - seqio/TensorFlow on first use
+    from flanx.data import card_files, tasks  # noqa: PLC0415 - seqio/TensorFlow on first use
 
     new = [e for e in entries if e not in _REGISTERED]
     if not new:
         return False
-    for path in card_files(new):
-        for card in cards.load_card_file(path):
+    for path in entry_card_files(new):
+        for card in card_files.load_card_file(path):
             tasks.register_card(card)
     _REGISTERED.extend(new)
     return True

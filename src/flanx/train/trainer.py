@@ -1,7 +1,8 @@
 """The training loop: plain Python, no gin, no TensorFlow.
 
-    result = train(train_cfg, model_config, data_iter_factory,
-                   init_params=None, eval_fn=None, init_step=0, init_checkpoint=None)
+    result = train(train_cfg, model_config, data_iter_factory, init_params=None, eval_fn=None, *,
+                   init_step=0, init_checkpoint=None, trainable_mask=None, mesh=None, apply_fn=None,
+                   on_model_dir_ready=None)
 
 - `data_iter_factory(shard: HostShard)` returns an iterator of host-local
   numpy batches (`shard.local_batch_size` rows; T5X feature names). For
@@ -14,6 +15,11 @@
   start from instead; loaded only when the run does not resume, and its step
   becomes `init_step`. With `model_config.lora` set, the base weights get fresh
   adapters (`flanx.models.lora.setup`) and only the adapters train.
+- `trainable_mask` (bools shaped like the params; default: the LoRA adapters
+  when there are any, else everything), `mesh` (default: built from
+  `train_cfg.mesh`) and `apply_fn` (default: the T5 model's) replace a piece.
+- `on_model_dir_ready()` runs on every process once MODEL_DIR is locked and
+  checked, before training writes there.
 - `eval_fn(params, step) -> {task: {metric: value}}` runs every
   `eval_period` steps and at the end.
 - `extra_loss`: a `flanx.train.regularizers.ExtraLoss` (L2-SP, EWC) added to
@@ -119,8 +125,9 @@ def _check_health(ckpt, guard) -> None:
         guard.check()
 
 
-class _Run:
-    """The pieces of one training run, built once."""
+class _TrainSetup:
+    """What one training run builds once: the mesh, optimizer, trainable paths, state shardings and
+    abstract state; it makes the fresh state and the jitted train step."""
 
     def __init__(self, cfg, model_config, init_params, init_step, trainable_mask, mesh, apply_fn):
         self.cfg = cfg
@@ -153,8 +160,8 @@ class _Run:
         tr_specs, _ = step_lib.split_params(p_specs, self.trainable)
         opt_shapes = jax.eval_shape(self.optimizer.init, tr_shapes)
         o_specs = partitioning.state_specs(opt_shapes, tr_specs, tr_shapes)
-        spec = step_lib.TrainState(step=P(), params=p_specs, opt_state=o_specs, rng=P())
-        self.state_sharding = partitioning.named(self.mesh, spec)
+        state_partition_specs = step_lib.TrainState(step=P(), params=p_specs, opt_state=o_specs, rng=P())
+        self.state_sharding = partitioning.named(self.mesh, state_partition_specs)
         self.abstract_state = _abstract(step_lib.TrainState(
             step=jax.ShapeDtypeStruct((), jnp.int32), params=params_shapes, opt_state=opt_shapes,
             rng=jax.ShapeDtypeStruct((2,), jnp.uint32)), self.state_sharding)
@@ -225,9 +232,9 @@ def train(cfg: TrainConfig, model_config, data_iter_factory: Callable[[partition
             init_params, _ = lora.setup(init_params, model_config, jax.random.PRNGKey(cfg.seed))
         if latest is not None:  # resuming: the checkpoint holds every parameter (adapters too)
             init_params = None
-        run = _Run(cfg, model_config, init_params, init_step, trainable_mask, mesh, apply_fn)
+        setup = _TrainSetup(cfg, model_config, init_params, init_step, trainable_mask, mesh, apply_fn)
         if latest is not None:  # config, shapes and damage are checked before anything is written
-            resume = run_dir.restore_newest(ckpt, run.abstract_state, model_config, cfg)
+            resume = run_dir.restore_newest(ckpt, setup.abstract_state, model_config, cfg)
         if cfg.model_dir:
             run_dir.open_for_writing(ckpt, resume)
             if jax.process_index() == 0:
@@ -241,12 +248,12 @@ def train(cfg: TrainConfig, model_config, data_iter_factory: Callable[[partition
             resumed_from, start_step = resume.step, int(resume.meta.get("start_step", init_step))
             logger.info("resuming from %s/checkpoints step %d", cfg.model_dir, resume.step)
         else:
-            state = run.fresh_state()
+            state = setup.fresh_state()
         step = int(_local_value(state.step))
         schedule = optim.make_schedule(cfg.optimizer, start_step, cfg.train_steps)
-        train_step = run.compile_step(schedule, extra_loss)
+        train_step = setup.compile_step(schedule, extra_loss)
 
-        shard = partitioning.host_shard(run.mesh, cfg.batch_size)
+        shard = partitioning.host_shard(setup.mesh, cfg.batch_size)
         it = data_iter_factory(shard)
         if data_state is not None:
             _restore_iterator(it, data_state)
@@ -304,7 +311,7 @@ def train(cfg: TrainConfig, model_config, data_iter_factory: Callable[[partition
             local = step_lib.model_batch(local)
             tokens = sum(v.shape[0] * v.shape[1] for k, v in local.items()
                          if k in ("encoder_input_tokens", "decoder_target_tokens")) * shard.num_shards
-            batch = partitioning.to_global_batch(local, run.mesh, cfg.batch_size)
+            batch = partitioning.to_global_batch(local, setup.mesh, cfg.batch_size)
             state, metrics = train_step(state, batch)
             step += 1
             _check_health(ckpt, guard)  # a failed save or a lost lock stops the run at once

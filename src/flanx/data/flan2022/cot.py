@@ -125,10 +125,10 @@ def cot_exact_match(targets: Sequence, predictions: Sequence[str]) -> dict[str, 
     return {"cot_exact_match": hits / len(targets)}
 
 
-def _split_files_here(spec: dict, group: str) -> bool:
-    source = spec.get("source") if isinstance(spec.get("source"), dict) else {}
+def _split_files_here(raw_card: dict, group: str) -> bool:
+    source = raw_card.get("source") if isinstance(raw_card.get("source"), dict) else {}
     root = Path(source["root"]) if source.get("root") else paths.data_dir()
-    for split in (spec.get("splits") or {}).values():
+    for split in (raw_card.get("splits") or {}).values():
         files = split if isinstance(split, (str, list)) else split.get("files", [])
         for pattern in [files] if isinstance(files, str) else files:
             full = Path(pattern.replace("{group}", group))
@@ -139,7 +139,7 @@ def _split_files_here(spec: dict, group: str) -> bool:
 
 
 @GROUP_LISTS.register("flan_cot")
-def flan_cot_groups(spec: dict, groups: dict) -> list[dict]:
+def flan_cot_groups(raw_card: dict, groups: dict) -> list[dict]:
     """`groups: {list: flan_cot, exclude: [...], task_name_suffix: _ii}`: the CoT datasets (`DATASETS`) whose
     files are here, each card's examples named as FLAN names the task (`stream_aqua`, `cot_creak_ii`, ...).
 
@@ -149,12 +149,12 @@ def flan_cot_groups(spec: dict, groups: dict) -> list[dict]:
     exclude = set(groups.get("exclude") or ())
     unknown = exclude - set(DATASETS)
     if unknown:
-        raise ValueError(f"task card {spec.get('name')!r}: groups.exclude: unknown CoT dataset "
+        raise ValueError(f"task card {raw_card.get('name')!r}: groups.exclude: unknown CoT dataset "
                          f"{sorted(unknown)[0]!r}; known: {', '.join(DATASETS)}")
     names = [d for d in DATASETS if d not in exclude]
-    here = [d for d in names if _split_files_here(spec, d)]
+    here = [d for d in names if _split_files_here(raw_card, d)]
     if len(here) < len(names):
-        logger.info("task card %r: no file for CoT dataset(s) %s; their cards are left out", spec.get("name"),
+        logger.info("task card %r: no file for CoT dataset(s) %s; their cards are left out", raw_card.get("name"),
                     ", ".join(d for d in names if d not in here))
     suffix = str(groups.get("task_name_suffix", ""))
     return [{"group": d, "set": {"metadata": {"task_name": DATASETS[d][1] + suffix}}} for d in here]

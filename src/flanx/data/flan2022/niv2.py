@@ -258,12 +258,12 @@ def _tfds_task(path: Path, task: str) -> NIv2Task:
 
 @register_source("niv2_tfds", files=False, available=lambda card: tfds_prepared(card.source),
                  needs={"task": "the NIv2 task name, e.g. task001_quoref_question_generation"})
-def read_niv2_tfds(card, spec: dict) -> Iterator[Record]:
+def read_niv2_tfds(card, split_spec: dict) -> Iterator[Record]:
     """One task's rows of TFDS `natural_instructions` (its only split, `train`)."""
     task = card.source["task"]
-    if spec["name"] != "train":
+    if split_spec["name"] != "train":
         raise SourceFormatError(f"TFDS {card.source.get('name', TFDS_NAME)} has only a 'train' split, not "
-                                f"{spec['name']!r}")
+                                f"{split_spec['name']!r}")
     cache = split_tfds_by_task(card.source)
     path = cache / f"{task}.jsonl"
     if not path.is_file():
@@ -345,7 +345,7 @@ def niv2_task_names(source: dict, task_lists=None) -> list[str]:
 
 
 @GROUP_LISTS.register("niv2_tasks")
-def niv2_groups(spec: dict, groups: dict) -> list[dict]:
+def niv2_groups(raw_card: dict, groups: dict) -> list[dict]:
     """`groups: {list: niv2_tasks, task_lists: [...], tasks: [...]}`: one card per NIv2 task found here.
 
     No data, no cards. `tasks` keeps only the named tasks.
@@ -354,9 +354,9 @@ def niv2_groups(spec: dict, groups: dict) -> list[dict]:
     checkout's tasks when there is one (its root is filled in); otherwise the
     card's own source decides (a TFDS source: the builder's tasks once prepared).
     """
-    local = spec.get("local") if isinstance(spec.get("local"), dict) else {}
+    local = raw_card.get("local") if isinstance(raw_card.get("local"), dict) else {}
     checkout = dict(local.get("source") or {}) if (local.get("source") or {}).get("type") == "niv2" else None
-    source = dict(spec.get("source") or {})
+    source = dict(raw_card.get("source") or {})
     extra: dict = {}
     if source.get("type") == "niv2":
         checkout, source = source, None
@@ -372,7 +372,7 @@ def niv2_groups(spec: dict, groups: dict) -> list[dict]:
     if only is not None:
         unknown = [t for t in only if t not in names]
         if unknown:
-            raise SourceFormatError(f"task card {spec.get('name')!r}: groups.tasks: {unknown[0]!r} is not an NIv2 "
+            raise SourceFormatError(f"task card {raw_card.get('name')!r}: groups.tasks: {unknown[0]!r} is not an NIv2 "
                                     f"task here (or is one of FLAN's MMLU tasks){_close(unknown[0], names)}")
         names = [t for t in names if t in set(only)]
     entries, seen = [], {}
@@ -380,7 +380,7 @@ def niv2_groups(spec: dict, groups: dict) -> list[dict]:
         suffix = card_suffix(task)
         if suffix in seen:
             raise SourceFormatError(f"NIv2 tasks {seen[suffix]!r} and {task!r} give the same card name "
-                                    f"{spec.get('name')}_{suffix}; list only one of them")
+                                    f"{raw_card.get('name')}_{suffix}; list only one of them")
         seen[suffix] = task
         entries.append({"group": task, "suffix": suffix, "set": _task_settings(task, extra)})
     return entries

@@ -148,10 +148,10 @@ def _checkout_rows(root: Path, subtask: str, split: str) -> Iterator[tuple[str, 
     if missing:
         raise SourceFormatError(f"{info_file}: features lack {missing[0]!r} (features: {', '.join(features)})")
     import tensorflow as tf  # noqa: PLC0415 - only this form needs TFRecords
-    spec = {f: tf.io.FixedLenFeature([], tf.string) for f in TEXT_FEATURES}
+    features = {f: tf.io.FixedLenFeature([], tf.string) for f in TEXT_FEATURES}
     if "answer_choices" in features:
-        spec["answer_choices"] = tf.io.FixedLenSequenceFeature([], tf.string, allow_missing=True)
-    ds = tf.data.TFRecordDataset([str(f) for f in files]).map(lambda pb: tf.io.parse_single_example(pb, spec))
+        features["answer_choices"] = tf.io.FixedLenSequenceFeature([], tf.string, allow_missing=True)
+    ds = tf.data.TFRecordDataset([str(f) for f in files]).map(lambda pb: tf.io.parse_single_example(pb, features))
     for i, ex in enumerate(ds.as_numpy_iterator()):
         row = {k: [c.decode("utf-8") for c in v] if k == "answer_choices" else v.decode("utf-8")
                for k, v in ex.items()}
@@ -191,9 +191,9 @@ def _p3_available(card) -> bool:
 
 @register_source("p3", files=False, available=_p3_available,
                  needs={"subtask": "the P3 subtask, e.g. adversarial_qa_dbert_based_on"})
-def read_p3(card, spec: dict) -> Iterator[Record]:
+def read_p3(card, split_spec: dict) -> Iterator[Record]:
     """One P3 subtask's split: from `source.dataset`, a P3 checkout, or the Hugging Face Hub."""
-    source, subtask, split = card.source, card.source["subtask"], spec["name"]
+    source, subtask, split = card.source, card.source["subtask"], split_spec["name"]
     if source.get("dataset") is not None:
         rows, label = _in_memory(source, subtask, split), f"p3:{subtask}/{split}"
     elif checkout_root(source) is not None:
@@ -256,11 +256,11 @@ def subtask_settings(subtask: str) -> dict:
 
 
 @GROUP_LISTS.register("t0_sf")
-def t0_sf_groups(spec: dict, groups: dict) -> list[dict]:
+def t0_sf_groups(raw_card: dict, groups: dict) -> list[dict]:
     """`groups: {list: t0_sf, subtasks: [...]}`: one card per T0-SF subtask the card's P3 source has here."""
     only = groups.get("subtasks")
     if only is not None and (not isinstance(only, list) or not all(isinstance(s, str) for s in only)):
-        raise SourceFormatError(f"task card {spec.get('name')!r}: groups.subtasks: expected a list of P3 subtask "
+        raise SourceFormatError(f"task card {raw_card.get('name')!r}: groups.subtasks: expected a list of P3 subtask "
                                 f"names")
     return [{"group": s, "suffix": s.lower().replace(".", "_"), "set": subtask_settings(s)}
-            for s in t0_sf_subtasks(dict(spec.get("source") or {}), only)]
+            for s in t0_sf_subtasks(dict(raw_card.get("source") or {}), only)]

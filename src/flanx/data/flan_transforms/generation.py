@@ -30,34 +30,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from flanx.data.transforms import ROW_TRANSFORMS, DataFormatError
+from flanx.data.transforms import ROW_TRANSFORMS, DataFormatError, text_value, text_values
 
 # ----------------------------------------------------------------------------- value helpers
-
-
-def _text(value: Any, field: str) -> str:
-    """A text value: `str`, UTF-8 `bytes`, or a 0-d numpy value holding either."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise DataFormatError(f"field {field!r}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
-    if getattr(value, "shape", None) == () and hasattr(value, "item"):
-        return _text(value.item(), field)
-    if value is None:
-        raise DataFormatError(f"field {field!r} is null")
-    raise DataFormatError(f"field {field!r}: expected text, got {type(value).__name__}")
-
-
-def _texts(value: Any, field: str) -> list[str]:
-    """A list of texts from a list, tuple or 1-d numpy array of `str`/`bytes`."""
-    if value is None:
-        raise DataFormatError(f"field {field!r} is null")
-    if isinstance(value, (str, bytes, dict)) or getattr(value, "ndim", 1) != 1 or not hasattr(value, "__iter__"):
-        raise DataFormatError(f"field {field!r}: expected a list of texts, got {type(value).__name__}")
-    return [_text(v, field) for v in value]
 
 
 def _column(row: dict, field: str) -> Any:
@@ -71,9 +46,9 @@ def _sequence_values(value: Any, field: str, key: str = "value") -> list[str]:
     if isinstance(value, dict):
         if key not in value:
             raise DataFormatError(f"field {field!r}: no {key!r} in it (has {', '.join(map(str, value))})")
-        return _texts(value[key], f"{field}.{key}")
+        return text_values(value[key], f"{field}.{key}")
     if isinstance(value, (list, tuple)) and all(isinstance(v, dict) for v in value):
-        return [_text(_column(v, key), f"{field}[].{key}") for v in value]
+        return [text_value(_column(v, key), f"{field}[].{key}") for v in value]
     raise DataFormatError(f"field {field!r}: expected a sequence of {{key, {key}}} records, got {type(value).__name__}")
 
 
@@ -84,8 +59,8 @@ def numbered(items: list[str]) -> str:
 
 def _references(row: dict) -> list[str]:
     """A GEM row's `target` followed by its other `references`, each once."""
-    target = _text(_column(row, "target"), "target")
-    refs = _texts(row.get("references", []), "references")
+    target = text_value(_column(row, "target"), "target")
+    refs = text_values(row.get("references", []), "references")
     return list(dict.fromkeys([target, *refs]))
 
 
@@ -95,8 +70,8 @@ def _references(row: dict) -> list[str]:
 def aeslc(row: dict) -> dict | None:
     """AESLC: `body` = the email with newlines as spaces, `subject` = the subject line without newlines;
     drops the rows whose email and subject are both empty."""
-    body = _text(_column(row, "email_body"), "email_body").replace("\n", " ")
-    subject = _text(_column(row, "subject_line"), "subject_line").replace("\n", "")
+    body = text_value(_column(row, "email_body"), "email_body").replace("\n", " ")
+    subject = text_value(_column(row, "subject_line"), "subject_line").replace("\n", "")
     if not (body + subject):
         return None
     return dict(row, body=body, subject=subject)
@@ -118,19 +93,19 @@ def cnn_dailymail(row: dict) -> dict:
     story and left alone. Highlights lose the space before sentence periods
     and their line breaks, as Flan 2022 prints them.
     """
-    text = _text(_column(row, "article"), "article")
+    text = text_value(_column(row, "article"), "article")
     for sep in CNN_DATELINE_SEPARATORS:
         cut = text.rfind(sep, 0, CNN_DATELINE_MAX_CHARS + len(sep))
         if cut >= 0:
             text = text[cut + len(sep):]
-    highlights = _text(_column(row, "highlights"), "highlights").replace(" .", ".").replace("\n", " ")
+    highlights = text_value(_column(row, "highlights"), "highlights").replace(" .", ".").replace("\n", " ")
     return dict(row, text=text, highlights=highlights)
 
 
 @ROW_TRANSFORMS.register("gigaword")
 def gigaword(row: dict) -> dict | None:
     """Gigaword: drops the rows whose document or summary contains `UNK` or `#` (masked words, numbers)."""
-    joined = _text(_column(row, "document"), "document") + _text(_column(row, "summary"), "summary")
+    joined = text_value(_column(row, "document"), "document") + text_value(_column(row, "summary"), "summary")
     return None if "UNK" in joined or "#" in joined else row
 
 
@@ -145,8 +120,8 @@ def samsum(row: dict) -> dict | None:
     FLAN's pattern `<.*>` is greedy and also swallows the words between two
     tags on one line; flanx removes each tag on its own. FLAN keeps the empty row.
     """
-    dialogue = _text(_column(row, "dialogue"), "dialogue").replace("\r\n", "\n")
-    if not dialogue.strip() or not _text(_column(row, "summary"), "summary").strip():
+    dialogue = text_value(_column(row, "dialogue"), "dialogue").replace("\r\n", "\n")
+    if not dialogue.strip() or not text_value(_column(row, "summary"), "summary").strip():
         return None
     return dict(row, dialogue=_SAMSUM_TAG.sub(" ", dialogue))
 
@@ -158,8 +133,8 @@ def opinion_abstracts_rotten_tomatoes(row: dict) -> dict | None:
     reviews = _sequence_values(_column(row, "_critics"), "_critics")
     if not reviews:
         return None
-    return dict(row, movie=_text(_column(row, "_movie_name"), "_movie_name").replace("_", " "),
-                critic_consensus=_text(_column(row, "_critic_consensus"), "_critic_consensus"),
+    return dict(row, movie=text_value(_column(row, "_movie_name"), "_movie_name").replace("_", " "),
+                critic_consensus=text_value(_column(row, "_critic_consensus"), "_critic_consensus"),
                 first_review=reviews[0], numbered_reviews=numbered(reviews[:10]))
 
 
@@ -170,8 +145,8 @@ def opinion_abstracts_idebate(row: dict) -> dict | None:
     sentences = _sequence_values(_column(row, "_argument_sentences"), "_argument_sentences")
     if not sentences:
         return None
-    return dict(row, claim=_text(_column(row, "_claim"), "_claim"),
-                debate_name=_text(_column(row, "_debate_name"), "_debate_name"),
+    return dict(row, claim=text_value(_column(row, "_claim"), "_claim"),
+                debate_name=text_value(_column(row, "_debate_name"), "_debate_name"),
                 argument_sentences=numbered(sentences[:10]))
 
 
@@ -181,14 +156,14 @@ def opinion_abstracts_idebate(row: dict) -> dict | None:
 def web_nlg_en(row: dict) -> dict:
     """WebNLG: `input_string` = the triples joined by `; `, underscores as spaces and ` | ` as `, `;
     `references` = target + GEM references."""
-    triples = "; ".join(_texts(_column(row, "input"), "input"))
+    triples = "; ".join(text_values(_column(row, "input"), "input"))
     return dict(row, input_string=triples.replace("_", " ").replace(" | ", ", "), references=_references(row))
 
 
 @ROW_TRANSFORMS.register("common_gen")
 def common_gen(row: dict) -> dict:
     """CommonGen: `concepts` joined by `, `, `concepts_newline` one per line; `references`."""
-    concepts = _texts(_column(row, "concepts"), "concepts")
+    concepts = text_values(_column(row, "concepts"), "concepts")
     return dict(row, concepts=", ".join(concepts), concepts_newline="\n".join(concepts),
                 references=_references(row))
 
@@ -197,7 +172,7 @@ def common_gen(row: dict) -> dict:
 def e2e_nlg(row: dict) -> dict:
     """E2E: the meaning representation `name[The Eagle], food[French]` reads `name = The Eagle, food = French`;
     `references`."""
-    mr = _text(_column(row, "meaning_representation"), "meaning_representation")
+    mr = text_value(_column(row, "meaning_representation"), "meaning_representation")
     return dict(row, meaning_representation=mr.replace("[", " = ").replace("]", ""), references=_references(row))
 
 
@@ -208,7 +183,7 @@ _DART_CELL = re.compile(r"\[(.*?)\]")
 def dart(row: dict) -> dict:
     """DART: `tripleset` joined by `; ` without bracketed cells (`[TABLECONTEXT]`, `[TITLE]`),
     `tripleset_newline` one triple per line as given; `references`."""
-    triples = _texts(_column(row, "tripleset"), "tripleset")
+    triples = text_values(_column(row, "tripleset"), "tripleset")
     return dict(row, tripleset=_DART_CELL.sub("", "; ".join(triples)), tripleset_newline="\n".join(triples),
                 references=_references(row))
 
@@ -231,7 +206,7 @@ def translation(row: dict) -> dict:
                               f"({', '.join(sorted(LANGUAGE_NAMES))}); record has: {', '.join(map(str, pair))}")
     code = other[0]
     return dict(row, lang1=LANGUAGE_NAMES["en"], lang2=LANGUAGE_NAMES[code],
-                sent1=_text(pair["en"], "en"), sent2=_text(pair[code], code))
+                sent1=text_value(pair["en"], "en"), sent2=text_value(pair[code], code))
 
 
 # ----------------------------------------------------------------------------- text formatting (ParaCrawl en-da)
@@ -242,7 +217,7 @@ _PUNCTUATION = re.compile(r"[^\w\s]")
 @ROW_TRANSFORMS.register("true_case")
 def true_case(row: dict) -> dict | None:
     """`lower` = the English sentence lower-cased, `answer` = as written; drops sentences with no capitals."""
-    text = _text(_column(row, "en"), "en")
+    text = text_value(_column(row, "en"), "en")
     lower = text.lower()
     return None if lower == text else dict(row, lower=lower, answer=text)
 
@@ -251,7 +226,7 @@ def true_case(row: dict) -> dict | None:
 def fix_punct(row: dict) -> dict | None:
     """`no_punct` = the English sentence without punctuation (anything not a letter, digit, `_` or space),
     `answer` = as written; drops sentences with no punctuation."""
-    text = _text(_column(row, "en"), "en")
+    text = text_value(_column(row, "en"), "en")
     bare = _PUNCTUATION.sub("", text)
     return None if bare == text else dict(row, no_punct=bare, answer=text)
 
@@ -259,5 +234,5 @@ def fix_punct(row: dict) -> dict | None:
 @ROW_TRANSFORMS.register("word_segment")
 def word_segment(row: dict) -> dict:
     """`no_space` = the English sentence with its spaces removed, `answer` = as written."""
-    text = _text(_column(row, "en"), "en")
+    text = text_value(_column(row, "en"), "en")
     return dict(row, no_space=text.replace(" ", ""), answer=text)

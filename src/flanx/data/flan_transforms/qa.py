@@ -26,35 +26,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from flanx.data.transforms import ROW_TRANSFORMS, DataFormatError
+from flanx.data.transforms import ROW_TRANSFORMS, DataFormatError, text_value, text_values
 
 
 # ----------------------------------------------------------------------------- value helpers
-
-def _text(value: Any, field: str) -> str:
-    """A text value: `str`, UTF-8 `bytes`, or a 0-d numpy value holding either."""
-    if isinstance(value, str):
-        return str(value)
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise DataFormatError(f"field {field!r}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
-    if getattr(value, "shape", None) == () and hasattr(value, "item"):
-        return _text(value.item(), field)
-    if value is None:
-        raise DataFormatError(f"field {field!r} is null")
-    raise DataFormatError(f"field {field!r}: expected text, got {type(value).__name__}")
-
-
-def _texts(value: Any, field: str) -> list[str]:
-    """A list of texts from a list, tuple or 1-d numpy array of `str`/`bytes`."""
-    if value is None:
-        raise DataFormatError(f"field {field!r} is null")
-    if isinstance(value, (str, bytes, dict)) or getattr(value, "ndim", 1) != 1 or not hasattr(value, "__iter__"):
-        raise DataFormatError(f"field {field!r}: expected a list of texts, got {type(value).__name__}")
-    return [_text(v, field) for v in value]
-
 
 def _index(value: Any, field: str) -> int:
     """An integer label: `int`, a numpy integer or 0-d array, or a string of digits."""
@@ -117,8 +92,8 @@ def _nonempty(values: list[str], field: str) -> list[str]:
 def squad_v1(row: dict) -> dict:
     """SQuAD v1.1: `answer` = the first of `answers.text` (training target), `answers` = all of them
     (evaluation references); `title` with underscores as spaces."""
-    answers = _nonempty(_texts(_nested(row, "answers", "text"), "answers.text"), "answers.text")
-    return dict(row, title=_text(row["title"], "title").replace("_", " "), answer=answers[0], answers=answers)
+    answers = _nonempty(text_values(_nested(row, "answers", "text"), "answers.text"), "answers.text")
+    return dict(row, title=text_value(row["title"], "title").replace("_", " "), answer=answers[0], answers=answers)
 
 
 @ROW_TRANSFORMS.register("squad_v2")
@@ -128,18 +103,18 @@ def squad_v2(row: dict) -> dict:
     if _flag(row["is_impossible"], "is_impossible"):
         answers = ["unanswerable"]
     else:
-        answers = _nonempty(_texts(_nested(row, "answers", "text"), "answers.text"), "answers.text")
-    return dict(row, title=_text(row["title"], "title").replace("_", " "), answer=answers[0], answers=answers)
+        answers = _nonempty(text_values(_nested(row, "answers", "text"), "answers.text"), "answers.text")
+    return dict(row, title=text_value(row["title"], "title").replace("_", " "), answer=answers[0], answers=answers)
 
 
 @ROW_TRANSFORMS.register("openbookqa")
 def openbookqa(row: dict) -> dict:
     """OpenBookQA: `question` = the stem, `fact` = the supporting fact, `options` = choices A-D,
     `answer` = the choice `answerKey` (0-3) names."""
-    options = [_text(_nested(row, "question", f"choice_{c}"), f"question.choice_{c}") for c in "ABCD"]
+    options = [text_value(_nested(row, "question", f"choice_{c}"), f"question.choice_{c}") for c in "ABCD"]
     answer = _pick(options, _index(row["answerKey"], "answerKey"), "answerKey")
-    return dict(row, question=_text(_nested(row, "question", "stem"), "question.stem"),
-                fact=_text(row["fact1"], "fact1"), options=options, answer=answer)
+    return dict(row, question=text_value(_nested(row, "question", "stem"), "question.stem"),
+                fact=text_value(row["fact1"], "fact1"), options=options, answer=answer)
 
 
 # ----------------------------------------------------------------------------- closed-book QA
@@ -148,23 +123,23 @@ def openbookqa(row: dict) -> dict:
 def trivia_qa(row: dict) -> dict:
     """TriviaQA (closed book): `answer` = the normalized answer value, `answers` = its normalized aliases
     (the value alone when a row lists none). The evidence documents are not used."""
-    answer = _text(_nested(row, "answer", "normalized_value"), "answer.normalized_value")
-    aliases = _texts(_nested(row, "answer", "normalized_aliases"), "answer.normalized_aliases")
+    answer = text_value(_nested(row, "answer", "normalized_value"), "answer.normalized_value")
+    aliases = text_values(_nested(row, "answer", "normalized_aliases"), "answer.normalized_aliases")
     return dict(row, answer=answer, answers=aliases or [answer])
 
 
 @ROW_TRANSFORMS.register("natural_questions")
 def natural_questions(row: dict) -> dict:
     """Natural Questions (open): the question gets a '?', `answer` = the first answer, `answers` = all."""
-    answers = _nonempty(_texts(row["answer"], "answer"), "answer")
-    return dict(row, question=_text(row["question"], "question") + "?", answer=answers[0], answers=answers)
+    answers = _nonempty(text_values(row["answer"], "answer"), "answer")
+    return dict(row, question=text_value(row["question"], "question") + "?", answer=answers[0], answers=answers)
 
 
 @ROW_TRANSFORMS.register("arc")
 def arc(row: dict) -> dict | None:
     """ARC (easy and challenge): `options` = `choices.text`, `answer` = the choice `answerKey` names.
     Keeps only questions with exactly four choices, as FLAN does."""
-    options = _texts(_nested(row, "choices", "text"), "choices.text")
+    options = text_values(_nested(row, "choices", "text"), "choices.text")
     if len(options) != 4:
         return None
     return dict(row, options=options, answer=_pick(options, _index(row["answerKey"], "answerKey"), "answerKey"))
@@ -173,7 +148,7 @@ def arc(row: dict) -> dict | None:
 # ----------------------------------------------------------------------------- commonsense
 
 def _two_choices(row: dict, first: str, second: str) -> tuple[list[str], str]:
-    options = [_text(row[first], first), _text(row[second], second)]
+    options = [text_value(row[first], first), text_value(row[second], second)]
     return options, _pick(options, _index(row["label"], "label"), "label")
 
 
@@ -182,7 +157,7 @@ def copa(row: dict) -> dict:
     """COPA: `options` = [choice1, choice2], `answer` = the labelled one; `question` stays 'cause' or
     'effect'."""
     options, answer = _two_choices(row, "choice1", "choice2")
-    return dict(row, question=_text(row["question"], "question"), options=options, answer=answer)
+    return dict(row, question=text_value(row["question"], "question"), options=options, answer=answer)
 
 
 @ROW_TRANSFORMS.register("piqa")
@@ -204,8 +179,8 @@ def hellaswag(row: dict) -> dict | None:
     label = _index(row["label"], "label")
     if label not in (0, 1, 2, 3):
         return None
-    context = _STEP_MARK.sub("\n", _HEADER_MARK.sub("", _text(row["context"], "context")))
-    options = [_STEP_MARK.sub("", e) for e in _texts(row["endings"], "endings")]
+    context = _STEP_MARK.sub("\n", _HEADER_MARK.sub("", text_value(row["context"], "context")))
+    options = [_STEP_MARK.sub("", e) for e in text_values(row["endings"], "endings")]
     return dict(row, context=context, options=options, answer=_pick(options, label, "label"))
 
 
@@ -213,7 +188,7 @@ def hellaswag(row: dict) -> dict | None:
 def story_cloze(row: dict) -> dict:
     """StoryCloze: `options` = the two candidate endings, `answer` = the right one; the TFDS label
     counts from 1."""
-    options = _texts(row["endings"], "endings")
+    options = text_values(row["endings"], "endings")
     return dict(row, options=options, answer=_pick(options, _index(row["label"], "label"), "label", base=1))
 
 
@@ -224,21 +199,21 @@ def record(row: dict) -> dict:
     """ReCoRD: the query's text after `@placeholder` is appended to every candidate entity (`options`)
     and to every correct one (`answers`; `answer` = the first), `query` keeps the text before it, and
     `passage` loses its `@highlight` summary lines."""
-    query = _text(row["query"], "query")
+    query = text_value(row["query"], "query")
     if "@placeholder" not in query:
         raise DataFormatError("field 'query': no '@placeholder' marks the entity to fill in")
     pieces = query.split("@placeholder")
     before, after = pieces[0].strip(), pieces[1]
-    options = [e + after for e in _texts(row["entities"], "entities")]
-    answers = [a + after for a in _nonempty(_texts(row["answers"], "answers"), "answers")]
-    passage = _text(row["passage"], "passage").split("\n@highlight")[0]
+    options = [e + after for e in text_values(row["entities"], "entities")]
+    answers = [a + after for a in _nonempty(text_values(row["answers"], "answers"), "answers")]
+    passage = text_value(row["passage"], "passage").split("\n@highlight")[0]
     return dict(row, passage=passage, query=before, options=options, answers=answers, answer=answers[0])
 
 
 @ROW_TRANSFORMS.register("cosmos_qa")
 def cosmos_qa(row: dict) -> dict:
     """CosmosQA: `options` = answer0-answer3, `answer` = the labelled one."""
-    options = [_text(row[f"answer{i}"], f"answer{i}") for i in range(4)]
+    options = [text_value(row[f"answer{i}"], f"answer{i}") for i in range(4)]
     return dict(row, options=options, answer=_pick(options, _index(row["label"], "label"), "label"))
 
 
@@ -248,7 +223,7 @@ def cosmos_qa(row: dict) -> dict:
 def quac(row: dict) -> dict:
     """QuAC: `answer` = the original answer's text (`orig_answer.text`; 'CANNOTANSWER' is kept, as in
     FLAN 2021)."""
-    return dict(row, answer=_text(_nested(row, "orig_answer", "text"), "orig_answer.text"))
+    return dict(row, answer=text_value(_nested(row, "orig_answer", "text"), "orig_answer.text"))
 
 
 def _numbered(items: list[str]) -> str:
@@ -259,7 +234,7 @@ def _numbered(items: list[str]) -> str:
 def coqa(row: dict) -> dict:
     """CoQA, one example per story: `text` = the story, `numbered_questions` / `numbered_answers` = the
     conversation's questions and free-form answers as numbered lines ('1. ...\\n2. ...')."""
-    questions = _texts(row["questions"], "questions")
-    answers = _texts(_nested(row, "answers", "input_text"), "answers.input_text")
-    return dict(row, text=_text(row["story"], "story"), numbered_questions=_numbered(questions),
+    questions = text_values(row["questions"], "questions")
+    answers = text_values(_nested(row, "answers", "input_text"), "answers.input_text")
+    return dict(row, text=text_value(row["story"], "story"), numbered_questions=_numbered(questions),
                 numbered_answers=_numbered(answers))
