@@ -161,6 +161,7 @@ def test_docs_yaml_card_example_is_a_valid_card():
     ({"metrics": ["matthews_corrcoef"], "references_field": "label"}, r"metrics: matthews_corrcoef takes one "
                                                                       r"reference per example"),
     ({"references_field": "summary"}, r"references_field: 'summary' is not in `fields`"),
+    ({"metrics": ["squad", "f1"]}, r"metrics: squad and f1 both report 'f1', so one would overwrite the other"),
     ({"metric_scale": 10}, r"metric_scale: 10 is not one of 1, 100"),
     ({"override": "yes"}, r"override: expected true or false"),
     ({"source": {"type": "lines"}, "splits": {"train": "x.txt"}}, r"source.pattern: a `lines` source needs `pattern`"),

@@ -173,8 +173,14 @@ def check_metrics(where: str, raw: dict, fields: dict, has_options: bool, fixed_
     references_field = raw.get("references_field")
     if references_field is not None and references_field not in fields:
         raise err(where, "references_field", f"{references_field!r} is not in `fields`")
+    keys: dict[str, str] = {}  # result key -> the metric that reports it
     for m in metrics:
         fn = metrics_lib.METRICS[registered(where, "metrics", m, metrics_lib.METRICS)]
+        for key in sorted(metrics_lib.result_keys(fn, fixed_options) or ()):
+            if key in keys and keys[key] != m:
+                raise err(where, "metrics", f"{keys[key]} and {m} both report {key!r}, so one would overwrite "
+                                             f"the other; keep one of them")
+            keys[key] = m
         if metrics_lib.is_score_metric(fn) and not has_options:
             raise err(where, "metrics", f"{m} scores answer options: the card needs `options`, `labels` "
                                          f"or `options_field`")

@@ -179,6 +179,15 @@ def needs_options(fn: Callable) -> bool:
     return p is not None and p.kind == p.KEYWORD_ONLY and p.default is inspect.Parameter.empty
 
 
+def result_keys(fn: Callable, options: Sequence[str] | None = None) -> frozenset[str] | None:
+    """The keys a metric's result has (its value on no examples), or None when that cannot be told."""
+    kwargs = {"options": list(options or ["no", "yes"])} if "options" in inspect.signature(fn).parameters else {}
+    try:
+        return frozenset(fn([], [], **kwargs))
+    except Exception:  # noqa: BLE001 - a user's metric that refuses no examples: keys unknown
+        return None
+
+
 def bind_metric(fn: Callable, options: Sequence[str] | None = None, scale: float = 1) -> Callable:
     """`fn` with the card's `options` bound (when it takes them) and values multiplied by `scale`."""
     takes_options = "options" in inspect.signature(fn).parameters
