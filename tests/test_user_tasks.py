@@ -161,3 +161,26 @@ def test_card_folder_files_default_to_the_data_dir_with_a_hint(tmp_path, monkeyp
     with pytest.raises(FileNotFoundError, match=r"'chats.json' is beside the card file .*ut_rootless.yaml: add "
                                                 r"`root: .` to the card's `source:`"):
         render.count_examples(card, "train")
+
+
+def test_user_mixtures_file_takes_a_registered_mixture_kind(tmp_path, monkeypatch):
+    """`kind: flan_collection` in a user's mixtures.yaml builds a Flan 2022-style mixture with its own weights;
+    a misspelt kind or submixture key is refused naming the file and key."""
+    folder = _folder(tmp_path, "ut_kind", {"ut_flan_cot_dialog": {
+        "kind": "flan_collection", "submixtures": {"cot": {"weight": 2.0, "cap": 50}, "dialog": {"weight": 1.0}}}})
+    monkeypatch.setenv("FLANX_TASKS_PATH", str(folder))
+    flanx.data.register_all()
+    parts = dict(mixtures.get_mixture("ut_flan_cot_dialog"))
+    assert parts == pytest.approx({"ut_flan_cot_dialog_cot": 2 / 3, "ut_flan_cot_dialog_dialog": 1 / 3})
+    assert mixtures.SOURCES["ut_flan_cot_dialog"] == str(folder / "mixtures.yaml")
+
+    bad = _folder(tmp_path, "ut_kind_bad", {"ut_flan_bad": {"kind": "flan_colection", "cards": ["ut_kind_bad"]}})
+    monkeypatch.setenv("FLANX_TASKS_PATH", str(bad))
+    with pytest.raises(CardError, match=rf"mixtures file {bad / 'mixtures.yaml'}: mixtures.ut_flan_bad: kind "
+                                        r"'flan_colection' is not a mixture kind; known: flan2022, flan_collection"):
+        flanx.data.register_all()
+    (bad / "mixtures.yaml").write_text(yaml.safe_dump({"mixtures": {"ut_flan_key": {
+        "kind": "flan_collection", "submixtures": {"cot": {"weigth": 1.0}}}}}))
+    with pytest.raises(CardError, match=rf"mixtures file {bad / 'mixtures.yaml'}: mixtures.ut_flan_key.submixtures"
+                                        r".cot: unknown key\(s\) weigth"):
+        flanx.data.register_all()

@@ -237,7 +237,11 @@ def register_user_mixtures(path, weights: dict | None = None) -> list[str]:
         where = f"mixtures.{name}"
         if not isinstance(m, dict):
             raise err(where, "expected a mapping with `cards: [...]` (or `kind: flan2022`)")
-        unknown = set(m) - _MIXTURE_KEYS
+        kind = m.get("kind")
+        if kind is not None and kind != "flan2022" and kind not in MIXTURE_KINDS:
+            raise err(where, f"kind {kind!r} is not a mixture kind; known: flan2022, "
+                             f"{', '.join(MIXTURE_KINDS.names())} (or no `kind` with `cards: [...]`)")
+        unknown = set(m) - _MIXTURE_KEYS - ({"override"} | set(m) if kind in MIXTURE_KINDS else set())
         if unknown:
             raise err(where, f"unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_MIXTURE_KEYS))}")
         owner = SOURCES.get(name)
@@ -246,8 +250,16 @@ def register_user_mixtures(path, weights: dict | None = None) -> list[str]:
                              f"or set `override: true` in it to replace that mixture")
         rate = dict(cap=m.get("cap", 3000), temperature=float(m.get("temperature", 1.0)))
         desc = str(m.get("description", "")).strip()
+        if kind in MIXTURE_KINDS:  # the kind checks its own keys (e.g. flan_collection's submixtures)
+            try:
+                names += MIXTURE_KINDS[kind](name, {k: v for k, v in m.items() if k != "override"},
+                                             f"mixtures file {path}: {where}")
+            except ValueError as e:
+                raise CardError(str(e)) from None
+            SOURCES[name] = str(path)
+            continue
         try:
-            if m.get("kind") == "flan2022":
+            if kind == "flan2022":
                 names.append(register_flan2022(name, m.get("vocabulary", "t5_spm"), m.get("group", "held_in"),
                                                weights=weights, description=desc, formats=m.get("formats"), **rate))
             else:
