@@ -1,4 +1,4 @@
-"""`flanx study forgetting|heldout-cluster --gin_file=... [--gin.NAME=VALUE ...] [--seeds 0,1,2]`: run or resume a study.
+"""`flanx study forgetting|heldout-cluster --gin_file=... [--gin.NAME=VALUE ...] [--seeds 0,1,2]`: run a study.
 
 A study is configured by one gin file (`t5x_configs/experiments/*.gin`)
 binding `flanx.StudyConfig` (forgetting) or `flanx.HeldoutConfig`

@@ -225,8 +225,9 @@ class HeldoutStudy(Study):
     def report_meta(self) -> dict:
         meta = super().report_meta()
         p, cfg = self.plan, self.heldout
-        base = cfg.base_checkpoint or (f"trained here on {cfg.base_mixture} for {cfg.base_steps} steps"
-                                       if cfg.base_mixture else f"freshly initialized (seed {cfg.seed}), no pretraining")
+        base = cfg.base_checkpoint or (
+            f"trained here on {cfg.base_mixture} for {cfg.base_steps} steps" if cfg.base_mixture
+            else f"freshly initialized (seed {cfg.seed}), no pretraining")
         notes = [f"Held-out cluster: `{p.cluster}`; evaluated zero-shot on: {', '.join(p.eval_datasets)}.",
                  f"Base (`base`): {base}.",
                  f"Instruction tuning (`{ARM}`): {cfg.steps} steps on `{p.train_mixture}` "

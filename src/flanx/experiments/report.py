@@ -248,8 +248,8 @@ def render_markdown(results: dict, plots: dict[str, str]) -> str:
     lines += [f"- `{t}`: {why}" for t, why in chance.items()] or ["None of the evaluated tasks."]
     if not target:  # a comparison: is any model better than chance at all
         lines += ["", "## Where the other variants are at chance", ""]
-        lines += [f"- `{v}` on `{t}`: {why}" for v in variants if v != BASE for t, why in at_chance(results, v).items()] \
-            or ["None of the evaluated tasks."]
+        lines += [f"- `{v}` on `{t}`: {why}" for v in variants if v != BASE
+                  for t, why in at_chance(results, v).items()] or ["None of the evaluated tasks."]
     lines += ["", "## Per task", "", "Primary metric of each task (and every target metric): mean ± std "
               "[bootstrap 95% interval].", ""]
     group = {**{t: "held-in" for t in results["held_in"]}, **{t: "held-out" for t in results["held_out"]}}
