@@ -96,6 +96,18 @@ def test_small_config_trains_on_the_local_cards_and_evaluates_rte_and_cb(data_ro
     assert p.dropped["anli_r1"] == "no test data here"
 
 
+@pytest.mark.needs_data
+def test_majority_baseline_counts_the_labelled_dev_files(data_root):
+    from flanx.experiments.evaluation import EvalSuite
+    from flanx.predict import DecodeConfig
+
+    suite = EvalSuite({"rte_template_0to9_zsopt_scoring": "test", "cb_template_0to9_zsopt_scoring": "test"},
+                      {"inputs": 256, "targets": 16}, DecodeConfig())
+    for task, folder in (("rte_template_0to9_zsopt_scoring", "rte"), ("cb_template_0to9_zsopt_scoring", "cb")):
+        labels = [json.loads(line)["label"] for line in (data_root / "classic_cls" / folder / "val.jsonl").open()]
+        assert suite.majority(task) == pytest.approx(max(labels.count(x) for x in set(labels)) / len(labels))
+
+
 # ----------------------------------------------------------------------------- end to end on mock rows
 
 DRIVER = r"""
@@ -187,6 +199,9 @@ def test_heldout_cluster_runs_end_to_end_and_resumes(mock_run):
     md = (study / "report.md").read_text()
     assert md.startswith("# Held-out-cluster experiment: heldout_nli_small")
     assert "trec" in md and "sst2" in md and "glue_qqp" in md  # what trained, what the overlap rules removed
+    majority = re.search(r"Majority-class baseline .*?: `cb_template_0to9_zsopt_scoring` (\d\.\d{4}), "
+                         r"`rte_template_0to9_zsopt_scoring` (\d\.\d{4})\.", md)
+    assert majority and all(0.3 < float(v) <= 1.0 for v in majority.groups())
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines()
             if line.startswith("| ") and "_scoring" in line]
     seen = set()

@@ -238,6 +238,13 @@ class HeldoutStudy(Study):
         for card, why in p.dropped.items():
             by_reason.setdefault(why, []).append(card)
         notes += [f"Left out, {why} ({len(cards)}): {', '.join(cards)}." for why, cards in by_reason.items()]
+        suite = self.suite()
+        majority = {t: suite.majority(t) for t in p.eval_tasks}
+        if any(v is not None for v in majority.values()):
+            notes.append("Majority-class baseline (always the most frequent correct answer, from the data): "
+                         + ", ".join(f"`{t}` {v:.4f}" for t, v in majority.items() if v is not None)
+                         + ". The tables' chance level is a uniform guess among the options; a score at or below "
+                         "the majority baseline shows no ability on the task even when it is above that chance.")
         meta.update(title="Held-out-cluster experiment", notes=notes)
         return meta
 
