@@ -103,21 +103,25 @@ def mock_value(feature, column: str, i: int, card):
     return _scalar(feature, column, i, card)
 
 
+def mock_dataset(builder, card):
+    """A tf.data.Dataset of MOCK_ROWS usable rows of TFDS `builder`'s features for `card`."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    features = builder.info.features
+    signature = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), features.get_tensor_info())
+    rows = [{k: mock_value(f, k, i, card) for k, f in features.items()} for i in range(MOCK_ROWS)]
+    try:  # columns of equal-length values: fast
+        return tf.data.Dataset.from_tensor_slices(_columns(rows, signature))
+    except (ValueError, TypeError):  # ragged `mock:` values
+        return tf.data.Dataset.from_generator(lambda: iter(rows), output_signature=signature)
+
+
 def mock_tfds(card):
     """`tfds.testing.mock_data` serving MOCK_ROWS usable rows of `card` from every split."""
-    import tensorflow as tf  # noqa: PLC0415
     import tensorflow_datasets as tfds  # noqa: PLC0415
 
-    def as_dataset(builder, *args, **kwargs):
-        features = builder.info.features
-        signature = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), features.get_tensor_info())
-        rows = [{k: mock_value(f, k, i, card) for k, f in features.items()} for i in range(MOCK_ROWS)]
-        try:  # columns of equal-length values: fast
-            return tf.data.Dataset.from_tensor_slices(_columns(rows, signature))
-        except (ValueError, TypeError):  # ragged `mock:` values
-            return tf.data.Dataset.from_generator(lambda: iter(rows), output_signature=signature)
-
-    return _MockOnce(tfds.testing.mock_data(num_examples=MOCK_ROWS, as_dataset_fn=as_dataset))
+    return _MockOnce(tfds.testing.mock_data(num_examples=MOCK_ROWS,
+                                            as_dataset_fn=lambda builder, *a, **k: mock_dataset(builder, card)))
 
 
 class _MockOnce:

@@ -1,12 +1,13 @@
-"""`flanx study forgetting --gin_file=... [--gin.NAME=VALUE ...] [--seeds 0,1,2]`: run or resume a study.
+"""`flanx study forgetting|heldout-cluster --gin_file=... [--gin.NAME=VALUE ...] [--seeds 0,1,2]`: run a study.
 
-The study is configured by one gin file (`t5x_configs/experiments/*.gin`)
-binding `flanx.StudyConfig` (and `flanx.T5Config` / `flanx.LoraConfig` through
-the model gin files it includes). The macros `USE_CACHED_TASKS` and
+A study is configured by one gin file (`t5x_configs/experiments/*.gin`)
+binding `flanx.StudyConfig` (forgetting) or `flanx.HeldoutConfig`
+(heldout-cluster: FLAN's held-out-cluster experiment, `flanx.experiments.heldout`),
+and `flanx.T5Config` / `flanx.LoraConfig` through the model gin files it includes. The macros `USE_CACHED_TASKS` and
 `TASK_CACHE_DIRS`, when set, read the tasks from their offline cache (as for
 `flanx train`). Re-running the same command resumes: arms
 already evaluated are reused, an interrupted arm resumes from its checkpoint.
-`--seeds 0,1,2` (or `--seeds 3`: seeds 0, 1, 2) runs every arm once per seed
+`--seeds 0,1,2` (or `--seeds 3`: seeds 0, 1, 2) runs every arm (or instruction tuning) once per seed
 and adds the spread over seeds to the report; `--out_dir` sets where it goes.
 """
 from __future__ import annotations
@@ -19,24 +20,29 @@ import gin
 
 from flanx import gin_utils
 
-DEFAULT_GIN = "experiments/forgetting_synthetic.gin"
+# study -> (its gin configurable, the gin file used without --gin_file)
+STUDIES = {"forgetting": ("StudyConfig", "experiments/forgetting_synthetic.gin"),
+           "heldout-cluster": ("HeldoutConfig", "experiments/heldout_nli.gin")}
+DEFAULT_GIN = STUDIES["forgetting"][1]
 
 
 def _register() -> None:
+    from flanx.experiments.heldout import HeldoutConfig
     from flanx.experiments.study_config import StudyConfig
 
     gin.external_configurable(StudyConfig, name="StudyConfig", module="flanx")
+    gin.external_configurable(HeldoutConfig, name="HeldoutConfig", module="flanx")
 
 
 gin_utils.add_registration(_register)
 
 
-def load_study_config(gin_files: list[str], gin_bindings: list[str]):
-    """Parse gin and build the StudyConfig it describes (macros strict, as for training)."""
+def load_study_config(gin_files: list[str], gin_bindings: list[str], configurable: str = "StudyConfig"):
+    """Parse gin and build the `flanx.<configurable>` it describes (macros strict, as for training)."""
     gin_utils.reset()
     gin_utils.parse_gin(gin_files, gin_bindings, finalize=False)
     gin_utils.prepare_macros(read=("USE_CACHED_TASKS", "TASK_CACHE_DIRS"))
-    cfg = gin_utils.evaluate("flanx.StudyConfig")
+    cfg = gin_utils.evaluate(f"flanx.{configurable}")
     use_cached, cache_dirs = gin_utils.resolved_macro("USE_CACHED_TASKS", None), \
         gin_utils.resolved_macro("TASK_CACHE_DIRS", None)
     if use_cached is not None:
@@ -45,6 +51,23 @@ def load_study_config(gin_files: list[str], gin_bindings: list[str]):
         cfg = dataclasses.replace(cfg, task_cache_dirs=tuple([cache_dirs] if isinstance(cache_dirs, str)
                                                              else cache_dirs))
     return cfg
+
+
+def run_heldout(gin_files: list[str], gin_bindings: list[str], command: str | None = None) -> dict:
+    from flanx.experiments.heldout import run_heldout as run_it
+
+    cfg = load_study_config(gin_files, gin_bindings, "HeldoutConfig")
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    out = run_it(cfg, command)
+    results = out["results"]
+    print(f"\nheld-out cluster {cfg.cluster}: report {out['files']['report']}")
+    print(f"{'task':<48} " + " ".join(f"{v:>18}" for v in results["variants"]))
+    for task, metric in results["primary_metric"].items():
+        print(f"{task + ' (' + metric + ')':<48} "
+              + " ".join(f"{results['tasks'][v][task][metric]['mean']:>18.4f}" for v in results["variants"]))
+    return out
 
 
 def run(gin_files: list[str], gin_bindings: list[str], command: str | None = None) -> dict:
@@ -66,8 +89,8 @@ def run(gin_files: list[str], gin_bindings: list[str], command: str | None = Non
     return out
 
 
-def seeds_binding(text: str) -> str:
-    """`--seeds 3` -> seeds (0, 1, 2); `--seeds 0,4` -> (0, 4); as a gin binding."""
+def seeds_binding(text: str, configurable: str = "StudyConfig") -> str:
+    """`--seeds 3` -> seeds (0, 1, 2); `--seeds 0,4` -> (0, 4); as a gin binding of `flanx.<configurable>`."""
     try:
         values = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
@@ -75,26 +98,31 @@ def seeds_binding(text: str) -> str:
     if not values or (len(values) == 1 and "," not in text and values[0] < 1):
         raise argparse.ArgumentTypeError(f"--seeds takes a positive count or a list, got {text!r}")
     seeds = tuple(range(values[0])) if len(values) == 1 and "," not in text else tuple(values)
-    return f"flanx.StudyConfig.seeds = {seeds!r}"
+    return f"flanx.{configurable}.seeds = {seeds!r}"
 
 
 def main(argv: list[str]) -> int:
     files, bindings, rest = gin_utils.split_gin_args(argv)
     parser = argparse.ArgumentParser(prog="flanx study", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("study", choices=["forgetting"], help="which study to run")
-    parser.add_argument("--out_dir", help="shortcut for --gin.flanx.StudyConfig.out_dir")
-    parser.add_argument("--seeds", type=seeds_binding, metavar="N|S1,S2,...",
+    parser.add_argument("study", choices=list(STUDIES), help="which study to run")
+    parser.add_argument("--out_dir", help="shortcut for --gin.flanx.StudyConfig.out_dir (HeldoutConfig.out_dir)")
+    parser.add_argument("--seeds", metavar="N|S1,S2,...",
                         help="run every arm for N seeds (0..N-1) or for the listed seeds")
     args = parser.parse_args(rest)
+    configurable, default_gin = STUDIES[args.study]
     if args.out_dir:
-        bindings.append(f"flanx.StudyConfig.out_dir = {args.out_dir!r}")
+        bindings.append(f"flanx.{configurable}.out_dir = {args.out_dir!r}")
     if args.seeds:
-        bindings.append(args.seeds)
+        try:
+            bindings.append(seeds_binding(args.seeds, configurable))
+        except argparse.ArgumentTypeError as e:
+            parser.error(f"argument --seeds: {e}")
     from flanx.experiments.forgetting import StudyDirMismatch
     from flanx.train import preemption
     try:
-        run(files or [DEFAULT_GIN], bindings, command=" ".join(["flanx", "study", *argv]))
+        runner = run_heldout if args.study == "heldout-cluster" else run
+        runner(files or [default_gin], bindings, command=" ".join(["flanx", "study", *argv]))
     except StudyDirMismatch as e:
         print(f"flanx study: error: {e}", file=sys.stderr)
         return 2

@@ -11,9 +11,10 @@ Every model is scored on the same examples (`EvalSuite`); the model named
 `base` is the reference (forgetting = base - model, per task and as the mean
 over the tasks). Models evaluated in an earlier call into the same `out_dir`
 are reused. Several seeds of one model (e.g. instruction-tuning runs) go in
-as `{"flan": {0: (params, config), 1: (params, config)}}`. This is what a
-held-out-cluster experiment (base vs instruction-tuned, zero-shot on a held-out
-FLAN cluster) builds on.
+as `{"flan": {0: (params, config), 1: (params, config)}}`. For models you
+already have; `flanx study heldout-cluster` (`flanx.experiments.heldout`) runs
+the whole held-out-cluster experiment (base, instruction tuning, evaluation)
+and writes the same files.
 """
 from __future__ import annotations
 

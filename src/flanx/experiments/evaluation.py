@@ -118,6 +118,18 @@ class EvalSuite:
     def num_examples(self, task: str) -> int:
         return len(self.data[task].examples)
 
+    def majority(self, task: str) -> float | None:
+        """Rank tasks: the accuracy of always answering the most frequent correct option (the majority-class
+        baseline of the selected examples, from the data alone); None for generation tasks."""
+        data = self.data[task]
+        if not data.scoring:
+            return None
+        counts: dict[str, int] = {}
+        for group in data.examples:
+            for option in {_text(r["targets_pretokenized"]) for r in group if bool(r["is_correct"])}:
+                counts[option] = counts.get(option, 0) + 1
+        return max(counts.values(), default=0) / len(data.examples)
+
     def __call__(self, params, model_config, limit: int | None = None,
                  tasks: list[str] | None = None) -> dict[str, dict[str, Any]]:
         out = {}

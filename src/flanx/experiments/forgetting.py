@@ -44,7 +44,7 @@ import numpy as np
 from flanx.experiments import arms as arms_lib
 from flanx.experiments.evaluation import record, write_record
 from flanx.experiments.study_config import (STUDY_CONFIG_FILE, StudyConfig, StudyDirMismatch,  # noqa: F401
-                                            check_study_dir, fingerprint)
+                                            check_settings, check_study_dir, fingerprint)
 from flanx.train.config import TrainConfig
 
 INVOCATIONS_FILE = "invocations.json"   # one record per `flanx study` run into out_dir: command, commit, times, load
@@ -118,13 +118,26 @@ class Study:
         from flanx.predict import DecodeConfig
 
         if self._suite is None:
-            cfg = self.cfg
-            for name in cfg.eval_tasks():
+            cfg, tasks = self.cfg, self.eval_tasks()
+            for name in tasks:
                 _check_task(name)
-            self._suite = EvalSuite(cfg.eval_tasks(), cfg.task_feature_lengths, DecodeConfig(
+            self._suite = EvalSuite(tasks, cfg.task_feature_lengths, DecodeConfig(
                 method="greedy", max_decode_length=cfg.max_decode_length, batch_size=cfg.eval_batch_size),
                 cfg.eval_examples, use_cached=self.use_cached)
         return self._suite
+
+    def eval_tasks(self) -> dict[str, str]:
+        """task -> split of every evaluated task."""
+        return self.cfg.eval_tasks()
+
+    def groups(self) -> tuple[str | None, list[str], list[str]]:
+        """(target evaluation task or None, held-in tasks, held-out tasks) of the report."""
+        cfg = self.cfg
+        return cfg.target_eval_task or cfg.target_task, list(cfg.held_in), list(cfg.held_out)
+
+    def settings(self) -> dict:
+        """The settings that change results (recorded in out_dir and in the report)."""
+        return fingerprint(self.cfg, self.model_config)
 
     def _factory(self, mixture: str, seed: int, pack: bool | None = None):
         from flanx.data import pipeline
@@ -293,7 +306,7 @@ class Study:
     def _run(self) -> dict:
         cfg = self.cfg
         os.makedirs(cfg.out_dir, exist_ok=True)
-        check_study_dir(cfg, self.model_config)
+        check_settings(cfg.out_dir, self.settings(), type(cfg).__name__)
         t_start, cpu_start, load_start = time.perf_counter(), _cpu_time(), os.getloadavg()
         invocation = {"command": self.command, "commit": _git_commit(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                       "load_average_start": [round(x, 2) for x in load_start], "cpus": os.cpu_count()}
@@ -316,28 +329,32 @@ class Study:
             json.dump(history + [invocation], f, indent=1)
         return self.report()
 
-    def report(self) -> dict:
-        """Write the report from the evaluation files (and the recorded invocations) in `out_dir`."""
-        from flanx.experiments import report
-
+    def report_meta(self) -> dict:
+        """The report's provenance: description, settings, and the recorded invocations (times summed)."""
         cfg = self.cfg
-        path = os.path.join(cfg.out_dir, INVOCATIONS_FILE)
-        runs = _read_json(path, [])
+        runs = _read_json(os.path.join(cfg.out_dir, INVOCATIONS_FILE), [])
         meta = {"description": cfg.description, "jax_backend": jax.default_backend(),
-                "config": fingerprint(cfg, self.model_config), "invocations": runs}
+                "config": self.settings(), "invocations": runs}
         if runs:  # the last command and commit; times and loads summed / listed over every invocation
             meta.update(command=runs[-1]["command"], commit=runs[-1]["commit"],
                         wall_time_s=round(sum(r["wall_time_s"] for r in runs), 1),
                         cpu_time_s=round(sum(r["cpu_time_s"] for r in runs), 1),
                         load_average=[r["load_average_start"] + r["load_average_end"] for r in runs])
+        return meta
+
+    def report(self) -> dict:
+        """Write the report from the evaluation files (and the recorded invocations) in `out_dir`."""
+        from flanx.experiments import report
+
+        cfg, meta = self.cfg, self.report_meta()
         found = report.read_evals(os.path.join(cfg.out_dir, "evals"))
         evals = {}  # the configured variants and seeds, in config order
         for name in [arms_lib.BASE] + [v.name for v in self.variants]:
             by_seed = {s: b for s, b in found.get(name, {}).items() if name == arms_lib.BASE or s in cfg.seeds}
             if by_seed:
                 evals[name] = by_seed
-        target = cfg.target_eval_task or cfg.target_task
-        results = report.build_results(evals, target, list(cfg.held_in), list(cfg.held_out), name=cfg.name,
+        target, held_in, held_out = self.groups()
+        results = report.build_results(evals, target, held_in, held_out, name=cfg.name,
                                        meta=meta, reference=cfg.reference, samples=cfg.bootstrap_samples)
         files = report.write_report(results, cfg.out_dir)
         logger.info("study: report written to %s", files["report"])

@@ -9,7 +9,10 @@ All read the results dict of `flanx.experiments.report.build_results`:
   `curve_every` fine-tuning steps, one panel per arm, one line per knob
   value (mean over seeds, band = std over seeds);
 - `per_task_change.png`: each variant's change from the base on each task;
-- `training_loss.png`: fine-tuning loss of each variant (first seed).
+- `training_loss.png`: fine-tuning loss of each variant (first seed);
+- `per_task_scores.png` (comparisons without a target, e.g. the held-out-cluster
+  experiment): each task's primary metric per variant with its bootstrap 95%
+  interval, and the task's chance level.
 """
 from __future__ import annotations
 
@@ -164,13 +167,44 @@ def plot_training_loss(results: dict, path: str) -> str | None:
     return path
 
 
+def plot_per_task_scores(results: dict, path: str) -> str | None:
+    if results.get("target_task"):
+        return None
+    tasks, variants = list(results["primary_metric"]), list(results["variants"])
+    if not tasks:
+        return None
+    plt = _plt()
+    width = 0.8 / len(variants)
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.4 + 1.1 * len(tasks)), 3.6))
+    colors = _colors(variants)
+    for i, v in enumerate(variants):
+        cells = [results["tasks"][v][t][results["primary_metric"][t]] for t in tasks]
+        xs = [j - 0.4 + width * (i + 0.5) for j in range(len(tasks))]
+        ax.bar(xs, [c["mean"] for c in cells], width, color=colors[v], label=v, alpha=0.85,
+               yerr=[[c["mean"] - c["ci_low"] for c in cells], [c["ci_high"] - c["mean"] for c in cells]], capsize=2)
+    chance_levels = [(j, results["chance"].get(t)) for j, t in enumerate(tasks) if results["chance"].get(t) is not None]
+    for k, (j, chance) in enumerate(chance_levels):
+        ax.hlines(chance, j - 0.45, j + 0.45, colors="black", linestyles="dashed", lw=1,
+                  label="chance" if k == 0 else None)
+    ax.set_xticks(range(len(tasks)))
+    ax.set_xticklabels([f"{t.split('_template')[0]}\n({results['primary_metric'][t]})" for t in tasks], fontsize=7)
+    ax.set_ylabel("score (bootstrap 95% interval)", fontsize=8)
+    ax.set_title("Held-out tasks, zero-shot: per-task score by variant", fontsize=9)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
 def plot_all(results: dict, out_dir: str) -> dict[str, str]:
     """Write every plot that the results support; returns name -> path."""
     paths = {}
     for name, fn, filename in (("pareto", plot_pareto, "pareto.png"),
                                ("forgetting_curves", plot_curves, "forgetting_curves.png"),
                                ("per_task_change", plot_per_task_change, "per_task_change.png"),
-                               ("training_loss", plot_training_loss, "training_loss.png")):
+                               ("training_loss", plot_training_loss, "training_loss.png"),
+                               ("per_task_scores", plot_per_task_scores, "per_task_scores.png")):
         path = fn(results, os.path.join(out_dir, filename))
         if path:
             paths[name] = path

@@ -190,30 +190,37 @@ def _knob(info: dict) -> str:
     return f"{info['knob']}={value:g}" if isinstance(value, (int, float)) else f"{info['knob']}={value}"
 
 
-def at_chance(results: dict) -> dict[str, str]:
-    """Tasks where the base model's 95% interval reaches chance (rank tasks) or whose base score is 0."""
+def at_chance(results: dict, variant: str = BASE) -> dict[str, str]:
+    """Tasks where a variant's 95% interval reaches chance (rank tasks) or whose score is 0."""
     out = {}
     for t, chance in results["chance"].items():
-        s = results["tasks"][BASE][t][results["primary_metric"][t]]
+        s = results["tasks"][variant][t][results["primary_metric"][t]]
         if chance is not None and s["ci_low"] <= chance:
-            out[t] = f"base {fmt(s['mean'])} [{fmt(s['ci_low'])}, {fmt(s['ci_high'])}], chance {fmt(chance)}"
+            out[t] = f"{variant} {fmt(s['mean'])} [{fmt(s['ci_low'])}, {fmt(s['ci_high'])}], chance {fmt(chance)}"
         elif chance is None and s["mean"] == 0.0:
-            out[t] = "base scores 0 on every example"
+            out[t] = f"{variant} scores 0 on every example"
     return out
 
 
 def render_markdown(results: dict, plots: dict[str, str]) -> str:
     target, summary, variants = results["target_task"], results["summary"], list(results["variants"])
     meta = results.get("meta", {})
-    lines = [f"# Forgetting study: {results.get('name') or target}", ""]
+    lines = [f"# {meta.get('title') or 'Forgetting study'}: {results.get('name') or target}", ""]
     if meta.get("description"):
         lines += [meta["description"], ""]
+    lines += [f"- {note}" for note in meta.get("notes", [])] + ([""] if meta.get("notes") else [])
     b = results["bootstrap"]
-    lines += [f"Target task: `{target}`. Held-in: {len(results['held_in'])} tasks; held-out: "
-              f"{len(results['held_out'])} tasks. Forgetting = base - arm and target gain = arm - base, in each "
-              "task's primary metric (group numbers: mean over the group's tasks); positive forgetting means "
-              f"the arm lost ability. Cells: mean over seeds ± std over seeds [bootstrap 95% interval over "
-              f"examples and seeds, {b['samples']} replicates, seed {b['seed']}].", ""]
+    cells = (f"Cells: mean over seeds ± std over seeds [bootstrap 95% interval over examples and seeds, "
+             f"{b['samples']} replicates, seed {b['seed']}].")
+    if target:
+        lines += [f"Target task: `{target}`. Held-in: {len(results['held_in'])} tasks; held-out: "
+                  f"{len(results['held_out'])} tasks. Forgetting = base - arm and target gain = arm - base, in "
+                  "each task's primary metric (group numbers: mean over the group's tasks); positive forgetting "
+                  f"means the arm lost ability. {cells}", ""]
+    else:
+        lines += [f"Held-out tasks: {len(results['held_out'])}, each scored by its primary metric; "
+                  "`held_out_mean` is the mean over them and `forgetting_held_out` = base - variant (negative: "
+                  f"the variant scores higher than the base). {cells}", ""]
     if target and results.get("best_tradeoff"):
         best = results["best_tradeoff"]
         s = summary[best]
@@ -239,6 +246,10 @@ def render_markdown(results: dict, plots: dict[str, str]) -> str:
     chance = at_chance(results)
     lines += ["", "## Where the base model is at chance", ""]
     lines += [f"- `{t}`: {why}" for t, why in chance.items()] or ["None of the evaluated tasks."]
+    if not target:  # a comparison: is any model better than chance at all
+        lines += ["", "## Where the other variants are at chance", ""]
+        lines += [f"- `{v}` on `{t}`: {why}" for v in variants if v != BASE
+                  for t, why in at_chance(results, v).items()] or ["None of the evaluated tasks."]
     lines += ["", "## Per task", "", "Primary metric of each task (and every target metric): mean ± std "
               "[bootstrap 95% interval].", ""]
     group = {**{t: "held-in" for t in results["held_in"]}, **{t: "held-out" for t in results["held_out"]}}

@@ -117,10 +117,15 @@ def check_study_dir(cfg: StudyConfig, model_config: T5Config) -> None:
     is fine: only the new runs are made. The first run records the settings
     in `out_dir/study_config.json`.
     """
-    path = os.path.join(cfg.out_dir, STUDY_CONFIG_FILE)
-    current = fingerprint(cfg, model_config)
+    check_settings(cfg.out_dir, fingerprint(cfg, model_config), "StudyConfig")
+
+
+def check_settings(out_dir: str, current: dict, config_name: str = "StudyConfig") -> None:
+    """Record `current` (JSON-able settings) in `out_dir/study_config.json`, or refuse when it differs
+    from what is recorded there (`config_name`: the gin configurable whose out_dir to change)."""
+    path = os.path.join(out_dir, STUDY_CONFIG_FILE)
     if not os.path.exists(path):
-        os.makedirs(cfg.out_dir, exist_ok=True)
+        os.makedirs(out_dir, exist_ok=True)
         with open(path, "w") as f:
             json.dump(current, f, indent=2, sort_keys=True)
         return
@@ -128,12 +133,12 @@ def check_study_dir(cfg: StudyConfig, model_config: T5Config) -> None:
         with open(path) as f:
             recorded = json.load(f)
     except (OSError, ValueError) as e:
-        raise ValueError(f"{path} is unreadable ({e}); delete it only if {cfg.out_dir} holds "
+        raise ValueError(f"{path} is unreadable ({e}); delete it only if {out_dir} holds "
                          "results of the current configuration") from None
     changed = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
     if changed:
         detail = "; ".join(f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in changed)
         raise StudyDirMismatch(
-            f"study out_dir {cfg.out_dir} holds results of a different configuration ({detail}). "
-            f"Resuming would mix them. Use a new directory (--gin.flanx.StudyConfig.out_dir='...') "
-            f"or delete {cfg.out_dir} to start over.")
+            f"study out_dir {out_dir} holds results of a different configuration ({detail}). "
+            f"Resuming would mix them. Use a new directory (--gin.flanx.{config_name}.out_dir='...') "
+            f"or delete {out_dir} to start over.")
