@@ -149,7 +149,7 @@ sys.path.insert(0, sys.argv[1])
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from test_flan2021_collection import MOCK_ROWS, _columns, mock_value
+from test_flan2021_collection import MOCK_ROWS, mock_dataset
 import flanx.data
 from flanx.data import flan2022_mixture, mixtures, pipeline, tasks
 from flanx.models.config import T5Config
@@ -173,14 +173,7 @@ for card in tasks.CARDS.values():
 
 def as_dataset(builder, *args, **kwargs):
     config = builder.builder_config.name if builder.builder_config else None
-    card = builders.get(f"{builder.name}/{config}") or builders[builder.name]
-    features = builder.info.features
-    signature = tf.nest.map_structure(lambda t: tf.TensorSpec(t.shape, t.dtype), features.get_tensor_info())
-    rows = [{k: mock_value(f, k, i, card) for k, f in features.items()} for i in range(MOCK_ROWS)]
-    try:
-        return tf.data.Dataset.from_tensor_slices(_columns(rows, signature))
-    except (ValueError, TypeError):
-        return tf.data.Dataset.from_generator(lambda: iter(rows), output_signature=signature)
+    return mock_dataset(builder, builders.get(f"{builder.name}/{config}") or builders[builder.name])
 
 
 with tfds.testing.mock_data(num_examples=MOCK_ROWS, as_dataset_fn=as_dataset):

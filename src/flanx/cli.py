@@ -14,7 +14,7 @@ import sys
 
 COMMANDS = {
     "demo": ("flanx.experiments.demo", "run the embedded default study on synthetic data (what `make demo` runs)"),
-    "study": ("flanx.experiments.cli", "forgetting study: `flanx study forgetting --gin_file=...`"),
+    "study": ("flanx.experiments.cli", "studies: `flanx study forgetting|heldout-cluster --gin_file=...`"),
     "train": ("flanx.entrypoints:train", "train a model (T5X-style gin: --gin_file, --gin.NAME=VALUE)"),
     "eval": ("flanx.entrypoints:eval", "evaluate a checkpoint on tasks/mixtures"),
     "infer": ("flanx.entrypoints:infer", "write predictions for a task to JSONL"),
