@@ -31,6 +31,12 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: str) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
 def _colors(arms: list[str]) -> dict[str, str]:
     cycle = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
              "#bcbd22", "#17becf"]
@@ -75,9 +81,7 @@ def plot_pareto(results: dict, path: str) -> str | None:
         ax.set_ylabel(f"target gain ({results['primary_metric'][results['target_task']]}, arm - base)")
         ax.set_title(f"Gain vs {group.replace('_', '-')} forgetting")
         ax.legend(fontsize=6, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    _save(plt, fig, path)
     return path
 
 
@@ -109,9 +113,7 @@ def plot_curves(results: dict, path: str) -> str | None:
             ax.tick_params(labelsize=7)
             ax.legend(fontsize=6)
     fig.suptitle("Forgetting curves (primary metric, mean over tasks; band: std over seeds)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    _save(plt, fig, path)
     return path
 
 
@@ -138,9 +140,7 @@ def plot_per_task_change(results: dict, path: str) -> str | None:
             ax.text(j, i, f"{delta[i, j]:+.2f}", ha="center", va="center", fontsize=5)
     fig.colorbar(im, ax=ax, shrink=0.8).ax.tick_params(labelsize=6)
     ax.set_title("Change from base (primary metric; red = lost)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    _save(plt, fig, path)
     return path
 
 
@@ -161,9 +161,7 @@ def plot_training_loss(results: dict, path: str) -> str | None:
     ax.set_yscale("log")
     ax.set_title("Fine-tuning loss (first seed)")
     ax.legend(fontsize=5, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    _save(plt, fig, path)
     return path
 
 
@@ -191,9 +189,7 @@ def plot_per_task_scores(results: dict, path: str) -> str | None:
     ax.set_ylabel("score (bootstrap 95% interval)", fontsize=8)
     ax.set_title("Held-out tasks, zero-shot: per-task score by variant", fontsize=9)
     ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    _save(plt, fig, path)
     return path
 
 
