@@ -188,3 +188,46 @@ def test_run_all_toy_runs_every_benchmark(tmp_path, monkeypatch):
         assert r["vs_train_tiny"] == pytest.approx(r["batches_per_s"] * flanx_row["median_s"])
     assert {t["target"] for t in out["targets"]} == {"train", "decode", "data"}
     assert "Targets" in (tmp_path / "summary.md").read_text()
+
+
+def test_scaling_grid_varies_one_axis_at_a_time():
+    from benchmarks import scaling_bench
+
+    ref = {"model": "m", "batch_size": 1, "inputs_length": 512}
+    cells = scaling_bench.grid((256, 512, 2048), (1, 4), ("tiny", "m"), ref)
+    keys = [(c["model"], c["batch_size"], c["inputs_length"], c["targets_length"]) for c in cells]
+    assert keys == [("m", 1, 256, 64), ("m", 1, 512, 128), ("m", 1, 2048, 512), ("m", 4, 512, 128),
+                    ("tiny", 1, 512, 128)]  # the reference cell once, targets a quarter of the inputs
+
+
+def test_eval_agreement_counts_rows():
+    from benchmarks import eval_bench
+
+    assert eval_bench.agreement("summaries", [[5, 6], [7]], [[5, 6], [8]]) == 0.5
+    assert eval_bench.agreement("rank_classification", [-1.0, -2.0], [-1.0000001, -2.5]) == 0.5
+    assert eval_bench.agreement("summaries", [[1]], None) is None
+
+
+@pytest.mark.slow
+@pytest.mark.needs_torch
+def test_eval_and_scaling_benchmarks_run_on_the_toy_settings(tmp_path, monkeypatch):
+    from benchmarks import eval_bench, scaling_bench
+
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
+    ev = eval_bench.run("tiny", summaries=4, questions=3, batch_size=4, inputs_length=64, targets_length=16,
+                        repeats=1, synthetic=True)
+    rows = {r["work"]: r for r in ev["rows"]}
+    assert rows["summaries"]["rows"] == 4 and rows["rank_classification"]["rows"] == 6  # 2 options each
+    for r in rows.values():
+        assert r["ratio"] == pytest.approx(r["flanx_rows_per_s"] / r["torch_rows_per_s"])
+    # same weights and tokens: identical greedy outputs and log-likelihoods on both sides
+    assert rows["summaries"]["agreement"] == 1.0 and rows["rank_classification"]["agreement"] == 1.0
+    sc = scaling_bench.run((32, 64), (2,), ("tiny",), warmup=0, steps=1, windows=1,
+                           reference={"model": "tiny", "batch_size": 1, "inputs_length": 32})
+    cells = {(r["batch_size"], r["inputs_length"]): r for r in sc["rows"]}
+    assert set(cells) == {(1, 32), (1, 64), (2, 32)} and all(r["status"] == "ok" for r in sc["rows"])
+    assert cells[(1, 32)]["time_per_token_vs_ref"] == 1.0
+    for (batch, length), r in cells.items():
+        assert r["tokens_per_s"] == pytest.approx(batch * (length + length // 4) / r["step_s"])
+        assert r["xla_step_gib"] > 0 and r["peak_rss_mib"] > 100
+    assert cells[(1, 64)]["attention_share"] > cells[(1, 32)]["attention_share"]
