@@ -175,12 +175,21 @@ def dot_product_attention(q, k, v, bias):
     bias float32 broadcastable to [B, heads, T, S]. Logits and softmax are float32, the
     output has q's dtype.
 
-    A plain einsum / softmax / einsum chain (what `jax.nn.dot_product_attention` does on
-    its XLA path, minus the separate mask select, which `attention_bias` folded in).
+    A plain matmul / softmax / matmul chain (what `jax.nn.dot_product_attention` does on
+    its XLA path, minus the separate mask select, which `attention_bias` folded in),
+    written on head-major operands, q [B, heads, T, d] @ k [B, heads, d, S] and
+    probs @ v [B, heads, S, d], with the head transpose after the second matmul. The
+    same products as the `btnh,bsnh->bnts` / `bnts,bsnh->btnh` einsums, but XLA's CPU
+    backend then runs `probs @ v` as a library matmul: with the transpose folded into
+    the einsum it can fuse that matmul into a loop fusion of its own (a t5_1_1_small
+    encoder pass over one 512-token row took 11% longer).
     """
-    logits = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32) + bias
+    q = jnp.transpose(q, (0, 2, 1, 3))
+    k = jnp.transpose(k, (0, 2, 3, 1))
+    v = jnp.transpose(v, (0, 2, 1, 3))
+    logits = jnp.matmul(q, k, preferred_element_type=jnp.float32) + bias
     probs = softmax(logits).astype(v.dtype)
-    return jnp.einsum("bnts,bsnh->btnh", probs, v)
+    return jnp.transpose(jnp.matmul(probs, v), (0, 2, 1, 3))
 
 
 class Attention(nn.Module):
