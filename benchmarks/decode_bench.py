@@ -51,12 +51,13 @@ def _flanx_worker(model_dir: str, inputs_path: str, new_tokens: int, scan: bool)
     import jax
     import jax.numpy as jnp
 
+    from flanx.checkpoints import stack_layers
     from flanx.checkpoints.hf import import_hf
-    from flanx.models import decoding, scan_params
+    from flanx.models import decoding
 
     params, config = import_hf(model_dir)
     if scan:
-        config, params = config.replace(scan_layers=True), scan_params(params)
+        config, params = config.replace(scan_layers=True), stack_layers(params)
     params = jax.device_put(params)
     inputs = jnp.asarray(common.load_batch(Path(inputs_path))["encoder_input_tokens"])
     out = {}

@@ -77,14 +77,14 @@ def _flanx_worker(model_dir: str, batch_path: str, scan: bool, bf16: bool = Fals
     import jax
     import jax.numpy as jnp
 
+    from flanx.checkpoints import stack_layers
     from flanx.checkpoints.hf import import_hf
-    from flanx.models import scan_params
     from flanx.train import optim, step as step_lib
     from flanx.train.config import LossConfig, OptimizerConfig
 
     params, config = import_hf(model_dir)
     if scan:
-        config, params = config.replace(scan_layers=True), scan_params(params)
+        config, params = config.replace(scan_layers=True), stack_layers(params)
     if bf16:
         config = config.replace(dtype="bfloat16")
     opt_cfg = OptimizerConfig(name="adafactor", learning_rate=LEARNING_RATE, schedule="constant")

@@ -6,9 +6,12 @@ output is itself a bash script that does what the launcher would do; without
 it the same lines run one after another under bash, stopping at the first
 failure (steps marked `always` still run, e.g. tearing a TPU VM down).
 
-Launchers use only the standard library plus `flanx.distributed` (itself
-stdlib-only at import), found in this checkout's `src/` when flanx is not
-installed, so they run on a laptop with nothing but gcloud or sbatch.
+Launchers use only the standard library plus `flanx.io` and `flanx.mesh`
+(themselves stdlib-only at import), found in this checkout's `src/` when
+flanx is not installed, so they run on a laptop with nothing but gcloud or
+sbatch. The
+mesh pre-flight reads gin files with gin's own parser (`flanx.gin_utils`)
+when gin-config is installed, and is skipped (the trainer repeats it) when not.
 """
 from __future__ import annotations
 
@@ -24,10 +27,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIGS_DIR = REPO_ROOT / "t5x_configs"
 
 try:
-    from flanx import distributed
+    from flanx import io, mesh
 except ImportError:  # launching from a checkout where flanx is not installed
     sys.path.insert(0, str(REPO_ROOT / "src"))
-    from flanx import distributed
+    from flanx import io, mesh
 
 
 class LaunchError(Exception):
@@ -119,7 +122,7 @@ def split_train_args(argv: list[str], model_dir: str | None = None) -> TrainArgs
 def require_model_dir(args: TrainArgs, remote_only: bool = False) -> str:
     if not args.model_dir:
         raise LaunchError("no run directory: pass --model_dir=DIR (or --gin.MODEL_DIR=\"DIR\")")
-    if remote_only and not distributed.is_remote(args.model_dir):
+    if remote_only and not io.is_remote(args.model_dir):
         raise LaunchError(
             f"MODEL_DIR={args.model_dir} is a local path, but the workers of a multi-host slice share no disk: "
             f"use a bucket, e.g. --model_dir=gs://YOUR_BUCKET/flanx/RUN_NAME")
@@ -163,33 +166,22 @@ def packaged_name(name: str) -> str | None:
         return None
 
 
-_ASSIGN = re.compile(r"^\s*([A-Z][A-Z0-9_]*)\s*=\s*(-?\d+)\s*(?:#.*)?$")
-_INCLUDE = re.compile(r"""^\s*include\s+['"]([^'"]+)['"]""")
+def integer_macros(gin_files: list[str], bindings: list[tuple[str, str]]) -> dict[str, int] | None:
+    """Integer gin macros (`NAME = 12`) from the files, their includes, then overrides; later wins.
 
-
-def integer_macros(gin_files: list[str], bindings: list[tuple[str, str]]) -> dict[str, int]:
-    """Integer gin macros (`NAME = 12`) from the files, their includes, then overrides; later wins."""
-    found: dict[str, int] = {}
-
-    def read(name: str, seen: set) -> None:
-        path = resolve_gin_file(name)
-        if path is None:
-            raise LaunchError(f"gin file {name!r} not found here (looked in the working directory and {CONFIGS_DIR})")
-        if path.resolve() in seen:
-            return
-        seen.add(path.resolve())
-        for line in path.read_text().splitlines():
-            if m := _INCLUDE.match(line):
-                read(m.group(1), seen)
-            elif m := _ASSIGN.match(line):
-                found[m.group(1)] = int(m.group(2))
-
-    for f in gin_files:
-        read(f, set())
-    for name, value in bindings:
-        if re.fullmatch(r"-?\d+", value.strip()):
-            found[name] = int(value)
-    return found
+    Read with gin's own parser (`flanx.gin_utils.read_macros`), nothing evaluated.
+    None when gin is not installed here (the trainer repeats the checks at start-up).
+    """
+    try:
+        from flanx import gin_utils
+    except ImportError:  # a bare laptop with only gcloud / sbatch
+        return None
+    try:
+        macros = gin_utils.read_macros(gin_files, [f"{name} = {value}" for name, value in bindings])
+    except (FileNotFoundError, ValueError) as e:
+        raise LaunchError(str(e)) from None
+    return {name: value for name, value in macros.items()
+            if isinstance(value, int) and not isinstance(value, bool)}
 
 
 def preflight_mesh(args: TrainArgs, num_devices: int, num_processes: int) -> dict[str, int] | None:
@@ -198,20 +190,30 @@ def preflight_mesh(args: TrainArgs, num_devices: int, num_processes: int) -> dic
     Runs only when a mesh macro is set somewhere; the trainer repeats the check at start-up.
     """
     macros = integer_macros(args.gin_files, args.gin_bindings)
-    if not any(m in macros for m in distributed.MESH_MACROS.values()):
+    if macros is None:
+        print("flanx launcher: gin-config is not installed here, so the mesh pre-flight is skipped "
+              "(the trainer checks the mesh at start-up)", file=sys.stderr)
         return None
-    shape = {axis: macros.get(macro, distributed.MESH_DEFAULTS[axis])
-             for axis, macro in distributed.MESH_MACROS.items()}
+    if not any(m in macros for m in mesh.MESH_MACROS.values()):
+        return None
+    shape = {axis: macros.get(macro, mesh.MESH_DEFAULTS[axis])
+             for axis, macro in mesh.MESH_MACROS.items()}
     try:
-        return distributed.validate_mesh(shape, num_devices, macros.get("BATCH_SIZE"), num_processes)
+        return mesh.validate_mesh(shape, num_devices, macros.get("BATCH_SIZE"), num_processes)
     except ValueError as e:
         raise LaunchError(f"{e} (launching {num_devices} devices in {num_processes} processes)") from None
 
 
-def main_wrapper(main):
-    """Run a launcher's main(argv), turning LaunchError into a one-line message and exit code 2."""
+def main_wrapper(main, argv: list[str] | None = None):
+    """Run a launcher's main(argv): LaunchError is a one-line message and exit code 2; other known errors
+    go through flanx's error boundary (`flanx.errors.run`, `--debug` shows the traceback)."""
+    from flanx import errors
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return main(sys.argv[1:])
+        return errors.run(main, argv, prog=os.path.basename(sys.argv[0]))
     except LaunchError as e:
+        if errors.debug_requested(argv):
+            raise
         print(f"{os.path.basename(sys.argv[0])}: error: {e}", file=sys.stderr)
         return 2

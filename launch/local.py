@@ -80,7 +80,7 @@ def process_plans(opts, train: common.TrainArgs, environ: dict) -> list[tuple[di
     elif opts.cpu_devices_per_process < 1:
         raise common.LaunchError(f"--cpu_devices_per_process={opts.cpu_devices_per_process}: need at least 1")
     log_dir = opts.log_dir or (os.path.join(train.model_dir, "logs")
-                               if train.model_dir and not common.distributed.is_remote(train.model_dir) else None)
+                               if train.model_dir and not common.io.is_remote(train.model_dir) else None)
     if log_dir is None:
         raise common.LaunchError("no place for the process logs: pass --log_dir=DIR (MODEL_DIR is remote or unset)")
     extra = common.parse_env_pairs(opts.env)

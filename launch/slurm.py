@@ -139,7 +139,7 @@ def main(argv: list[str]) -> int:
     train = common.split_train_args(rest, opts.model_dir)
     model_dir = common.require_model_dir(train)
     if opts.log_dir is None:
-        if common.distributed.is_remote(model_dir):
+        if common.io.is_remote(model_dir):
             raise common.LaunchError(f"SLURM cannot write its output to {model_dir}: pass --log_dir=/shared/path")
         opts.log_dir = os.path.join(model_dir, "logs")
     processes = opts.nodes * (opts.gpus_per_node if opts.process_per == "gpu" else 1)

@@ -1,12 +1,27 @@
-"""Shared pytest setup: markers that skip with a reason, data and torch probes."""
+"""Shared pytest setup: markers that skip with a reason, data and torch probes, and one jax compilation
+cache for the whole test run. Shared helpers (random params, exact comparisons, subprocesses) are in
+`helpers.py`."""
 from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
+import tempfile
 
 import pytest
 
 from flanx import paths
+
+# One persistent jax compilation cache per test run, set before any test imports jax: in-process tests
+# read it through jax's config, subprocesses through the environment they inherit, so the train steps,
+# decoders and evaluators that many tests compile alike are compiled once. A dir set by the caller wins.
+_CACHE_VARS = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+_OWN_CACHE = None if os.environ.get("JAX_COMPILATION_CACHE_DIR") else tempfile.mkdtemp(prefix="flanx-test-jax-cache-")
+if _OWN_CACHE:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
+for _name, _value in _CACHE_VARS.items():
+    os.environ.setdefault(_name, _value)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def pytest_configure(config):
@@ -52,7 +67,15 @@ def data_root():
     return root
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _quiet_tf():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+@pytest.fixture
+def clean_gin():
+    """Forget every gin binding and macro a test parsed (entry points run in this process)."""
     yield
+    from flanx import gin_utils
+
+    gin_utils.reset()
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)

@@ -1,30 +1,15 @@
 """`python -m flanx.convert` / `flanx convert`: conversions by value, layout flags, safe output handling."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
+from helpers import assert_same_tree, random_params, run_python
 
 from flanx import checkpoints as C
 from flanx import convert
 from flanx.models import get_config
 
 CFG = get_config("tiny")
-
-
-def random_params(config, seed=0):
-    rng = np.random.default_rng(seed)
-    return C.unflatten({k: rng.normal(0, 0.5, size=s).astype(np.float32) for k, s in C.expected_shapes(config).items()})
-
-
-def assert_same(a, b):
-    fa, fb = C.flatten(a), C.flatten(b)
-    assert sorted(fa) == sorted(fb)
-    for k in fa:
-        np.testing.assert_array_equal(np.asarray(fa[k]), np.asarray(fb[k]), err_msg=k)
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +24,7 @@ def t5x_dir(tmp_path, params):
 
 
 def _run_cli(*args):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "-m", "flanx.convert", *map(str, args)], capture_output=True, text=True,
-                          timeout=180, env=env)
+    return run_python("-m", "flanx.convert", *args, timeout=180)
 
 
 def test_cli_t5x_to_flanx_scanned_and_back_to_t5x(tmp_path, t5x_dir, params):
@@ -52,14 +35,14 @@ def test_cli_t5x_to_flanx_scanned_and_back_to_t5x(tmp_path, t5x_dir, params):
     ck = C.load_native(out)
     assert ck.step == 321 and ck.config == CFG.replace(scan_layers=True)
     assert ck.metadata["source_format"] == "t5x"
-    assert_same(ck.params, C.stack_layers(params))
+    assert_same_tree(ck.params, C.stack_layers(params))
     # flanx (scanned) -> T5X (unscanned), in-process through the umbrella `flanx convert` command.
     from flanx import cli
 
     assert cli.main(["convert", "--to", "t5x", "--scan_layers", "false", str(out), str(tmp_path / "back")]) == 0
     back, step = C.import_t5x(tmp_path / "back")
     assert step == 321 and sorted(p.name for p in (tmp_path / "back").iterdir()) == ["checkpoint_321"]
-    assert_same(back, params)
+    assert_same_tree(back, params)
 
 
 def test_default_keeps_the_input_layout(tmp_path, params):
@@ -71,7 +54,7 @@ def test_default_keeps_the_input_layout(tmp_path, params):
                          str(tmp_path / "a"), str(tmp_path / "b")]) == 0
     ck = C.load_native(tmp_path / "b")
     assert not ck.config.scan_layers and ck.step == 9
-    assert_same(ck.params, params)
+    assert_same_tree(ck.params, params)
 
 
 def test_refuses_to_overwrite_without_flag_and_replaces_with_it(tmp_path, t5x_dir, params, capsys):
@@ -144,7 +127,7 @@ def test_hf_to_flanx_to_hf_round_trip_is_exact(tmp_path, params):
     assert convert.main(["--to", "flanx", "--scan_layers", "true", str(tmp_path / "hf_in"), str(tmp_path / "native")]) == 0
     ck = C.load_native(tmp_path / "native")
     assert ck.config == CFG.replace(scan_layers=True) and ck.metadata["source_format"] == "hf"
-    assert_same(ck.params, C.stack_layers(params))
+    assert_same_tree(ck.params, C.stack_layers(params))
     assert convert.main(["--to", "hf", str(tmp_path / "native"), str(tmp_path / "hf_out")]) == 0
     before, after = _safetensors(tmp_path / "hf_in"), _safetensors(tmp_path / "hf_out")
     assert sorted(before) == sorted(after)

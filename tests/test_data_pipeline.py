@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import assert_same_batches, take
 import seqio
 
 import flanx.data
@@ -38,18 +39,6 @@ def _decode(tokens) -> str:
     return bytes(int(t) - 3 for t in tokens if t > 2).decode()
 
 
-def _take(it, n):
-    return [next(it) for _ in range(n)]
-
-
-def _assert_same(a, b):
-    assert len(a) == len(b)
-    for x, y in zip(a, b):
-        assert x.keys() == y.keys()
-        for k in x:
-            np.testing.assert_array_equal(x[k], y[k], err_msg=k)
-
-
 def test_packed_batches_have_t5x_features(pipe_tasks):
     task, _ = pipe_tasks
     batch = next(pipeline.get_dataset(task, LENGTHS, batch_size=4, seed=0))
@@ -77,10 +66,10 @@ def test_packed_batches_have_t5x_features(pipe_tasks):
 
 def test_same_seed_same_batches_other_seed_differs(pipe_tasks):
     _, mix = pipe_tasks
-    a = _take(pipeline.get_dataset(mix, LENGTHS, batch_size=4, seed=11), 4)
-    b = _take(pipeline.get_dataset(mix, LENGTHS, batch_size=4, seed=11), 4)
-    c = _take(pipeline.get_dataset(mix, LENGTHS, batch_size=4, seed=12), 4)
-    _assert_same(a, b)
+    a = take(pipeline.get_dataset(mix, LENGTHS, batch_size=4, seed=11), 4)
+    b = take(pipeline.get_dataset(mix, LENGTHS, batch_size=4, seed=11), 4)
+    c = take(pipeline.get_dataset(mix, LENGTHS, batch_size=4, seed=12), 4)
+    assert_same_batches(a, b)
     assert not all(np.array_equal(x["encoder_input_tokens"], y["encoder_input_tokens"]) for x, y in zip(a, c))
 
 
@@ -89,15 +78,15 @@ def test_resume_gives_exactly_the_next_batches_across_epochs(pipe_tasks):
     task, mix = pipe_tasks
     for name, pack in ((task, False), (mix, True)):
         it = pipeline.get_dataset(name, LENGTHS, batch_size=4, seed=3, pack=pack)
-        _take(it, 9)  # pipe_a alone has 30 rows: 9 unpacked batches of 4 cross an epoch boundary
+        take(it, 9)  # pipe_a alone has 30 rows: 9 unpacked batches of 4 cross an epoch boundary
         state = json.loads(json.dumps(it.state()))
         assert state["batches"] == 9 and state["seed"] == 3 and state["name"] == name
-        expected = _take(it, 5)
+        expected = take(it, 5)
         resumed = pipeline.get_dataset(name, LENGTHS, batch_size=4, seed=3, pack=pack, start_state=state)
-        _assert_same(_take(resumed, 5), expected)
+        assert_same_batches(take(resumed, 5), expected)
         fresh = pipeline.get_dataset(name, LENGTHS, batch_size=4, seed=3, pack=pack)
         fresh.restore(state)
-        _assert_same(_take(fresh, 5), expected)
+        assert_same_batches(take(fresh, 5), expected)
         assert fresh.state()["batches"] == 14
     other = pipeline.get_dataset(task, LENGTHS, batch_size=4, seed=4, pack=False)
     with pytest.raises(ValueError, match="seed: saved 3 vs now 4"):

@@ -7,8 +7,8 @@ import logging
 import pytest
 
 from flanx import paths
-from flanx.data import sources, synthetic
-from flanx.data.cards import load_card
+from flanx.data import sources, synthetic_rows
+from flanx.data.cards import CardError, load_card
 from flanx.data.sources import DataFormatError
 
 NLI_TEMPLATES = [{"input": "{premise} => {hypothesis}?{options}", "target": "{label}"}]
@@ -189,20 +189,149 @@ def test_hf_source_in_memory_dataset():
 
 
 def test_synthetic_is_deterministic_short_and_balanced():
-    a = synthetic.generate("chat", "train", 500, seed=0)
-    assert a == synthetic.generate("chat", "train", 500, seed=0)
-    assert a != synthetic.generate("chat", "train", 500, seed=1)
-    assert a[:10] != synthetic.generate("chat", "validation", 10, seed=0)
+    a = synthetic_rows.generate("chat", "train", 500, seed=0)
+    assert a == synthetic_rows.generate("chat", "train", 500, seed=0)
+    assert a != synthetic_rows.generate("chat", "train", 500, seed=1)
+    assert a[:10] != synthetic_rows.generate("chat", "validation", 10, seed=0)
     assert max(len(r["chat"].encode()) for r in a) <= 150
     assert max(len(r["summary"].encode()) for r in a) <= 48
     for r in a:  # the labels are recoverable from the chat itself
         assert r["order_number"] in r["chat"] and r["customer"] in r["chat"] and r["order_number"] in r["summary"]
         assert (r["refund"] == "yes") == (r["intent"] == "refund")
     intents = [r["intent"] for r in a]
-    assert all(60 <= intents.count(i) <= 140 for i in synthetic.INTENTS)
+    assert all(60 <= intents.count(i) <= 140 for i in synthetic_rows.INTENTS)
     assert 200 <= [r["sentiment"] for r in a].count("positive") <= 300
-    totals = synthetic.generate("order_total", "train", 200)
+    totals = synthetic_rows.generate("order_total", "train", 200)
     assert all(int(r["price_a"]) + int(r["price_b"]) == int(r["total"]) for r in totals)
-    assert len(synthetic.generate("chat", "test")) == synthetic.SPLIT_SIZES["test"]
+    assert len(synthetic_rows.generate("chat", "test")) == synthetic_rows.SPLIT_SIZES["test"]
     with pytest.raises(ValueError, match="unknown synthetic generator"):
-        synthetic.generate("nope", "train", 1)
+        synthetic_rows.generate("nope", "train", 1)
+
+
+# ----------------------------------------------------------------------------- JSON, encodings, nulls
+
+def json_card(tmp_path, files="train.json", **source):
+    return load_card({"name": "json_test", "source": {"type": "json", "root": str(tmp_path), **source},
+                      "splits": {"train": files}, "fields": {"q": "q", "a": "a"},
+                      "templates": [{"input": "{q}", "target": "{a}"}]})
+
+
+def test_json_list_and_records_key(tmp_path):
+    write(tmp_path / "train.json", '[\n  {"q": "one", "a": "1"},\n  {"q": "two",\n   "a": "2"}\n]\n')
+    assert sources.load_rows(json_card(tmp_path), "train") == [{"q": "one", "a": "1"}, {"q": "two", "a": "2"}]
+    write(tmp_path / "keyed.json", json.dumps({"version": 2, "meta": {"x": [1]},
+                                               "data": [{"q": "three", "a": "3"}]}, indent=1))
+    assert sources.load_rows(json_card(tmp_path, "keyed.json", records_key="data"), "train") == \
+        [{"q": "three", "a": "3"}]
+    # An object without records_key names the key that holds a list; a wrong key lists the keys.
+    with pytest.raises(sources.SourceFormatError, match=r"keyed.json: a JSON object; name the key .*records_key"
+                                                        r".*keys holding a list: data"):
+        sources.load_rows(json_card(tmp_path, "keyed.json"), "train")
+    with pytest.raises(sources.SourceFormatError, match=r"records_key 'rows' is not a key .*version, meta, data"):
+        sources.load_rows(json_card(tmp_path, "keyed.json", records_key="rows"), "train")
+
+
+def test_json_record_errors_name_their_line(tmp_path):
+    f = write(tmp_path / "train.json", '[{"q": "one", "a": "1"},\n 7,\n {"q": "three"}]')
+    with pytest.raises(DataFormatError, match=rf"{f}:2: record \[1\] is a int, expected an object"):
+        sources.load_rows(json_card(tmp_path), "train")
+    card = json_card(tmp_path)
+    card.on_error = "skip"
+    assert sources.load_rows(card, "train") == [{"q": "one", "a": "1"}] and card.skipped["train"] == 2
+
+
+def test_json_list_given_to_jsonl_says_use_type_json_even_with_skip(tmp_path):
+    f = write(tmp_path / "train.jsonl", json.dumps([{"premise": "A", "hypothesis": "B", "label": "entailment"}],
+                                                   indent=2))
+    for on_error in ("raise", "skip"):
+        with pytest.raises(sources.SourceFormatError) as e:
+            sources.load_rows(nli_card(tmp_path, on_error=on_error), "train")
+        assert f"{f}: this is a JSON list" in str(e.value) and "use `type: json`" in str(e.value)
+        assert "on_error" not in str(e.value)
+    write(tmp_path / "train.jsonl", json.dumps({"data": [{"premise": "A"}]}, indent=2))
+    with pytest.raises(sources.SourceFormatError, match=r"one JSON document.*`type: json` with `records_key:`"):
+        sources.load_rows(nli_card(tmp_path), "train")
+
+
+def test_jsonl_given_to_json_says_use_type_jsonl(tmp_path):
+    write(tmp_path / "train.json", '{"q": "one", "a": "1"}\n{"q": "two", "a": "2"}\n')
+    with pytest.raises(sources.SourceFormatError, match=r"train.json: this is JSON Lines .* use `type: jsonl`"):
+        sources.load_rows(json_card(tmp_path), "train")
+    write(tmp_path / "train.json", '[{"q": "one", "a": "1"}]\n[{"q": "two", "a": "2"}]\n')
+    with pytest.raises(sources.SourceFormatError, match=r"train.json:2: not valid JSON .*Extra data"):
+        sources.load_rows(json_card(tmp_path), "train")
+
+
+def test_non_utf8_bytes_name_file_line_and_offset_and_skip_per_row(tmp_path):
+    good, bad = b'{"premise": "A", "hypothesis": "B", "label": "entailment"}\n', \
+        b'{"premise": "caf\xe9", "hypothesis": "B", "label": "entailment"}\n'
+    f = tmp_path / "train.jsonl"
+    f.write_bytes(good + bad + good)
+    offset = len(good) + bad.index(b"\xe9")
+    with pytest.raises(DataFormatError, match=rf"{f}:2: byte 0xe9 at byte offset {offset} is not valid UTF-8"):
+        sources.load_rows(nli_card(tmp_path), "train")
+    card = nli_card(tmp_path, on_error="skip")
+    assert len(sources.load_rows(card, "train")) == 2 and card.skipped["train"] == 1
+    # The same per row for csv (a quoted cell spanning lines), lines and json sources.
+    (tmp_path / "d.csv").write_bytes(b'q,a\n"x\ny",1\n"bad\xff",2\nok,3\n')
+    card = load_card({"name": "csv_bytes", "source": {"type": "csv", "root": str(tmp_path)}, "splits": {"train": "d.csv"},
+                      "fields": {"q": "q", "a": "a"}, "templates": [{"input": "{q}", "target": "{a}"}]})
+    with pytest.raises(DataFormatError, match=r"d.csv:4: byte 0xff at byte offset 16 is not valid UTF-8"):
+        sources.load_rows(card, "train")
+    card.on_error = "skip"
+    assert sources.load_rows(card, "train") == [{"q": "x\ny", "a": "1"}, {"q": "ok", "a": "3"}]
+    (tmp_path / "l.txt").write_bytes(b"1 fine\n0 caf\xc3\n")
+    card = load_card({"name": "lines_bytes", "source": {"type": "lines", "root": str(tmp_path),
+                                                        "pattern": r"(?P<a>\d) (?P<q>.*)"},
+                      "splits": {"train": "l.txt"}, "fields": {"q": "q", "a": "a"}, "on_error": "skip",
+                      "templates": [{"input": "{q}", "target": "{a}"}]})
+    assert sources.load_rows(card, "train") == [{"q": "fine", "a": "1"}] and card.skipped["train"] == 1
+    data = b'[{"q": "one", "a": "1"},\n {"q": "tw\x80o", "a": "2"}]'
+    (tmp_path / "train.json").write_bytes(data)
+    assert data.index(b"\x80") == 35
+    with pytest.raises(DataFormatError, match=r"train.json:2: byte 0x80 at byte offset 35 is not valid UTF-8"):
+        sources.load_rows(json_card(tmp_path), "train")
+
+
+def test_null_field_is_reported_as_null_not_missing(tmp_path):
+    f = write(tmp_path / "train.jsonl", '{"premise": "A", "hypothesis": null, "label": "entailment"}\n')
+    with pytest.raises(DataFormatError, match=rf"{f}:1: field 'hypothesis' is null \(template field 'hypothesis'\)"):
+        sources.load_rows(nli_card(tmp_path), "train")
+
+
+# ----------------------------------------------------------------------------- the source registry
+
+def test_source_types_are_registered_readers_and_users_can_add_one(tmp_path):
+    assert {"jsonl", "json", "csv", "tsv", "lines", "bbh", "tfds", "hf", "synthetic"} <= set(sources.SOURCES)
+    write(tmp_path / "a.kv", "q=one;a=1\nq=two;a=2\n")
+
+    @sources.register_source("test_kv", files=True)
+    def read_kv(path, card):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            yield f"{path}:{n}", dict(item.split("=") for item in line.split(card.source.get("sep", ";")))
+
+    @sources.register_source("test_counter", files=False, needs={"count": "how many rows"})
+    def read_counter(card, spec):
+        for i in range(card.source["count"]):
+            yield f"counter[{i}]", {"q": f"q{i}", "a": str(i)}
+
+    try:
+        card = load_card({"name": "kv_test", "source": {"type": "test_kv", "root": str(tmp_path)},
+                          "splits": {"train": "*.kv"}, "fields": {"q": "q", "a": "a"},
+                          "templates": [{"input": "{q}", "target": "{a}"}]})
+        assert sources.load_rows(card, "train") == [{"q": "one", "a": "1"}, {"q": "two", "a": "2"}]
+        spec = {"name": "count_test", "source": {"type": "test_counter", "count": 3}, "splits": {"train": {}},
+                "fields": {"q": "q", "a": "a"}, "templates": [{"input": "{q}", "target": "{a}"}]}
+        assert [r["a"] for r in sources.load_rows(load_card(spec), "train")] == ["0", "1", "2"]
+        with pytest.raises(CardError, match=r"source.count: a `test_counter` source needs `count`: how many rows"):
+            load_card(dict(spec, source={"type": "test_counter"}))
+        with pytest.raises(CardError, match=r"splits.train: a `test_kv` source reads files"):
+            load_card(dict(spec, source={"type": "test_kv"}))
+        with pytest.raises(CardError, match=r"source.type: expected one of .*test_kv.*; got 'test_vk'; did you mean: "
+                                            r"test_kv\b"):
+            load_card(dict(spec, source={"type": "test_vk"}))
+        with pytest.raises(ValueError, match="source type 'jsonl' is already registered"):
+            sources.register_source("jsonl", files=True)(read_kv)
+    finally:
+        sources.SOURCES.unregister("test_kv")
+        sources.SOURCES.unregister("test_counter")

@@ -4,14 +4,14 @@ from __future__ import annotations
 import collections
 import re
 
-import numpy as np
 import pytest
 import seqio
 
 import flanx.data
 from flanx import paths
+from flanx.data import card_files
 from flanx.data import cards as cards_lib
-from flanx.data import mixtures, pipeline, render, tasks
+from flanx.data import mixtures, pipeline, render, synthetic_rows, tasks
 from flanx.data.templates import render_options
 
 
@@ -40,8 +40,8 @@ def _check_examples(card, spec, split, examples):
             assert "\nOPTIONS:\n- " not in inp or "OPTIONS" in str(card.templates), spec.name
 
 
-def _specs(card):
-    return [s for s in cards_lib.task_specs(card)]
+def _specs(card):  # the cards' own tasks; their Flan 2022 variants render otherwise (tests/test_variants.py)
+    return [s for s in cards_lib.task_specs(card) if not s.variant]
 
 
 def test_every_synthetic_task_renders_with_its_options_and_budget():
@@ -84,7 +84,7 @@ def test_template_choice_is_deterministic_uniform_and_eval_skips_inverted():
     spec = tasks.get_spec("synth_chat_summary_template_0to9_zsnoopt")
     train = render.render_examples(card, spec, "train")
     # Fresh card objects (no cache) render the same text.
-    fresh = cards_lib.load_card_file(paths.tasks_dir() / "synth_chat_summary.yaml")[0]
+    fresh = card_files.load_card_file(paths.tasks_dir() / "synth_chat_summary.yaml")[0]
     assert render.render_examples(fresh, spec, "train") == train
     inverted = [ex for ex in train if ex["targets_pretokenized"].startswith("Customer: Hi")]
     assert 0.07 < len(inverted) / len(train) < 0.13  # 1 of 10 templates
@@ -134,11 +134,11 @@ def test_seqio_tasks_tokenize_with_eos_and_carry_metrics():
 def test_real_tasks_register_without_data_and_raise_missing_data_when_read(monkeypatch):
     monkeypatch.delenv(paths.DATA_DIR_ENV, raising=False)
     monkeypatch.delenv("FLANX_SPM_PATH", raising=False)
-    card = cards_lib.load_card_file(paths.tasks_dir() / "rte.yaml")[0]
+    card = card_files.load_card_file(paths.tasks_dir() / "flan2021" / "rte.yaml", use_local=True)[0]
     card.name = "rte_nodata"
     names = tasks.register_card(card)
     try:
-        assert "rte_nodata_template_0to8_fsopt_scoring" in seqio.TaskRegistry.names()
+        assert "rte_nodata_template_0to9_fsopt_scoring" in seqio.TaskRegistry.names()
         with pytest.raises(paths.MissingDataError, match="FLANX_DATA_DIR"):
             pipeline.get_eval_dataset("rte_nodata_template_0_zero_shot", "validation", {"inputs": 64, "targets": 8})
         with pytest.raises(paths.MissingDataError, match="FLANX_DATA_DIR"):
@@ -150,17 +150,14 @@ def test_real_tasks_register_without_data_and_raise_missing_data_when_read(monke
 # ----------------------------------------------------------------------------- real data
 
 FIRST_ROWS = {  # task -> (split, text in the first input, first target), read off the files by hand
-    "rte_template_1_zero_shot": ("train", "Premise: No Weapons of Mass Destruction Found in Iraq Yet.", "no"),
+    "rte_template_1_zero_shot": ("train", "Passage: No Weapons of Mass Destruction Found in Iraq Yet.", "no"),
     "cb_template_1_zero_shot": ("validation", None, None),
     "sst2_template_4_zero_shot": ("train", "a stirring , funny and finally transporting", "positive"),
-    "trec_template_3_zero_shot": ("test", "Question: How far is it from Denver to Aspen ?", "number"),
-    "agnews_template_4_zero_shot": ("validation", "Title: Fears for T N pension after talks", "Business"),
+    "trec_template_3_zero_shot": ("test", "Someone asks \"How far is it from Denver to Aspen ?\"", "numeric"),
     "gsm8k_template_0_zero_shot": ("train", "Natalia sold clips to 48 of her friends", "72"),
     "gsm8k_cot_template_0_zero_shot": ("train", "Natalia sold clips", "Natalia sold 48/2 = 24 clips in May.\n"
                                        "Natalia sold 48+24 = 72 clips altogether in April and May.\nSo the answer is 72."),
     "dialogsum_template_0_zero_shot": ("train", "Summarize the following conversation.\n\n#Person1#: Hi, Mr. Smith.", None),
-    "samsum_template_0_zero_shot": ("train", "Summarize this dialogue:\nAmanda: I baked  cookies. Do you want some?\nJerry",
-                                    "Amanda baked cookies and will bring Jerry some tomorrow."),
     "mmlu_template_2_zero_shot": ("test", "Answer this abstract algebra question.", None),
     "t0_ag_news": ("train", "Carlyle Looks Toward Commercial Aerospace", "Business"),
 }
@@ -168,8 +165,9 @@ FIRST_ROWS = {  # task -> (split, text in the first input, first target), read o
 
 @pytest.mark.needs_data
 def test_every_real_task_renders_its_first_examples(data_root):
-    real = [c for c in tasks.CARDS.values() if c.vocabulary == "t5_spm" and c.path.startswith(str(paths.tasks_dir()))]
-    assert len(real) == 11 + 35
+    real = [c for c in tasks.CARDS.values() if c.vocabulary == "t5_spm" and c.path.startswith(str(paths.tasks_dir()))
+            and c.collection is None]  # collections have their own tests (tests/test_flan2021_collection.py)
+    assert len(real) == 5 + 35  # bbh, dialogsum, gsm8k, gsm8k_cot, mmlu + the T0 groups
     for card in real:
         for split in card.splits:
             for spec in _specs(card):
@@ -193,12 +191,11 @@ def test_every_real_task_renders_its_first_examples(data_root):
 
 @pytest.mark.needs_data
 def test_real_task_counts_and_spm_tokens(data_root):
-    assert render.count_examples(tasks.get_card("rte"), "train") == 2490
-    assert render.count_examples(tasks.get_card("agnews"), "train") == 7600 - 950
+    assert render.count_examples(tasks.get_card("rte"), "train") == 2490 - 200  # FLAN holds back 200 rows
     (ex,) = pipeline.get_eval_dataset("trec_template_3_zero_shot", "test", {"inputs": 512, "targets": 8}, 1)
     vocab = flanx.data.get_vocabulary("t5_spm")
     assert vocab.vocab_size == 32100 and ex["inputs"][-1] == 1 and ex["targets"][-1] == 1
-    assert vocab.decode(list(ex["targets"][:-1])) == "number"
+    assert vocab.decode(list(ex["targets"][:-1])) == "numeric"
     assert vocab.decode(list(ex["inputs"][:-1])) == " ".join(ex["inputs_pretokenized"].split())
     assert mixtures.num_train_examples("t0_ag_news") == 1400 - 70
 
@@ -225,3 +222,65 @@ def test_character_budget_drops_whole_exemplars():
             assert len(inp) <= 450
         kept.append(len(parts) - 1)
     assert set(kept) == {1, 2}  # 3 never fit in 450 characters, 2 sometimes do
+
+
+def test_seqio_evaluator_scores_each_prediction_against_all_its_references():
+    """A card with `references_field`: seqio's Evaluator hands the metric every reference of an example."""
+    spec = {"name": "refs_eval", "vocabulary": "byte", "group": "test_group", "task_naming": "plain",
+            "source": {"type": "synthetic", "generator": "chat"}, "splits": {"validation": {"size": 6}},
+            "fields": {"chat": "chat", "summary": "summary", "refs": ["summary", "customer"]},
+            "references_field": "refs", "metrics": ["accuracy", "rouge"], "postprocess": "normalize",
+            "templates": [{"input": "{chat}", "target": "{summary}"}]}
+    flanx.data.register_task_card(spec, refresh_mixtures=False)
+    try:
+        card = tasks.get_card("refs_eval")
+        rows = render.sources.load_rows(card, "validation")
+        raw = synthetic_rows.generate("chat", "validation", 6)
+        assert [r["refs"] for r in rows] == [[r["summary"], r["customer"]] for r in raw]
+        # Predict the second reference, the first, or something else, in turn: 4 of 6 are right.
+        wanted = [(r["customer"], r["summary"], "no idea")[i % 3] for i, r in enumerate(raw)]
+
+        def predict_fn(dataset, model_feature_shapes=None):  # fixed-length rows, as flanx's decoders return
+            tokens = [[b + 3 for b in text.encode()] + [1] for text in wanted]
+            return [(int(i), (tokens[int(i)] + [0] * 64)[:64]) for i, _ in dataset.as_numpy_iterator()]
+
+        evaluator = seqio.Evaluator("refs_eval", seqio.EncDecFeatureConverter(pack=False), eval_split="validation",
+                                    use_cached=False, sequence_length={"inputs": 256, "targets": 64}, shuffle=False)
+        future, _ = evaluator.evaluate(compute_metrics=True, predict_fn=predict_fn, score_fn=lambda *a, **k: [])
+        result = future.result()["refs_eval"]
+        assert getattr(result["accuracy"], "value", result["accuracy"]) == pytest.approx(4 / 6)
+        assert evaluator._cached_targets["refs_eval"][0] == [r.lower().strip(".") for r in rows[0]["refs"]]
+        rouge1 = getattr(result["rouge1"], "value", result["rouge1"])
+        assert rouge1 == pytest.approx(4 / 6)  # exact matches score 1, "no idea" shares no word with either
+    finally:
+        tasks.unregister_card("refs_eval")
+
+
+def test_bbh_few_shot_inputs_say_q_and_a_once_whatever_the_template(tmp_path):
+    # The shipped BBH card on a small copy of the BBH layout: one task file and its CoT prompt.
+    import json  # noqa: PLC0415
+    import yaml  # noqa: PLC0415
+    (tmp_path / "bbh" / "cot-prompts").mkdir(parents=True)
+    examples = [{"input": f"not ( True ) and ( {i % 2 == 0} ) is", "target": str(i % 2 == 1)} for i in range(80)]
+    (tmp_path / "bbh" / "boolean_expressions.json").write_text(json.dumps({"examples": examples}), encoding="utf-8")
+    (tmp_path / "bbh" / "cot-prompts" / "boolean_expressions.txt").write_text(
+        "-----\nEvaluate the result of a random Boolean expression.\n\nQ: not True is\nA: Let's think step by step. "
+        "So the answer is False.\n\nQ: True is\nA: Let's think step by step. So the answer is True.", encoding="utf-8")
+    spec = yaml.safe_load((paths.tasks_dir() / "bbh.yaml").read_text(encoding="utf-8"))
+    spec["source"]["root"] = str(tmp_path)
+    card = cards_lib.load_card(spec, "bbh.yaml")
+    fs = next(s for s in cards_lib.task_specs(card) if s.name == "bbh_template_0to7_fsnoopt")
+    rendered = render.render_examples(card, fs, "test", length_fn=len)
+    used = {render._rng(fs, "test", i).randrange(8) for i in range(len(examples))}  # noqa: SLF001
+    assert used == set(range(8))  # every template was drawn, template 1 included
+    for ex in rendered:
+        inp = ex["inputs_pretokenized"]
+        assert "Q: Q:" not in inp and "A:\nA:" not in inp and "Question:" not in inp.split("\n\nQ: ")[-1], inp
+        assert inp.count("Q: ") == 3 and inp.endswith("\nA: Let's think step by step."), inp
+    # The loader refuses a template that repeats the few-shot cues, naming the file and template.
+    spec["templates"][1] = {"input": "Q: {input}\nA:", "target": "{target}"}
+    with pytest.raises(cards_lib.CardError, match=r"bbh.yaml \(bbh\): templates\[1\]: input starts with 'Q:'"):
+        cards_lib.load_card(spec, "bbh.yaml")
+    spec["templates"][1] = {"input": "{input}\nA:", "target": "{target}"}
+    with pytest.raises(cards_lib.CardError, match=r"templates\[1\]: input ends with 'A:'"):
+        cards_lib.load_card(spec, "bbh.yaml")

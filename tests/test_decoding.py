@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flanx.models import Transformer, get_config, init_params, scan_params
+from flanx.checkpoints import stack_layers
+from flanx.models import Transformer, get_config, init_params
 from flanx.models import decoding
 
 CFG = get_config("tiny", num_encoder_layers=1, num_decoder_layers=2)
@@ -47,9 +48,9 @@ def test_greedy_cache_matches_full_forward_and_scan(params):
     ours = np.asarray(decoding.greedy_decode(params, CFG, enc, STEPS, eos_id=-1))
     np.testing.assert_array_equal(ours, _naive_greedy(CFG, params, enc, STEPS))
     scan_cfg = dataclasses.replace(CFG, scan_layers=True)
-    scanned = np.asarray(decoding.greedy_decode(scan_params(params), scan_cfg, enc, STEPS, eos_id=-1))
+    scanned = np.asarray(decoding.greedy_decode(stack_layers(params), scan_cfg, enc, STEPS, eos_id=-1))
     np.testing.assert_array_equal(scanned, ours)
-    bf16 = decoding.greedy_decode(scan_params(params), dataclasses.replace(scan_cfg, dtype="bfloat16"),
+    bf16 = decoding.greedy_decode(stack_layers(params), dataclasses.replace(scan_cfg, dtype="bfloat16"),
                                   enc, STEPS, eos_id=-1)
     assert bf16.shape == ours.shape and int(bf16.min()) >= 0 and int(bf16.max()) < CFG.vocab_size
 

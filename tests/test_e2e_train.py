@@ -1,13 +1,16 @@
-"""End to end through the command line: fine-tune from a converted checkpoint, resume, eval, infer."""
+"""End to end through the command line: fine-tune from a converted checkpoint, resume, eval, infer.
+
+Each phase is a module fixture that runs its command and the test beside it checks what the command did,
+so a failure names its phase (a broken resume errors `test_rerun_...` at setup of `resumed`).
+"""
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from helpers import last_json_line, run_python
 
 from flanx.train.writers import read_metrics
 
@@ -16,58 +19,59 @@ SCORING = TASK + "_scoring"
 LENGTHS = "{'inputs': 256, 'targets': 16}"
 
 
-def _env(tmp_path):
-    return dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
-                JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
-                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-
-
-def _cli(tmp_path, module, *args, ok=True):
-    proc = subprocess.run([sys.executable, "-m", module, *args], env=_env(tmp_path), capture_output=True,
-                          text=True, timeout=400)
+def _cli(module, *args, ok=True):
+    proc = run_python("-m", module, *args, timeout=400)
     if ok:
         assert proc.returncode == 0, proc.stderr[-4000:]
-        return json.loads(proc.stdout.strip().splitlines()[-1])
+        return last_json_line(proc.stdout)
     return proc
 
 
-def test_import_train_and_partitioning_without_tensorflow():
-    code = ("import sys, flanx.train, flanx.train.trainer, flanx.train.checkpointing, flanx.partitioning; "
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'seqio')); "
-            "print(bad); sys.exit(1 if bad else 0)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
-
-
-def test_missing_required_macros_fail_at_start_naming_them(tmp_path):
-    proc = _cli(tmp_path, "flanx.train", "--gin_file=models/tiny.gin", "--gin_file=runs/finetune.gin",
+def test_missing_required_macros_fail_at_start_naming_them():
+    proc = _cli("flanx.train", "--gin_file=models/tiny.gin", "--gin_file=runs/finetune.gin",
                 "--gin.TRAIN_STEPS=10", ok=False)
     assert proc.returncode != 0
     assert "required gin macro(s) not set: MODEL_DIR, MIXTURE_OR_TASK_NAME, INITIAL_CHECKPOINT_PATH" in proc.stderr
-    proc = _cli(tmp_path, "flanx.train", "--gin_file=runs/pretrain.gin", "--gin.MODEL_DIR='x'",
+    proc = _cli("flanx.train", "--gin_file=runs/pretrain.gin", "--gin.MODEL_DIR='x'",
                 "--gin.MIXTURE_OR_TASK_NAME='t'", "--gin.TRAIN_STEPS=1", ok=False)
     assert "MODEL_CONFIG" in proc.stderr and "models/" in proc.stderr
 
 
-@pytest.mark.slow
-def test_finetune_resume_eval_infer(tmp_path):
+# ----------------------------------------------------------------------------- the phases
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory):
+    """Phase 1: a "public" checkpoint at step 100 in T5X's layout, fine-tuned to step 116 by `flanx.train`."""
     import jax
 
     from flanx.checkpoints.t5x import export_t5x
     from flanx.models import get_config, init_params
 
-    # A "public" checkpoint at step 100, converted to T5X's layout.
+    root = tmp_path_factory.mktemp("e2e")
     params = jax.tree.map(np.asarray, init_params(get_config("tiny"), jax.random.PRNGKey(0)))
-    export_t5x(params, tmp_path / "base", step=100)
-    model_dir = tmp_path / "model"
+    export_t5x(params, root / "base", step=100)
+    model_dir = root / "model"
     train_args = ["--gin_file=models/tiny.gin", "--gin_file=runs/finetune.gin",
                   f"--gin.MODEL_DIR='{model_dir}'", f"--gin.MIXTURE_OR_TASK_NAME='{TASK}'",
                   f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}", "--gin.BATCH_SIZE=8",
-                  f"--gin.INITIAL_CHECKPOINT_PATH='{tmp_path / 'base'}'", "--gin.CHECKPOINT_PERIOD=8",
+                  f"--gin.INITIAL_CHECKPOINT_PATH='{root / 'base'}'", "--gin.CHECKPOINT_PERIOD=8",
                   "--gin.LOG_EVERY=4", "--gin.DROPOUT_RATE=0.0", "--gin.LEARNING_RATE=0.003"]
-
     # TRAIN_STEPS is absolute: 100 -> 116 trains 16 steps.
-    first = _cli(tmp_path, "flanx.train", *train_args, "--gin.TRAIN_STEPS=116")
+    first = _cli("flanx.train", *train_args, "--gin.TRAIN_STEPS=116")
+    return {"root": root, "model_dir": model_dir, "train_args": train_args, "first": first}
+
+
+@pytest.fixture(scope="module")
+def resumed(finetuned):
+    """Phase 2: the same command with more steps and in-training evaluation resumes from MODEL_DIR."""
+    return _cli("flanx.train", *finetuned["train_args"], "--gin.TRAIN_STEPS=120",
+                f"--gin.EVAL_MIXTURES=['{SCORING}', '{TASK}']", "--gin.EVAL_EXAMPLES=8")
+
+
+@pytest.mark.slow
+def test_finetune_from_a_converted_checkpoint(finetuned):
+    first, model_dir = finetuned["first"], finetuned["model_dir"]
     assert first["step"] == 116 and first["resumed_from"] is None
     rows = read_metrics(str(model_dir), "train")
     assert [r["step"] for r in rows] == [104, 108, 112, 116]
@@ -77,24 +81,33 @@ def test_finetune_resume_eval_infer(tmp_path):
     config_gin = (model_dir / "config.gin").read_text()
     assert "TRAIN_STEPS = 116" in config_gin and f"MIXTURE_OR_TASK_NAME = '{TASK}'" in config_gin
 
+
+@pytest.mark.slow
+def test_rerun_resumes_from_model_dir_and_evaluates(resumed):
     # Re-running with more steps resumes from MODEL_DIR (not the initial checkpoint).
-    second = _cli(tmp_path, "flanx.train", *train_args, "--gin.TRAIN_STEPS=120",
-                  f"--gin.EVAL_MIXTURES=['{SCORING}', '{TASK}']", "--gin.EVAL_EXAMPLES=8")
-    assert second["resumed_from"] == 116 and second["step"] == 120
-    (step, in_training), = second["evals"]
+    assert resumed["resumed_from"] == 116 and resumed["step"] == 120
+    (step, in_training), = resumed["evals"]
     assert step == 120 and set(in_training) == {SCORING, TASK}
     assert 0.0 <= in_training[SCORING]["rank_accuracy"] <= 1.0
 
-    # Standalone eval of the final checkpoint gives the in-training numbers.
-    ev = _cli(tmp_path, "flanx.eval", "--gin_file=runs/eval.gin", f"--gin.CHECKPOINT_PATH='{model_dir}'",
-              f"--gin.EVAL_OUTPUT_DIR='{tmp_path / 'eval'}'", f"--gin.MIXTURE_OR_TASK_NAME=['{SCORING}', '{TASK}']",
+
+@pytest.mark.slow
+def test_standalone_eval_gives_the_in_training_numbers(finetuned, resumed):
+    root, model_dir = finetuned["root"], finetuned["model_dir"]
+    (_, in_training), = resumed["evals"]
+    ev = _cli("flanx.eval", "--gin_file=runs/eval.gin", f"--gin.CHECKPOINT_PATH='{model_dir}'",
+              f"--gin.EVAL_OUTPUT_DIR='{root / 'eval'}'", f"--gin.MIXTURE_OR_TASK_NAME=['{SCORING}', '{TASK}']",
               "--gin.EVAL_EXAMPLES=8", f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}")
     assert ev["step"] == 120 and ev["results"] == in_training
-    assert read_metrics(str(tmp_path / "eval"), "eval")[0][TASK] == in_training[TASK]
+    assert read_metrics(str(root / "eval"), "eval")[0][TASK] == in_training[TASK]
 
+
+@pytest.mark.slow
+def test_infer_writes_jsonl_and_reads_your_own_prompts(finetuned, resumed, tmp_path):
+    root, model_dir = finetuned["root"], finetuned["model_dir"]
     # Inference: JSONL with inputs / prediction / targets / score.
-    out = _cli(tmp_path, "flanx.infer", "--gin_file=runs/infer.gin", f"--gin.CHECKPOINT_PATH='{model_dir}'",
-               f"--gin.INFER_OUTPUT_DIR='{tmp_path / 'infer'}'", f"--gin.MIXTURE_OR_TASK_NAME='{TASK}'",
+    out = _cli("flanx.infer", "--gin_file=runs/infer.gin", f"--gin.CHECKPOINT_PATH='{model_dir}'",
+               f"--gin.INFER_OUTPUT_DIR='{root / 'infer'}'", f"--gin.MIXTURE_OR_TASK_NAME='{TASK}'",
                "--gin.INFER_EXAMPLES=6", "--gin.WITH_SCORES=True", f"--gin.TASK_FEATURE_LENGTHS={LENGTHS}")
     lines = [json.loads(x) for x in open(out["output"])]
     assert len(lines) == 6 and all(set(r) == {"inputs", "prediction", "targets", "score"} for r in lines)

@@ -1,4 +1,4 @@
-"""Foundation: data locations, progress lines, the umbrella CLI, gin plumbing, install layout."""
+"""Foundation: data locations, progress lines and per-process logs, the umbrella CLI, gin plumbing, install layout."""
 from __future__ import annotations
 
 import os
@@ -42,8 +42,12 @@ def test_real_data_dir_has_every_listed_dataset(data_root):
 
 
 def test_resource_dirs_found():
-    assert (paths.tasks_dir()).is_dir()
-    assert (paths.configs_dir() / "runs").exists() or paths.configs_dir().is_dir()
+    """The checkout's task collection and gin configs, with the files every run relies on."""
+    assert paths.tasks_dir() == REPO / "tasks" and paths.configs_dir() == REPO / "t5x_configs"
+    assert (paths.tasks_dir() / "mixtures.yaml").is_file() and (paths.tasks_dir() / "dialogsum.yaml").is_file()
+    for gin_file in ("base/train.gin", "runs/pretrain.gin", "runs/finetune.gin", "runs/eval.gin", "runs/infer.gin",
+                     "models/tiny.gin", "meshes/cpu_1.gin", "experiments/forgetting_synthetic.gin"):
+        assert (paths.configs_dir() / gin_file).is_file(), gin_file
 
 
 def test_progress_lines_have_step_scalars_rate_and_eta():
@@ -63,6 +67,69 @@ def test_format_duration():
     assert progress.format_duration(5) == "5s"
     assert progress.format_duration(221) == "3m41s"
     assert progress.format_duration(3 * 3600 + 125) == "3h02m"
+
+
+def test_process_log_paths(tmp_path, monkeypatch):
+    assert progress.process_log_path(str(tmp_path), 3) == str(tmp_path / "logs" / "process_3.log")
+    monkeypatch.setenv("FLANX_LOG_DIR", str(tmp_path / "local"))
+    assert progress.process_log_path("gs://bucket/run", 1) == str(tmp_path / "local" / "process_1.log")
+
+
+LOGGING_PROBE = """
+import logging, sys
+from flanx import progress
+progress.setup_logging()  # the entry points' console logger for `flanx` (does not propagate)
+print(progress.setup_process_logging(sys.argv[1], int(sys.argv[2])))
+logging.getLogger("flanx.train").info("trainer info")
+logging.getLogger("orbax.lib").info("library info")
+logging.getLogger("flanx.train").warning("trainer warning")
+"""
+
+
+@pytest.mark.parametrize("process_id", [0, 1])
+def test_setup_process_logging_writes_per_process_file(tmp_path, process_id):
+    proc = subprocess.run([sys.executable, "-c", LOGGING_PROBE, str(tmp_path), str(process_id)],
+                          capture_output=True, text=True, timeout=60, check=True)
+    path = proc.stdout.strip()
+    assert path == str(tmp_path / "logs" / f"process_{process_id}.log")
+    text = Path(path).read_text()
+    for line in ("INFO flanx.train: trainer info", "INFO orbax.lib: library info",
+                 "WARNING flanx.train: trainer warning"):
+        assert f"[p{process_id}] {line}" in text
+    assert "trainer warning" in proc.stderr and "library info" not in proc.stderr
+    assert ("trainer info" in proc.stderr) == (process_id == 0)  # other processes: warnings only
+
+
+ENTRY_POINT_LOGGING = """
+import logging, sys
+from flanx import progress
+progress.setup_process_logging(sys.argv[1], int(sys.argv[2]))  # all `python -m flanx.train` sets up
+progress.Progress("train", 4, every=2).update(2, 100, loss=1.5)
+logging.getLogger("flanx").warning("trainer warning")
+"""
+
+
+@pytest.mark.parametrize("process_id", [0, 1])
+def test_train_progress_reaches_the_console_and_the_log(tmp_path, process_id):
+    """`python -m flanx.train` calls setup_process_logging alone: process 0's progress lines must show on the
+    console as well as in MODEL_DIR/logs, and a warning once."""
+    proc = subprocess.run([sys.executable, "-c", ENTRY_POINT_LOGGING, str(tmp_path), str(process_id)],
+                          capture_output=True, text=True, timeout=60, check=True)
+    line = "[train] step 2/4 (50.0%) loss=1.5000 tokens/s="
+    assert line in (tmp_path / "logs" / f"process_{process_id}.log").read_text()
+    assert (line in proc.stderr) == (process_id == 0)
+    assert proc.stderr.count("trainer warning") == 1
+
+
+def test_progress_over_examples_writes_about_every_n():
+    lines, t = [], iter(range(100))
+    p = progress.Progress("eval", total=100, every=30, unit="examples", what="examples", emit=lines.append,
+                          clock=lambda: next(t))
+    for n in (16, 16, 16, 16, 16, 16, 4):
+        p.advance(n)  # 16, 32, ..., 96, 100: lines on passing 30, 60, 90, and at the total
+    assert [x.split(" (")[0] for x in lines] == ["[eval] examples 32/100", "[eval] examples 64/100",
+                                                "[eval] examples 96/100", "[eval] examples 100/100"]
+    assert lines[0].endswith("examples/s=32 eta=2s")  # 32 examples by the first tick; 68 left at 32/tick
 
 
 def test_cli_usage_and_unknown_command(capsys):

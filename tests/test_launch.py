@@ -180,6 +180,23 @@ def test_slurm_bad_preset_fails_before_submitting(clean_env, capsys):
                     "--gin.MESH_MODEL=6", "--gin.BATCH_SIZE=4", "--dry_run"])
 
 
+def test_preflight_reads_gin_files_with_gins_parser(clean_env, tmp_path):
+    """Macros set through other macros, includes, multi-line values and overrides are read as gin reads
+    them (a regex saw none of `MESH_MODEL = %TP`); a file gin cannot parse is an error naming it."""
+    mine = tmp_path / "my_mesh.gin"
+    mine.write_text("include 'meshes/cpu_8_2x2x2.gin'\nTP = 4\nMESH_MODEL = %TP\n"
+                    "MESH_DATA = \\\n    2\nLENGTHS = {'inputs': 8,\n           'targets': 4}\n")
+    args = common.split_train_args([f"--gin_file={mine}", "--gin.BATCH_SIZE=1_024"], "/x")
+    assert common.integer_macros(args.gin_files, args.gin_bindings) == {
+        "MESH_DATA": 2, "MESH_FSDP": 2, "MESH_MODEL": 4, "TP": 4, "BATCH_SIZE": 1024}
+    with pytest.raises(common.LaunchError, match=r"needs 16 devices but only 8"):
+        common.preflight_mesh(args, num_devices=8, num_processes=1)
+    broken = tmp_path / "broken.gin"
+    broken.write_text("MESH_DATA = (2\n")
+    with pytest.raises(common.LaunchError, match="broken.gin"):
+        common.integer_macros([str(broken)], [])
+
+
 @pytest.mark.slow
 def test_slurm_xla_flags_are_known_to_installed_jaxlib():
     """An unknown flag in XLA_FLAGS aborts every process at start-up; check ours parse (and a bogus one fails)."""
@@ -313,7 +330,8 @@ def _has_train_entry_point() -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(not _has_train_entry_point(), reason="`python -m flanx.train` (flanx.entrypoints) is missing")
 def test_two_process_training_through_local_launcher_matches_one(tmp_path):
-    """`launch/local.py` + `python -m flanx.train`: 2 CPU processes give the 1-process losses (1e-5)."""
+    """`launch/local.py` + `python -m flanx.train`: 2 CPU processes (loopback coordinator, gloo collectives)
+    each load their half of the global batch and give the 1-process losses and final parameters (1e-5)."""
     runs = {n: tmp_path / f"p{n}" for n in (1, 2)}
     launches = {n: subprocess.Popen([sys.executable, str(REPO / "launch" / "local.py"), f"--num_processes={n}",
                                      f"--model_dir={d}", *TRAIN_ARGS], env=CLEAN_ENV, cwd=tmp_path,
@@ -341,3 +359,14 @@ def test_two_process_training_through_local_launcher_matches_one(tmp_path):
     assert one[0][1] - one[-1][1] > 0.1  # it trained
     assert sorted(p.name for p in (runs[2] / "logs").glob("process_*.out")) == ["process_0.out", "process_1.out"]
     assert (runs[2] / "operative_config.gin").is_file()
+    # Each process loads its own half of the global batch.
+    for i in range(2):
+        assert f"data: shard {i} of 2, 2 rows of each batch of 4" in (runs[2] / "logs" / f"process_{i}.log").read_text()
+    # Both runs' final checkpoints hold the same parameters.
+    from flanx.checkpoints import flatten, load_params
+
+    (p1, _, s1), (p2, _, s2) = (load_params(str(runs[n])) for n in (1, 2))
+    assert s1 == s2 == 3
+    f1, f2 = flatten(p1), flatten(p2)
+    assert set(f1) == set(f2)
+    assert max(float(np.max(np.abs(f1[k] - f2[k]))) for k in f1) <= 1e-5

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from flanx import gin_utils, paths
-from flanx.models import (T5Config, Transformer, get_config, init_params, param_axes, scan_params,
-                          unscan_params)
+from flanx.checkpoints import stack_layers, unstack_layers
+from flanx.models import T5Config, Transformer, get_config, init_params, param_axes
 from flanx.models.config import PRESETS
 
 TINY = get_config("tiny", num_heads=3, num_encoder_layers=1, num_decoder_layers=2)
@@ -45,13 +45,61 @@ def _model_from_gin(config=gin.REQUIRED):
     return config
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
-def test_gin_model_config_equals_preset(name):
+MODEL_GINS = sorted((paths.configs_dir() / "models").glob("*.gin"))
+
+
+@pytest.mark.parametrize("path", MODEL_GINS, ids=lambda p: p.stem)
+def test_model_gin_names_its_preset_and_evaluates_to_it(path):
+    """A model gin is a delta over the one preset table: it names a preset and repeats no size."""
+    text = path.read_text()
+    bindings = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    assert bindings == ["MODEL_CONFIG = @flanx.get_config()", f"flanx.get_config.name = '{path.stem}'"]
+    assert path.stem in PRESETS
     gin.clear_config()
     try:
-        gin_utils.parse_gin([f"models/{name}.gin"], ["_model_from_gin.config = %MODEL_CONFIG"],
+        gin_utils.parse_gin([str(path)], ["_model_from_gin.config = %MODEL_CONFIG"], finalize=False)
+        assert _model_from_gin() == get_config(path.stem)
+        # Fields bound on flanx.T5Config override the preset (how runs set dropout and users resize).
+        gin_utils.parse_gin([str(path)], ["_model_from_gin.config = %MODEL_CONFIG",
+                                          "flanx.T5Config.dropout_rate = 0.25", "flanx.T5Config.d_ff = 96"],
                             finalize=False)
+        assert _model_from_gin() == get_config(path.stem, dropout_rate=0.25, d_ff=96)
+    finally:
+        gin.clear_config()
+
+
+def test_a_new_size_is_one_registered_entry():
+    name = "test_only_size"
+    PRESETS.register(name, get_config("tiny", d_model=48, num_heads=3))
+    try:
+        assert get_config(name).d_model == 48 and name in PRESETS
+        with pytest.raises(ValueError, match="already registered"):
+            PRESETS.register(name, get_config("tiny"))
+        gin.clear_config()
+        gin_utils.parse_gin([], ["_model_from_gin.config = %MODEL_CONFIG", "MODEL_CONFIG = @flanx.get_config()",
+                                 f"flanx.get_config.name = '{name}'"], finalize=False)
         assert _model_from_gin() == get_config(name)
+    finally:
+        PRESETS.unregister(name)
+        gin.clear_config()
+
+
+def test_model_gin_lora_example_is_shell_quoted():
+    """The LoRA override in the model gins' header, pasted into bash, reaches gin intact and builds LoRA."""
+    import re
+
+    text = (paths.configs_dir() / "models" / "tiny.gin").read_text()
+    lines = [line[1:].strip() for line in text.splitlines() if line.startswith("#   --gin")]
+    command = " ".join(re.sub(r"\\$", "", re.sub(r"\s+#.*$", "", line)).strip() for line in lines)
+    out = subprocess.run(["bash", "-c", f"printf '%s\\n' {command}"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    files, bindings, rest = gin_utils.split_gin_args(out.stdout.splitlines())
+    assert not files and not rest and len(bindings) == 3
+    gin.clear_config()
+    try:
+        gin_utils.parse_gin(["models/tiny.gin"], ["_model_from_gin.config = %MODEL_CONFIG", *bindings],
+                            finalize=False)
+        assert _model_from_gin().lora.rank == 32
     finally:
         gin.clear_config()
 
@@ -107,7 +155,7 @@ def test_scan_layout_and_scan_noscan_equivalence(tiny_params):
     enc, dec = _batch(rng)
     logits = _logits(TINY, tiny_params, enc, dec)
     scan_cfg = dataclasses.replace(TINY, scan_layers=True)
-    scanned = scan_params(tiny_params)
+    scanned = stack_layers(tiny_params)
     fresh = jax.eval_shape(lambda: init_params(scan_cfg, jax.random.PRNGKey(0)))
     assert jax.tree.map(lambda x: x.shape, scanned) == jax.tree.map(lambda x: x.shape, fresh)
     assert scanned["decoder"]["layers"]["mlp"]["wi_0"]["kernel"].shape == (64, 2, 128)
@@ -115,7 +163,7 @@ def test_scan_layout_and_scan_noscan_equivalence(tiny_params):
         ("embed", "layers", "joined_kv")
     scan_logits = _logits(scan_cfg, scanned, enc, dec)
     np.testing.assert_allclose(scan_logits, logits, atol=2e-5)
-    back = unscan_params(scanned)
+    back = unstack_layers(scanned)
     assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), back, tiny_params))
 
 
@@ -175,8 +223,8 @@ def test_remat_policies_give_the_same_gradients():
     ref = grads(cfg, params)
     for policy, scan in (("full", False), ("dots_saveable", True)):
         c = dataclasses.replace(cfg, remat_policy=policy, scan_layers=scan)
-        g = grads(c, scan_params(params) if scan else params)
-        g = unscan_params(g) if scan else g
+        g = grads(c, stack_layers(params) if scan else params)
+        g = unstack_layers(g) if scan else g
         jax.tree.map(lambda x, y: np.testing.assert_allclose(
             x, y, atol=1e-5 * float(np.abs(y).max()) + 1e-6), g, ref)
 

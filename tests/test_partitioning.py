@@ -1,19 +1,16 @@
 """Mesh resolution, logical-axis rules, optimizer-state layouts, and 1- vs 8-device parity."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 import types
 
 import jax
 import numpy as np
 import pytest
+from helpers import result_line, run_python, subprocess_env, write_script
 from jax.sharding import PartitionSpec as P
 
-from flanx import partitioning
+from flanx import mesh as mesh_lib, partitioning
 from flanx.train import optim
 from flanx.train.config import OptimizerConfig
 
@@ -74,7 +71,7 @@ def test_single_device_host_shard_and_batch_checks():
     batch = partitioning.to_global_batch({"x": np.arange(16).reshape(8, 2)}, mesh, 8)
     np.testing.assert_array_equal(np.asarray(batch["x"]), np.arange(16).reshape(8, 2))
     with pytest.raises(ValueError, match="BATCH_SIZE=6 .* not divisible"):
-        partitioning.check_batch_size(types.SimpleNamespace(shape={"data": 4, "fsdp": 1, "model": 1}), 6)
+        mesh_lib.check_batch_size(6, {"data": 4, "fsdp": 1, "model": 1})
 
 
 PARITY = textwrap.dedent("""
@@ -114,12 +111,10 @@ PARITY = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_one_device_and_eight_devices_train_identically(tmp_path):
-    script = tmp_path / "parity.py"
-    script.write_text(PARITY)
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
+    proc = run_python(write_script(tmp_path, PARITY), timeout=600,
+                      env=subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=8"))
     assert proc.returncode == 0, proc.stderr[-4000:]
-    out = json.loads([x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1][7:])
+    out = result_line(proc.stdout)
     ref = out["1dev"]
     assert ref["devices"] == 1
     assert out["d2f2m2"]["spec"] == str(P("fsdp", "model")) and out["d2f2m2"]["devices"] == 8

@@ -2,7 +2,6 @@
 mid-write are never used."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -12,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+from helpers import result_line, run_python, start_python, subprocess_env, write_script
 
 from flanx.train.writers import read_metrics
 
@@ -42,19 +42,10 @@ DRIVER = textwrap.dedent("""
 """)
 
 
-def _env(tmp_path):
-    env = dict(os.environ)
-    env.update(JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    return env
-
-
-def _run(tmp_path, model_dir, steps, delay=0.0):
-    out = subprocess.run([sys.executable, str(tmp_path / "driver.py"), str(model_dir), str(steps), str(delay)],
-                         env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+def _run(script, model_dir, steps, delay=0.0):
+    out = run_python(script, model_dir, steps, delay)
     assert out.returncode == 0, out.stderr[-3000:]
-    line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT "):])
+    return result_line(out.stdout)
 
 
 def _losses(model_dir):
@@ -62,16 +53,22 @@ def _losses(model_dir):
     return {r["step"]: r["loss"] for r in read_metrics(str(model_dir), "train")}
 
 
-@pytest.mark.slow
-def test_sigkilled_run_resumes_to_identical_losses(tmp_path):
-    (tmp_path / "driver.py").write_text(DRIVER)
-    steps = 20
-    reference = tmp_path / "reference"
-    assert _run(tmp_path, reference, steps)["resumed_from"] is None
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted 20-step run: step -> loss. The schedule does not depend on the run's length, so its
+    first N steps are those of an N-step run."""
+    root = tmp_path_factory.mktemp("reference")
+    assert _run(write_script(root, DRIVER), root / "run", 20)["resumed_from"] is None
+    return _losses(root / "run")
 
+
+@pytest.mark.slow
+def test_sigkilled_run_resumes_to_identical_losses(tmp_path, reference):
+    script = write_script(tmp_path, DRIVER)
+    steps = 20
     victim = tmp_path / "victim"
-    proc = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(victim), str(steps), "0.25"],
-                            env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, str(script), str(victim), str(steps), "0.25"],
+                            env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
     while time.time() < deadline and max(_losses(victim) or [0]) < 11:
         assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
@@ -81,10 +78,10 @@ def test_sigkilled_run_resumes_to_identical_losses(tmp_path):
     killed_at = max(_losses(victim))
     assert 11 <= killed_at < steps, killed_at
 
-    resumed = _run(tmp_path, victim, steps)
+    resumed = _run(script, victim, steps)
     assert resumed["step"] == steps
     assert resumed["resumed_from"] in (4, 8), resumed  # a committed checkpoint before the kill
-    ref, got = _losses(reference), _losses(victim)
+    ref, got = reference, _losses(victim)
     assert sorted(ref) == sorted(got) == list(range(1, steps + 1))
     diffs = [abs(ref[s] - got[s]) for s in range(resumed["resumed_from"] + 1, steps + 1)]
     assert max(diffs) <= 1e-6, diffs
@@ -93,17 +90,13 @@ def test_sigkilled_run_resumes_to_identical_losses(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_saves_the_current_step_and_resumes_exactly(tmp_path):
+def test_sigterm_saves_the_current_step_and_resumes_exactly(tmp_path, reference):
     """A preemption notice (SIGTERM) between checkpoint periods: the step in flight is saved,
     the run exits with 143, and rerunning resumes from exactly that step."""
-    (tmp_path / "driver.py").write_text(DRIVER)
+    script = write_script(tmp_path, DRIVER)
     steps = 14
-    reference = tmp_path / "reference"
-    _run(tmp_path, reference, steps)
-
     victim = tmp_path / "victim"
-    proc = subprocess.Popen([sys.executable, str(tmp_path / "driver.py"), str(victim), str(steps), "0.25"],
-                            env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_python(script, victim, steps, 0.25)
     deadline = time.time() + 240
     while time.time() < deadline and max(_losses(victim) or [0]) < 5:
         assert proc.poll() is None, proc.stderr.read()[-3000:]
@@ -111,16 +104,91 @@ def test_sigterm_saves_the_current_step_and_resumes_exactly(tmp_path):
     os.kill(proc.pid, signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err[-3000:]
-    stopped = json.loads([x for x in out.splitlines() if x.startswith("PREEMPTED ")][-1].split(" ", 1)[1])["step"]
+    stopped = result_line(out, "PREEMPTED")["step"]
     assert 5 <= stopped < steps
     saved = sorted(int(d) for d in os.listdir(victim / "checkpoints") if d.isdigit())
     assert saved[-1] == stopped, saved  # the step in flight, not only the periodic ones (4, 8, ...)
 
-    resumed = _run(tmp_path, victim, steps)
+    resumed = _run(script, victim, steps)
     assert resumed == {"resumed_from": stopped, "step": steps}
-    ref, got = _losses(reference), _losses(victim)
+    ref, got = reference, _losses(victim)
     diffs = [abs(ref[s] - got[s]) for s in range(stopped + 1, steps + 1)]
     assert max(diffs) <= 1e-6, diffs
+
+
+FAST_DATA_DRIVER = textwrap.dedent("""
+    import json, sys, time
+    from flanx.models import get_config
+    from flanx.train import trainer
+    from flanx.train.config import OptimizerConfig, TrainConfig
+    from flanx.train.preemption import Preempted
+    from flanx.train.synthetic import SyntheticBatches
+
+    model_dir, steps, drawn_file = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+
+    class CountedBatches(SyntheticBatches):  # instant data: the host can run far ahead of the device
+        def __next__(self):
+            batch = super().__next__()
+            with open(drawn_file, "a") as f:
+                f.write(f"{self.position} {time.time()}\\n")
+            return batch
+
+    # Checkpoints and log lines (which wait for the device) only at the end: nothing paces the host.
+    cfg = TrainConfig(train_steps=steps, batch_size=64, log_every=100000, checkpoint_period=100000,
+                      model_dir=model_dir, optimizer=OptimizerConfig(learning_rate=0.01))
+    model = get_config("tiny", d_ff=512)  # a step of the device takes far longer than the host's batch
+    try:
+        res = trainer.train(cfg, model, lambda shard: CountedBatches(shard, 256, 64, vocab_size=256))
+    except Preempted as e:
+        print("STOPPED " + json.dumps({"step": e.step}), flush=True)
+        sys.exit(e.exit_code)
+    print("RESULT " + json.dumps({"resumed_from": res.resumed_from, "step": res.step}), flush=True)
+""")
+
+
+def _drawn(path) -> list[tuple[int, float]]:
+    """(batch number, time drawn) of every batch the driver has drawn so far."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [(int(n), float(t)) for n, t in (line.split() for line in lines if line.count(" ") == 1)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_saves_the_step_in_flight_and_exits_promptly(tmp_path, signum, code):
+    """With instant data the host could queue thousands of steps; a signal must still be answered after
+    the step in flight (saved, exit 128+signal within seconds), and Ctrl-C must save too."""
+    script = write_script(tmp_path, FAST_DATA_DRIVER)
+    victim, drawn = tmp_path / "victim", tmp_path / "drawn.txt"
+    proc = start_python(script, victim, 5000, drawn)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(_drawn(drawn)) < 3:  # compiled and training
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        time.sleep(0.05)
+    time.sleep(3.0)  # long enough for an unpaced host to queue a backlog of steps
+    draws = _drawn(drawn)
+    at_signal = draws[-1][0]
+    # After compilation the host draws a batch per step of the device (it waits for the step before).
+    step_time = max(b - a for (_, a), (_, b) in zip(draws[1:], draws[2:])) if len(draws) > 2 else 1.0
+    sent = time.time()
+    os.kill(proc.pid, signum)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"no exit within 60 s of the signal (batches drawn at the signal: {at_signal})")
+    took = time.time() - sent
+    assert proc.returncode == code, err[-3000:]
+    stopped = result_line(out, "STOPPED")["step"]
+    # The host draws the next batch while the device runs the step in flight: at most 2 steps past the signal.
+    assert at_signal - 2 <= stopped <= at_signal + 2, (at_signal, stopped)
+    # Two steps, the save and the exit; not a backlog of queued steps.
+    assert took < 2 * step_time + 10, (took, step_time)
+    assert sorted(int(d) for d in os.listdir(victim / "checkpoints") if d.isdigit()) == [stopped]
+    if signum == signal.SIGTERM:
+        return  # resuming after SIGTERM is checked exactly above
+    resumed = run_python(script, victim, stopped + 2, tmp_path / "drawn2.txt")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert result_line(resumed.stdout) == {"resumed_from": stopped, "step": stopped + 2}
 
 
 KILL_DURING_SAVE = textwrap.dedent("""
@@ -143,11 +211,8 @@ KILL_DURING_SAVE = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_checkpoint_being_written_at_death_is_never_complete(tmp_path):
-    script = tmp_path / "kill_during_save.py"
-    script.write_text(KILL_DURING_SAVE)
     ckpt_dir = tmp_path / "checkpoints"
-    proc = subprocess.run([sys.executable, str(script), str(ckpt_dir)], env=_env(tmp_path),
-                          capture_output=True, text=True, timeout=120)
+    proc = run_python(write_script(tmp_path, KILL_DURING_SAVE), ckpt_dir, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     leftovers = [p.name for p in ckpt_dir.iterdir() if p.name.startswith("2")]
     assert leftovers and all("tmp" in name for name in leftovers), leftovers  # died before the commit

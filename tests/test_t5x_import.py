@@ -11,29 +11,19 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 
 import jax
 import msgpack
 import numpy as np
 import pytest
 import tensorstore as ts
+from helpers import assert_same_tree, random_params
 
 from flanx import checkpoints as C
 from flanx.models import Transformer, get_config
 
 CFG = get_config("tiny", num_decoder_layers=3)
-
-
-def random_params(config, seed=0):
-    rng = np.random.default_rng(seed)
-    return C.unflatten({k: rng.normal(0, 0.5, size=s).astype(np.float32) for k, s in C.expected_shapes(config).items()})
-
-
-def assert_same(a, b):
-    fa, fb = C.flatten(a), C.flatten(b)
-    assert sorted(fa) == sorted(fb)
-    for k in fa:
-        np.testing.assert_array_equal(np.asarray(fa[k]), np.asarray(fb[k]), err_msg=k)
 
 
 def ext_array(a):
@@ -94,7 +84,7 @@ def test_t5x_checkpoint_written_by_hand_loads_and_runs(tmp_path, params, style):
     assert C.detect_format(tmp_path / "model") == "t5x"
     loaded, config, step = C.load_params(tmp_path / "model", CFG)
     assert step == 1198000 and config == CFG
-    assert_same(loaded, params)
+    assert_same_tree(loaded, params)
     if style == "placeholder":  # the loaded weights drive the model exactly like the originals
         got, want = np.asarray(_logits(CFG, loaded)), np.asarray(_logits(CFG, params))
         np.testing.assert_array_equal(got, want)
@@ -108,7 +98,7 @@ def test_latest_step_step_dir_and_msgpack_file_all_load(tmp_path, params):
     for where in (tmp_path / "m", ckpt, ckpt / "checkpoint"):
         loaded, step = C.import_t5x(where)
         assert step == 200
-        assert_same(loaded, params)
+        assert_same_tree(loaded, params)
     _, step = C.import_t5x(tmp_path / "m" / "checkpoint_100")
     assert step == 100
 
@@ -117,10 +107,10 @@ def test_scanned_t5x_checkpoint_loads_into_either_layout(tmp_path, params):
     write_t5x(tmp_path / "m", C.stack_layers(params), step=5)
     loaded, config, _ = C.load_params(tmp_path / "m", CFG)
     assert not config.scan_layers
-    assert_same(loaded, params)
+    assert_same_tree(loaded, params)
     loaded, config, _ = C.load_params(tmp_path / "m", CFG, scan_layers=True)
     assert config.scan_layers
-    assert_same(loaded, C.stack_layers(params))
+    assert_same_tree(loaded, C.stack_layers(params))
 
 
 def test_single_file_msgpack_checkpoints(tmp_path, params):
@@ -133,12 +123,12 @@ def test_single_file_msgpack_checkpoints(tmp_path, params):
     assert C.detect_format(single) == "t5x_msgpack"
     loaded, _, step = C.load_params(single, CFG)
     assert step == 42
-    assert_same(loaded, params)
+    assert_same_tree(loaded, params)
     bare = tmp_path / "params.msgpack"  # flax.serialization.to_bytes(params)
     bare.write_bytes(serialization.to_bytes(params))
     loaded, _, step = C.load_params(bare, CFG)
     assert step is None
-    assert_same(loaded, params)
+    assert_same_tree(loaded, params)
 
 
 def test_t5x_to_flanx_to_t5x_round_trip_by_value(tmp_path, params):
@@ -154,7 +144,7 @@ def test_t5x_to_flanx_to_t5x_round_trip_by_value(tmp_path, params):
     assert spec["kvstore"] == {"driver": "file", "path": "target.encoder.layers_1.mlp.wo.kernel"}
     final, final_step = C.import_t5x(tmp_path / "out")
     assert final_step == 77
-    assert_same(final, params)
+    assert_same_tree(final, params)
     with pytest.raises(C.CheckpointError, match="already exists"):
         C.export_t5x(params, tmp_path / "out", step=77)
 
@@ -204,3 +194,29 @@ def test_wrong_shapes_in_t5x_checkpoint_name_the_parameter(tmp_path, params):
     assert "encoder/layers_0/mlp/wi_0/kernel has shape (64, 100), the model expects (64, 128)" in str(err.value)
     with pytest.raises(C.CheckpointError, match="carries no model config"):
         C.load_params(tmp_path / "m")
+
+
+def test_array_paths_never_lead_outside_the_checkpoint(tmp_path, params):
+    """A spec's path is looked up inside the checkpoint directory only: an absolute path (where T5X once
+    wrote the array) counts by its last name there, `..` is refused; an array outside is never read."""
+    ckpt = write_t5x(tmp_path / "m", params, step=1, style="spec")
+    name = "target.token_embedder.embedding"
+    outside = tmp_path / "elsewhere" / name
+    embedding = C.flatten(params)["token_embedder/embedding"]
+    write_zarr(outside, np.full_like(embedding, 7.0))
+    contents = msgpack.unpackb((ckpt / "checkpoint").read_bytes(), raw=False, strict_map_key=False)
+    spec = contents["optimizer"]["target"]["token_embedder"]["embedding"]
+
+    spec["kvstore"]["path"] = str(outside)  # absolute: the array of that name inside the checkpoint is read
+    (ckpt / "checkpoint").write_bytes(msgpack.packb(contents, use_bin_type=True))
+    loaded, _ = C.import_t5x(ckpt)
+    np.testing.assert_array_equal(loaded["token_embedder"]["embedding"], embedding)
+    shutil.rmtree(ckpt / name)  # ... and without it, the outside copy is still not used
+    with pytest.raises(C.CheckpointError, match=f"token_embedder/embedding: its zarr array directory {name}/"):
+        C.import_t5x(ckpt)
+
+    spec["kvstore"]["path"] = f"../../elsewhere/{name}"
+    (ckpt / "checkpoint").write_bytes(msgpack.packb(contents, use_bin_type=True))
+    with pytest.raises(C.CheckpointError, match=rf"token_embedder/embedding: its array path '\.\./\.\./elsewhere/"
+                                                rf"{name}' leads outside the checkpoint directory"):
+        C.import_t5x(ckpt)

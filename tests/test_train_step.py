@@ -81,6 +81,36 @@ def test_full_finetune_learns_synthetic_task_and_logs(tmp_path):
     assert (tmp_path / "tb" / "train").is_dir() and (tmp_path / "flanx.json").is_file()
 
 
+@pytest.mark.slow
+def test_trainer_alone_decides_resume_and_sets_up_lora_from_a_checkpoint(tmp_path):
+    """`init_checkpoint`: a base checkpoint (step 5) gets fresh adapters and only they train; TRAIN_STEPS
+    counts from its step; once MODEL_DIR has checkpoints the initial checkpoint is never read again."""
+    from flanx.checkpoints import save_params
+
+    base = jax.tree.map(np.asarray, init_params(TINY, jax.random.PRNGKey(0)))
+    save_params(tmp_path / "base", base, TINY, step=5)
+    lora_model = TINY.replace(lora=LoraConfig(rank=4, alpha=8.0))
+    cfg = TrainConfig(train_steps=9, batch_size=4, log_every=100, model_dir=str(tmp_path / "run"),
+                      checkpoint_period=100, optimizer=OptimizerConfig(name="adamw", learning_rate=3e-3))
+    data = lambda shard: SyntheticBatches(shard, 16, 8, vocab_size=32)  # noqa: E731
+    with pytest.raises(ValueError, match=r"TRAIN_STEPS=5 is not beyond the initial checkpoint's step 5"):
+        trainer.train(cfg.replace(train_steps=5, model_dir=None), lora_model, data,
+                      init_checkpoint=str(tmp_path / "base"))
+    first = trainer.train(cfg, lora_model, data, init_checkpoint=str(tmp_path / "base"))
+    assert first.resumed_from is None and sorted(first.losses) == [6, 7, 8, 9]
+    end = traverse_util.flatten_dict(jax.tree.map(np.asarray, first.params))
+    start = traverse_util.flatten_dict(base)
+    assert {k for k in end if k[-1] in ("lora_a", "lora_b")} and set(start) < set(end)
+    for k, v in start.items():
+        assert v.tobytes() == end[k].tobytes(), f"frozen {'/'.join(k)} changed"
+    assert any(np.abs(v).max() > 0 for k, v in end.items() if k[-1] == "lora_b")
+    # Resume: the initial checkpoint is gone, and nothing reads it.
+    import shutil
+    shutil.rmtree(tmp_path / "base")
+    again = trainer.train(cfg.replace(train_steps=10), lora_model, data, init_checkpoint=str(tmp_path / "base"))
+    assert again.resumed_from == 9 and sorted(again.losses) == [10]
+
+
 class _PoisonedData(SyntheticBatches):
     """Batch 5 (the 5th step) carries a NaN loss weight, as corrupt data would."""
 
@@ -110,14 +140,14 @@ def test_metrics_writer_rewrites_instead_of_appending_on_object_stores(tmp_path,
     """A `gs://` MODEL_DIR: no local makedirs of 'gs:', no append mode (object stores have
     none); earlier lines (a resumed run's) are kept. Simulated by treating a local path as
     remote, which etils' `epath` then writes like any other backend."""
-    from flanx import distributed, gin_utils
+    from flanx import gin_utils, io as flanx_io
     from flanx.train.writers import MetricsWriter, read_metrics
 
     model_dir = str(tmp_path / "bucket" / "run")
-    monkeypatch.setattr(distributed, "is_remote", lambda path: str(path).startswith(str(tmp_path / "bucket")))
+    monkeypatch.setattr(flanx_io, "is_remote", lambda path: str(path).startswith(str(tmp_path / "bucket")))
     opened_modes = []
-    real_open_output = distributed.open_output
-    monkeypatch.setattr(distributed, "open_output",
+    real_open_output = flanx_io.open_output
+    monkeypatch.setattr(flanx_io, "open_output",
                         lambda path, mode="w": opened_modes.append(mode) or real_open_output(path, mode))
     os.makedirs(model_dir)
     with open(os.path.join(model_dir, "metrics.jsonl"), "w") as f:

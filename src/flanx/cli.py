@@ -3,7 +3,9 @@
 Each subcommand lives in the module that owns it and exposes `main(argv)`;
 this file only dispatches (`module` or `module:function`, called with the
 remaining argv), importing lazily so `flanx tasks list` does not
-pay for JAX and `flanx convert` does not pay for TensorFlow.
+pay for JAX and `flanx convert` does not pay for TensorFlow. Every command
+runs inside `flanx.errors.run`: a user's mistake prints one message and exits
+1, `--debug` (or FLANX_DEBUG=1) shows the traceback.
 """
 from __future__ import annotations
 
@@ -17,8 +19,11 @@ COMMANDS = {
     "eval": ("flanx.entrypoints:eval", "evaluate a checkpoint on tasks/mixtures"),
     "infer": ("flanx.entrypoints:infer", "write predictions for a task to JSONL"),
     "convert": ("flanx.convert", "convert checkpoints between Hugging Face, T5X and flanx formats"),
+    "cache": ("flanx.data.cache_pipeline", "cache tasks/mixtures offline with Apache Beam (seqio's cache format)"),
     "tasks": ("flanx.data.cli", "list and show registered tasks: `flanx tasks list|show NAME`"),
     "mixtures": ("flanx.data.cli", "show a mixture's rates and shares: `flanx mixtures show NAME`"),
+    "data": ("flanx.data.prepare", "prepare a collection's TFDS/HF data for offline use: "
+                                   "`flanx data prepare --collection flan2021 --data_dir DIR`"),
 }
 
 
@@ -30,7 +35,15 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`flanx COMMAND ...` inside flanx's error boundary (`flanx.errors.run`; `--debug` shows tracebacks)."""
+    from flanx import errors
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    return errors.run(dispatch, argv, prog=f"flanx {command}" if command in COMMANDS else "flanx")
+
+
+def dispatch(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0

@@ -16,7 +16,8 @@ the layout. A dimension not divisible by its mesh axes stays replicated.
 The global batch is split over `data` x `fsdp`; `host_shard` says which slice
 of it this process loads (pass it to seqio as `ShardInfo(index, num_shards)`),
 and `to_global_batch` assembles the host-local numpy batches into global
-`jax.Array`s. This module imports neither TensorFlow nor seqio.
+`jax.Array`s. Mesh sizes are checked by `flanx.mesh` (shared with the
+launchers). This module imports neither TensorFlow nor seqio.
 """
 from __future__ import annotations
 
@@ -30,10 +31,9 @@ import numpy as np
 from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-logger = logging.getLogger("flanx")
+from flanx.mesh import BATCH_AXES, MESH_AXES, validate_mesh
 
-MESH_AXES = ("data", "fsdp", "model")
-BATCH_AXES = ("data", "fsdp")
+logger = logging.getLogger("flanx")
 
 # logical axis name -> mesh axis (or axes, or None = replicated).
 LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
@@ -62,14 +62,12 @@ def mesh_shape(sizes: Mapping[str, int] | Any, num_devices: int, global_batch_si
                num_processes: int = 1) -> tuple[int, int, int]:
     """Resolve `{data, fsdp, model}` sizes (one may be -1) against `num_devices`.
 
-    Errors (from `flanx.distributed.validate_mesh`) name the MESH_* / BATCH_SIZE
+    Errors (from `flanx.mesh.validate_mesh`) name the MESH_* / BATCH_SIZE
     macro to change.
     """
-    from flanx import distributed
-
     if not isinstance(sizes, Mapping):
         sizes = {a: getattr(sizes, a) for a in MESH_AXES}
-    shape = distributed.validate_mesh(dict(sizes), num_devices, global_batch_size, num_processes)
+    shape = validate_mesh(dict(sizes), num_devices, global_batch_size, num_processes)
     return tuple(shape[a] for a in MESH_AXES)
 
 
@@ -178,17 +176,6 @@ def named(mesh: Mesh, specs) -> Any:
 
 def batch_spec() -> P:
     return P(BATCH_AXES)
-
-
-def check_batch_size(mesh: Mesh, batch_size: int, num_microbatches: int = 1) -> None:
-    """Raise naming BATCH_SIZE when the batch does not split over the data axes."""
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    per_micro = batch_size // max(num_microbatches, 1)
-    if batch_size % shards or per_micro % shards:
-        raise ValueError(
-            f"BATCH_SIZE={batch_size} (microbatch {per_micro}) is not divisible by the data-parallel "
-            f"size data*fsdp={mesh.shape['data']}*{mesh.shape['fsdp']}={shards}; pick a batch size "
-            f"that is a multiple of {shards * max(num_microbatches, 1)} or change the mesh")
 
 
 def host_shard(mesh: Mesh, global_batch_size: int) -> HostShard:

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 
 DATA_DIR_ENV = "FLANX_DATA_DIR"
+# Prepared TFDS / Hugging Face data (`flanx data prepare`); default $FLANX_DATA_DIR/tfds.
+TFDS_DIR_ENV = "FLANX_TFDS_DIR"
 
 # dataset -> files (relative to FLANX_DATA_DIR) that must exist to use it.
 DATASETS: dict[str, tuple[str, ...]] = {
@@ -71,6 +73,16 @@ def data_dir(required: bool = False) -> Path | None:
             f"{DATA_DIR_ENV} is {'unset' if not value else 'not a directory: ' + value}. "
             f"Point it at the folder holding the flanx datasets, e.g. export {DATA_DIR_ENV}=../shared/data")
     return None
+
+
+def tfds_data_dir() -> Path | None:
+    """Where flanx reads prepared TFDS (and saved Hugging Face) data: `$FLANX_TFDS_DIR`, else
+    `$FLANX_DATA_DIR/tfds` when that folder exists, else None (TFDS's own default)."""
+    value = os.environ.get(TFDS_DIR_ENV)
+    if value:
+        return Path(value).expanduser().resolve()
+    root = data_dir()
+    return root / "tfds" if root is not None and (root / "tfds").is_dir() else None
 
 
 def dataset_available(name: str) -> bool:

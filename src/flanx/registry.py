@@ -13,13 +13,15 @@ flag) checks it against the registry's keys instead of re-listing them.
     SOURCES.check(name, where)  # same, as a ValueError naming `where` (a card file and key)
 
 Registering a name twice is an error unless `override=True`, so a user's
-plug-in cannot silently replace a built-in. Stdlib only: importable from the
-TensorFlow-free core.
+plug-in cannot silently replace a built-in. A registry may take a `validator`
+that checks each object as it is registered (e.g. a metric's signature), so a
+mistake in a plug-in surfaces at import, not in the middle of a run. Stdlib
+only: importable from the TensorFlow-free core.
 """
 from __future__ import annotations
 
 import difflib
-from typing import Generic, Iterator, TypeVar
+from typing import Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -37,12 +39,20 @@ def suggest(name: str, known) -> str:
     return f"; did you mean: {', '.join(close)}?" if close else ""
 
 
+def with_hint(message: str, hint: str) -> str:
+    """`message`, then `hint` as its own sentence (after '?' or '.', no doubled punctuation)."""
+    if not hint:
+        return message
+    return f"{message} {hint}" if message.endswith(("?", ".")) else f"{message}. {hint}"
+
+
 class Registry(Generic[T]):
     """A name -> object table with decorator registration and helpful lookups."""
 
-    def __init__(self, kind: str, hint: str = ""):
+    def __init__(self, kind: str, hint: str = "", validator: Callable[[str, T], None] | None = None):
         self.kind = kind  # what a name names, for messages ("source type", "metric")
         self.hint = hint  # how to add one, appended to unknown-name errors
+        self.validator = validator  # raises TypeError/ValueError for an object that cannot serve
         self._items: dict[str, T] = {}
 
     def register(self, name: str, obj: T | None = None, *, override: bool = False):
@@ -54,6 +64,8 @@ class Registry(Generic[T]):
             if name in self._items and not override and self._items[name] is not value:
                 raise ValueError(f"{self.kind} {name!r} is already registered; pass override=True "
                                  f"to replace it on purpose")
+            if self.validator is not None:
+                self.validator(name, value)
             self._items[name] = value
             return value
 
@@ -99,5 +111,5 @@ class Registry(Generic[T]):
     def _unknown(self, name) -> str:
         known = ", ".join(self._items) or "none registered"
         msg = f"unknown {self.kind} {name!r}{suggest(name, self._items)} (known: {known})"
-        return msg + (f". {self.hint}" if self.hint else "")
+        return with_hint(msg, self.hint)
 

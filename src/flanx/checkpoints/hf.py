@@ -2,8 +2,9 @@
 
 `import_hf(path) -> (params, config)` reads a directory written by
 `transformers` (`config.json` plus `model.safetensors`, sharded safetensors
-with `model.safetensors.index.json`, or `pytorch_model.bin`, which needs torch
-and is loaded with `weights_only=True`). `export_hf(params, config, out_dir)`
+with `model.safetensors.index.json`, or `pytorch_model.bin` / sharded
+`pytorch_model.bin.index.json`, which need torch and are loaded with
+`weights_only=True`, tensors only). Shards must lie inside the directory. `export_hf(params, config, out_dir)`
 writes `config.json` + `model.safetensors` (numpy API, no torch needed) that
 `transformers.T5ForConditionalGeneration.from_pretrained` loads.
 
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flanx.checkpoints.tree import CheckpointError, flatten, unflatten
+from flanx.checkpoints.tree import CheckpointError, expected_shapes, flatten, unflatten
 
 _ATTENTION = {"q": "query", "k": "key", "v": "value", "o": "out"}
 _FF_TO_ACTIVATIONS = {
@@ -136,44 +137,77 @@ def name_map(config) -> dict[str, tuple[str, bool]]:
     return names
 
 
-def _expected_shapes(config) -> dict[str, tuple]:
-    import jax
-
-    from flanx.models import init_params
-
-    plain = dataclasses.replace(config, scan_layers=False, lora=None)
-    abstract = jax.eval_shape(lambda: init_params(plain, jax.random.PRNGKey(0)))
-    return {path: tuple(leaf.shape) for path, leaf in flatten(abstract).items()}
-
-
 # ----------------------------------------------------------------------------- import
 
 
-def _read_tensors(path: Path) -> dict[str, np.ndarray]:
+def _shards(index: Path, path: Path) -> list[Path]:
+    """The shard files a `*.index.json` names, each checked to lie inside `path` and to exist."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{index}: not a Hugging Face shard index (a JSON object whose \"weight_map\" maps "
+                              f"tensor names to shard files): {type(e).__name__}: {e}") from None
+    files = []
+    for shard in names:
+        if not isinstance(shard, str) or Path(shard).is_absolute() or ".." in Path(shard).parts:
+            raise CheckpointError(f"{index} names shard {shard!r}, which is not a file inside {path}; flanx reads "
+                                  "shards only from the checkpoint directory")
+        if not (path / shard).is_file():
+            raise CheckpointError(f"{index} lists shard {shard}, which is missing from {path}")
+        files.append(path / shard)
+    return files
+
+
+def _load_safetensors(file: Path) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 
+    try:
+        return dict(load_file(file))
+    except Exception as e:  # noqa: BLE001 - safetensors_rust.SafetensorError and friends
+        raise CheckpointError(f"{file}: not a readable safetensors file ({type(e).__name__}: {e}); the file is "
+                              "damaged, truncated or not safetensors - download or copy it again") from None
+
+
+def _load_torch_bin(file: Path) -> dict[str, np.ndarray]:
+    """A `pytorch_model.bin` (shard) read with `weights_only=True`: tensors only, no code from the file."""
+    import pickle
+
+    try:
+        import torch
+    except ImportError:
+        raise CheckpointError(f"{file} needs torch to read (pip install torch), "
+                              "or convert the checkpoint to safetensors") from None
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{file}: holds pickled Python objects besides tensors, which flanx does not load (loading them could "
+            "run code from the file). Convert the checkpoint to safetensors in an environment you trust, or use "
+            "another checkpoint") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{file}: not a readable PyTorch checkpoint ({detail}); the file is damaged or "
+                              "truncated - download or copy it again") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{file}: holds a {type(state).__name__}, not a dict of tensors")
+    return {k: v.to(torch.float32).numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
+
+
+def _read_tensors(path: Path) -> dict[str, np.ndarray]:
     if (path / "model.safetensors").is_file():
-        return dict(load_file(path / "model.safetensors"))
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        tensors = {}
-        for shard in sorted(set(weight_map.values())):
-            if not (path / shard).is_file():
-                raise CheckpointError(f"{index} lists shard {shard}, which is missing from {path}")
-            tensors.update(load_file(path / shard))
-        return tensors
+        return _load_safetensors(path / "model.safetensors")
+    for index, load in (("model.safetensors.index.json", _load_safetensors),
+                        ("pytorch_model.bin.index.json", _load_torch_bin)):
+        if (path / index).is_file():
+            tensors = {}
+            for shard in _shards(path / index, path):
+                tensors.update(load(shard))
+            return tensors
     if (path / "pytorch_model.bin").is_file():
-        try:
-            import torch
-        except ImportError:
-            raise CheckpointError(f"{path}/pytorch_model.bin needs torch to read (pip install torch), "
-                                  "or convert the checkpoint to safetensors") from None
-        state = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
-        return {k: v.to(torch.float32).numpy() if v.is_floating_point() else v.numpy()
-                for k, v in state.items()}
-    raise CheckpointError(f"{path}: no model.safetensors, model.safetensors.index.json or "
-                          "pytorch_model.bin found")
+        return _load_torch_bin(path / "pytorch_model.bin")
+    raise CheckpointError(f"{path}: no model.safetensors, model.safetensors.index.json, pytorch_model.bin or "
+                          "pytorch_model.bin.index.json found")
 
 
 def import_hf(path: str | os.PathLike) -> tuple[dict, object]:
@@ -182,9 +216,15 @@ def import_hf(path: str | os.PathLike) -> tuple[dict, object]:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise CheckpointError(f"{path}: no config.json (is this a Hugging Face model directory?)")
-    config = config_from_hf(json.loads(config_file.read_text()), str(config_file))
+    try:
+        hf_config = json.loads(config_file.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{config_file}: not valid JSON ({e})") from None
+    if not isinstance(hf_config, dict):
+        raise CheckpointError(f"{config_file}: expected a JSON object, got {type(hf_config).__name__}")
+    config = config_from_hf(hf_config, str(config_file))
     tensors = _read_tensors(path)
-    names, shapes = name_map(config), _expected_shapes(config)
+    names, shapes = name_map(config), expected_shapes(config)
 
     shared = tensors.get("shared.weight")
     if shared is not None and shared.shape[0] != config.vocab_size:
@@ -238,7 +278,7 @@ def export_hf(params: dict, config, out_dir: str | os.PathLike) -> Path:
         params = unstack_layers(params)
     config = dataclasses.replace(config, scan_layers=False)
     flat = {p: np.asarray(v) for p, v in flatten(params).items()}
-    names, shapes = name_map(config), _expected_shapes(config)
+    names, shapes = name_map(config), expected_shapes(config)
     wanted = {fx for fx, _ in names.values()}
     unknown, missing = sorted(set(flat) - wanted), sorted(wanted - set(flat))
     if unknown or missing:

@@ -7,7 +7,9 @@ A flanx parameter checkpoint is a directory:
                     "step": int | null, "metadata": {...}}
       params/      an Orbax PyTree checkpoint of the plain parameter dict
 
-`save_params` writes it under a temporary name and renames it when complete.
+`save_params` writes it under a temporary name and renames it when complete
+(`flanx.io.publish`); `write_sidecar` writes `flanx.json` alone (the trainer
+puts one in MODEL_DIR, local or `gs://`).
 `load_native` reads it back, and also reads what the trainer's
 `orbax.checkpoint.CheckpointManager` writes (`MODEL_DIR/checkpoints/<step>/params/`):
 pass the model dir, its `checkpoints/` dir, one `<step>/` dir or the `params/`
@@ -18,9 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
-import time
 import types
 import typing
 from pathlib import Path
@@ -28,7 +30,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from flanx import io
+from flanx.checkpoints.damage import DamagedStep, chain_text, file_in, first_line, is_damage
 from flanx.checkpoints.tree import CheckpointError, to_numpy
+
+logger = logging.getLogger("flanx")
 
 SIDECAR = "flanx.json"
 PARAMS_ITEM = "params"
@@ -92,15 +98,15 @@ def _prepare_target(path: Path, overwrite: bool) -> None:
             raise CheckpointError(f"{path} already exists and is not empty; choose another path or pass overwrite=True")
 
 
-def _replace(tmp: Path, final: Path) -> None:
-    """Move the finished `tmp` to `final`, replacing what is there only after `tmp` is complete."""
-    old = None
-    if final.exists():
-        old = final.with_name(f"{final.name}.old-{os.getpid()}-{int(time.time())}")
-        final.rename(old)
-    tmp.rename(final)
-    if old is not None:
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
+def write_sidecar(directory: str | os.PathLike, config: Any, *, step: int | None = None,
+                  metadata: dict[str, Any] | None = None) -> str:
+    """Write `directory/flanx.json` (format, version, config, step, metadata), local or `gs://`."""
+    sidecar = {"format": "flanx", "version": FORMAT_VERSION, "config": config_to_dict(config),
+               "step": None if step is None else int(step), "metadata": dict(metadata or {})}
+    path = os.path.join(str(directory), SIDECAR)
+    with io.open_output(path) as f:
+        f.write(json.dumps(sidecar, indent=2, sort_keys=True, default=_json_default) + "\n")
+    return path
 
 
 def save_params(path: str | os.PathLike, params: dict[str, Any], config: Any, metadata: dict[str, Any] | None = None,
@@ -111,16 +117,14 @@ def save_params(path: str | os.PathLike, params: dict[str, Any], config: Any, me
     final = Path(path).absolute()
     _prepare_target(final, overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}-{int(time.time())}")
+    tmp = io.staging_path(final)
     try:
         tmp.mkdir()
         checkpointer = ocp.PyTreeCheckpointer()
         checkpointer.save(tmp / PARAMS_ITEM, to_numpy(params))
         checkpointer.close()
-        sidecar = {"format": "flanx", "version": FORMAT_VERSION, "config": config_to_dict(config),
-                   "step": None if step is None else int(step), "metadata": dict(metadata or {})}
-        (tmp / SIDECAR).write_text(json.dumps(sidecar, indent=2, sort_keys=True, default=_json_default) + "\n")
-        _replace(tmp, final)
+        write_sidecar(tmp, config, step=step, metadata=metadata)
+        io.publish(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -144,34 +148,44 @@ def is_orbax_tree(path: Path) -> bool:
         and not (path / PARAMS_ITEM).is_dir()
 
 
+_STEP_MARKERS = (PARAMS_ITEM, "opt_state", "train", "_CHECKPOINT_METADATA")
+
+
 def _numeric_steps(directory: Path) -> dict[int, Path]:
+    """{step: dir} of a CheckpointManager directory's committed steps (`<step>/`, complete or damaged)."""
     return {int(c.name): c for c in directory.iterdir() if c.is_dir() and c.name.isdigit()
-            and is_orbax_tree(c / PARAMS_ITEM)} if directory.is_dir() else {}
+            and any((c / m).exists() for m in _STEP_MARKERS)} if directory.is_dir() else {}
 
 
-def resolve(path: str | os.PathLike) -> tuple[Path, int | None, list[Path]]:
-    """-> (the Orbax params directory, the step if known, directories to look in for flanx.json)."""
+def candidates(path: str | os.PathLike) -> list[tuple[Path, int | None, list[Path]]]:
+    """[(the Orbax params directory, the step if known, directories to look in for flanx.json)], the
+    newest first: several only for a CheckpointManager directory (MODEL_DIR or its checkpoints/)."""
     path = Path(path).absolute()
     if not path.exists():
         raise CheckpointError(f"flanx checkpoint {path} does not exist")
     if (path / SIDECAR).is_file() and is_orbax_tree(path / PARAMS_ITEM):
-        return path / PARAMS_ITEM, None, [path]
+        return [(path / PARAMS_ITEM, None, [path])]
     if is_orbax_tree(path):  # a params item (or any bare Orbax PyTree)
         step = int(path.parent.name) if path.parent.name.isdigit() else None
-        return path, step, [path, path.parent, path.parent.parent, path.parent.parent.parent]
-    if is_orbax_tree(path / PARAMS_ITEM):  # one CheckpointManager step
-        step = int(path.name) if path.name.isdigit() else None
-        return path / PARAMS_ITEM, step, [path, path.parent, path.parent.parent]
+        return [(path, step, [path, path.parent, path.parent.parent, path.parent.parent.parent])]
+    if is_orbax_tree(path / PARAMS_ITEM) or (path.name.isdigit() and (path / "_CHECKPOINT_METADATA").exists()):
+        step = int(path.name) if path.name.isdigit() else None  # one CheckpointManager step
+        return [(path / PARAMS_ITEM, step, [path, path.parent, path.parent.parent])]
     for manager_dir in (path, path / "checkpoints"):
         steps = _numeric_steps(manager_dir)
         if steps:
-            step = max(steps)
-            return steps[step] / PARAMS_ITEM, step, [steps[step], manager_dir, manager_dir.parent]
+            return [(steps[s] / PARAMS_ITEM, s, [steps[s], manager_dir, manager_dir.parent])
+                    for s in sorted(steps, reverse=True)]
     raise CheckpointError(
         f"{path} is not a flanx checkpoint: looked for {SIDECAR} + {PARAMS_ITEM}/, an Orbax PyTree "
         f"(_METADATA), a step dir with {PARAMS_ITEM}/, and a CheckpointManager dir (<step>/{PARAMS_ITEM}/, "
         "also under checkpoints/)"
     )
+
+
+def resolve(path: str | os.PathLike) -> tuple[Path, int | None, list[Path]]:
+    """-> (the Orbax params directory, the step if known, directories to look in for flanx.json)."""
+    return candidates(path)[0]
 
 
 def _read_sidecar(dirs: list[Path]) -> dict[str, Any] | None:
@@ -191,8 +205,8 @@ def _read_sidecar(dirs: list[Path]) -> dict[str, Any] | None:
     return None
 
 
-def restore_tree(params_dir: Path) -> dict[str, Any]:
-    """Restore an Orbax PyTree directory into host numpy arrays."""
+def restore_tree(params_dir: Path, step: int | None = None) -> dict[str, Any]:
+    """Restore an Orbax PyTree directory into host numpy arrays (`DamagedStep` when its files are damaged)."""
     import jax
     import orbax.checkpoint as ocp
     from etils import epath
@@ -206,15 +220,46 @@ def restore_tree(params_dir: Path) -> dict[str, Any]:
     except CheckpointError:
         raise
     except Exception as e:  # Orbax/TensorStore raise many types for damaged files
+        if step is not None and is_damage(e):
+            raise DamagedStep(step, PARAMS_ITEM, file_in(chain_text(e), str(params_dir)), first_line(e)) from e
         raise CheckpointError(f"{params_dir}: cannot restore the Orbax parameter checkpoint ({type(e).__name__}: {e})") from e
     finally:
         handler.close()
     return to_numpy(restored)
 
 
+def _restore_step(params_dir: Path, step: int | None) -> dict[str, Any]:
+    if step is not None and not is_orbax_tree(params_dir):
+        reason = "missing" if not params_dir.exists() else "no Orbax metadata (_METADATA) in it"
+        raise DamagedStep(step, PARAMS_ITEM, str(params_dir), reason)
+    params = restore_tree(params_dir, step)
+    if not params:
+        raise CheckpointError(f"{params_dir}: the checkpoint holds no parameters")
+    return params
+
+
 def load_native(path: str | os.PathLike) -> NativeCheckpoint:
-    """Read a flanx checkpoint (or a trainer CheckpointManager's `params` item) -> NativeCheckpoint."""
-    params_dir, step, sidecar_dirs = resolve(path)
+    """Read a flanx checkpoint (or a trainer CheckpointManager's `params` item) -> NativeCheckpoint.
+
+    Given a CheckpointManager directory, the newest step is read; a damaged one (`DamagedStep`: params
+    missing or unreadable) is reported with a warning and the previous step is used, as the trainer does.
+    """
+    found = candidates(path)
+    damaged = []
+    for params_dir, step, sidecar_dirs in found:
+        try:
+            params = _restore_step(params_dir, step)
+        except DamagedStep as e:
+            if len(found) == 1:
+                raise
+            logger.warning("%s; trying the previous checkpoint", e)
+            damaged.append(str(e))
+            continue
+        if damaged:
+            logger.warning("loaded checkpoint step %s, not the damaged newer step(s) (%s)", step, "; ".join(damaged))
+        break
+    else:
+        raise CheckpointError(f"{path} holds no readable checkpoint: {'; '.join(damaged)}")
     sidecar = _read_sidecar(sidecar_dirs)
     config = None
     metadata: dict[str, Any] = {}
@@ -224,7 +269,4 @@ def load_native(path: str | os.PathLike) -> NativeCheckpoint:
         metadata = dict(sidecar.get("metadata") or {})
         if step is None and sidecar.get("step") is not None:
             step = int(sidecar["step"])
-    params = restore_tree(params_dir)
-    if not params:
-        raise CheckpointError(f"{params_dir}: the checkpoint holds no parameters")
     return NativeCheckpoint(params, config, step, metadata)

@@ -132,13 +132,25 @@ def _zarr_location(leaf: Any) -> str | None:
         rel = rel or leaf.get("path")  # TensorStore < 0.1.14 kept the path at the top
         if not isinstance(rel, str):
             raise CheckpointError(f"TensorStore spec without a path: {leaf}")
-        return Path(rel).name if (Path(rel).is_absolute() and not Path(rel).exists()) else rel
+        # T5X may record where it wrote the array (an absolute path or URL on its machine): only the
+        # array's name counts, and it is read from the checkpoint directory, never from that location.
+        return rel.rstrip("/").rsplit("/", 1)[-1] if (Path(rel).is_absolute() or "://" in rel) else rel
     return None
 
 
+def _inside(ckpt_dir: Path, name: str, param: str) -> Path:
+    """`ckpt_dir / name`, refused when it leads out of the checkpoint directory (`..`, links)."""
+    target = ckpt_dir / name
+    if ".." in Path(name).parts or not target.resolve().is_relative_to(ckpt_dir.resolve()):
+        raise CheckpointError(f"{ckpt_dir}: parameter {param}: its array path {name!r} leads outside the checkpoint "
+                              "directory; flanx reads T5X arrays only from inside it (the checkpoint file is "
+                              "damaged or was crafted)")
+    return target
+
+
 def _open_spec(ckpt_dir: Path, name: str, param: str) -> dict[str, Any]:
-    plain = ckpt_dir / name
-    if (plain / ".zarray").is_file() or Path(name).is_absolute():
+    plain = _inside(ckpt_dir, name, param)
+    if (plain / ".zarray").is_file():
         return {"driver": "zarr", "kvstore": {"driver": "file", "path": str(plain)}}
     if (ckpt_dir / "manifest.ocdbt").is_file():
         return {"driver": "zarr", "kvstore": {"driver": "ocdbt", "base": f"file://{ckpt_dir}", "path": name}}

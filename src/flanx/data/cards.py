@@ -1,42 +1,46 @@
 """Task cards: the declarative description of one dataset, and the tasks it yields.
 
-A card (one YAML file in `tasks/`, or a dict from Python) says where the data
+A card (a mapping from a YAML file or from Python) says where the data
 is (`source`, `splits`), how source columns map to template fields
 (`fields`), the label-to-answer mapping (`labels`, `options`), the templates,
 the formats, few-shot settings, metrics, postprocessing, the group (held_in /
 held_out / target) and the Flan 2022 submixture. `load_card` validates a card
-and names the file and key of any mistake; `docs/tasks.md` documents every
-key. `task_specs(card)` lists the seqio tasks a card yields, named as FLAN
-does: `{card}_template_{i}_zero_shot`, `{card}_template_0to{N}_{fmt}`, plus
-`{name}_scoring` rank-classification variants for tasks with options.
+and names the file and key of any mistake; names that plug in code
+(`source.type`, `row_transform`, `metrics`, `postprocess`, `vocabulary`) are
+checked against their registries (`SOURCES`, `ROW_TRANSFORMS`, `METRICS`,
+`POSTPROCESSORS`, `VOCABULARIES`), so a user's registered plug-in is valid
+at once. Reading card files (groups, collections, name collisions) is
+`flanx.data.card_files`. `docs/tasks.md` documents every key. `task_specs(card)`
+lists the seqio tasks a card yields, named as FLAN does:
+`{card}_template_{i}_zero_shot`, `{card}_template_0to{N}_{fmt}`, plus
+`{name}_scoring` rank-classification variants for tasks with options, and
+for a card in a Flan 2022 submixture the `{..._fmt}_flan2022` variants of
+formats that Flan 2022 renders differently (`flanx.data.variants`).
+
+Cards in a folder under `tasks/` belong to the collection of that name
+(`tasks/flan2021/rte.yaml`: collection `flan2021`) and may say which FLAN
+clusters they belong to (`clusters:`, checked against `tasks/clusters.yaml`).
+A card with a `local:` block describes the same dataset twice: the
+top-level keys (e.g. a TFDS source) and, overriding some of them, files under
+FLANX_DATA_DIR; `load_card` picks the local variant when its files exist
+(`card.variant`, the other one in `card.alternate`). A local block may give
+only some of the splits (AG News: only its test file); the others are read
+from the main source. Splits may record their row counts (`num_examples`),
+which mixtures use when the data is absent.
 """
 from __future__ import annotations
 
 import dataclasses
-import re
-from pathlib import Path
-from typing import Any
+from flanx.data import card_checks as checks
+from flanx.data import variants
+from flanx.data.card_checks import KEYS, NAME, CardError, err
+from flanx.data.sources import data_available
+from flanx.data.templates import FORMATS, FewShotConfig, Template
+from flanx.data.transforms import ROW_TRANSFORMS
+from flanx.data.vocab import VOCABULARIES
+from flanx.eval import metrics as metrics_lib
 
-import yaml
-
-from flanx import paths
-from flanx.data.templates import FORMATS, FewShotConfig, Template, TemplateError
-
-SOURCE_TYPES = ("jsonl", "csv", "tsv", "lines", "bbh", "tfds", "hf", "synthetic")
 SUBMIXTURES = ("flan", "t0", "niv2", "cot", "dialog")
-VOCABULARIES = ("t5_spm", "byte")
-METRICS = ("rouge", "accuracy", "exact_match")
-POSTPROCESSORS = ("strip", "normalize", "gsm8k_number", "bbh_answer")
-ROW_TRANSFORMS = ("gsm8k", "t0", "mmlu")
-_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-_KEYS = {"name", "description", "dataset", "group", "submixture", "vocabulary", "source", "splits",
-         "fields", "label_field", "labels", "options", "options_field", "answer_field", "templates",
-         "formats", "fewshot", "metrics", "postprocess", "on_error", "row_transform", "eval_only",
-         "task_naming", "groups"}
-
-
-class CardError(ValueError):
-    """A task card is malformed; the message names the card file and key."""
 
 
 @dataclasses.dataclass(eq=False)
@@ -64,6 +68,16 @@ class TaskCard:
     row_transform: str | None = None
     eval_only: bool = False
     task_naming: str = "flan"
+    references_field: str | None = None
+    metric_scale: int = 1
+    override: bool = False
+    clusters: tuple[str, ...] = ()
+    collection: str | None = None
+    mock: dict = dataclasses.field(default_factory=dict, repr=False)
+    options_style: str = "fixed"  # "random": Flan 2022's drawn option styles in zsopt
+    metadata: dict = dataclasses.field(default_factory=dict)  # task_name / task_source of the examples
+    variant: str = "main"  # "local" when the card reads its `local:` files
+    alternate: "TaskCard | None" = dataclasses.field(default=None, repr=False)  # the other variant
     path: str = "<python>"
     row_cache: dict = dataclasses.field(default_factory=dict, repr=False)
     skipped: dict = dataclasses.field(default_factory=dict, repr=False)
@@ -74,6 +88,18 @@ class TaskCard:
 
     def row_options(self, row: dict) -> list[str] | None:
         return list(row[self.options_field]) if self.options_field else self.options
+
+    @property
+    def split_names(self) -> tuple[str, ...]:
+        """Every split the card serves: its own, then those its other variant reads (a `local:` block may
+        give only some splits; the rest come from the main source)."""
+        other = tuple(s for s in (self.alternate.splits if self.alternate else ()) if s not in self.splits)
+        return tuple(self.splits) + other
+
+    @property
+    def file(self) -> str:
+        """The card's YAML file (or `<python>`), without the `(name)` that `path` may carry."""
+        return self.path.rsplit(" (", 1)[0] if self.path.endswith(f" ({self.name})") else self.path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,195 +112,131 @@ class TaskSpec:
     fmt: str
     scoring: bool = False
     per_template: bool = False  # `{card}_template_{i}_zero_shot`: one template, not for mixtures
+    variant: str = ""  # "flan2022": the format as Flan 2022 renders it (`flanx.data.variants`)
 
 
-def _err(where: str, key: str, msg: str) -> CardError:
-    return CardError(f"task card {where}: {key}: {msg}")
+def load_card(raw: dict, where: str = "<python>", use_local: bool | None = None) -> TaskCard:
+    """Validate one card mapping and build a TaskCard (`where` names it in errors).
 
-
-def _split_specs(raw: Any, where: str) -> dict[str, dict]:
-    if not isinstance(raw, dict) or not raw:
-        raise _err(where, "splits", "expected a mapping split -> file pattern(s) or settings")
-    out = {}
-    for split, spec in raw.items():
-        if isinstance(spec, (str, list)):
-            spec = {"files": spec}
-        if not isinstance(spec, dict):
-            raise _err(where, f"splits.{split}", "expected a path, a list of paths or a mapping")
-        unknown = set(spec) - {"files", "name", "size", "take_every", "drop_every", "fields"}
-        if unknown:
-            raise _err(where, f"splits.{split}", f"unknown key(s) {', '.join(sorted(unknown))}")
-        spec = dict(spec)
-        if isinstance(spec.get("files"), str):
-            spec["files"] = [spec["files"]]
-        spec.setdefault("name", split)
-        for key in ("take_every", "drop_every"):
-            if key in spec and not (isinstance(spec[key], list) and len(spec[key]) == 2 and spec[key][0] > 0):
-                raise _err(where, f"splits.{split}.{key}", "expected [every_n, remainder], e.g. [20, 0]")
-        out[str(split)] = spec
-    return out
-
-
-def _templates(raw: Any, where: str) -> list[Template]:
-    if not isinstance(raw, list) or not raw:
-        raise _err(where, "templates", "expected a non-empty list of {input, target} mappings")
-    out = []
-    for i, t in enumerate(raw):
-        if not isinstance(t, dict) or "input" not in t or "target" not in t:
-            raise _err(where, f"templates[{i}]", "expected a mapping with `input` and `target`")
-        extra = set(t) - {"input", "target", "inverted"}
-        if extra:
-            raise _err(where, f"templates[{i}]", f"unknown key(s) {', '.join(sorted(extra))}")
-        try:
-            out.append(Template(t["input"], t["target"], bool(t.get("inverted", False)),
-                                where=f"{where}: templates[{i}]"))
-        except TemplateError as e:
-            raise CardError(f"task card {e}") from None
-    return out
-
-
-def _choice(where: str, key: str, value: Any, allowed) -> Any:
-    if value is not None and value not in allowed:
-        raise _err(where, key, f"{value!r} is not one of {', '.join(map(str, allowed))}")
-    return value
-
-
-def load_card(spec: dict, where: str = "<python>") -> TaskCard:
-    """Validate one card mapping and build a TaskCard (`where` names it in errors)."""
-    if not isinstance(spec, dict):
-        raise CardError(f"task card {where}: expected a mapping, got {type(spec).__name__}")
-    unknown = set(spec) - _KEYS
+    A card with a `local:` block is validated both ways; the local variant is
+    returned when `use_local` is true, or when it is None and the local
+    files exist (`sources.data_available`); `card.alternate` is the other one.
+    """
+    if not isinstance(raw, dict):
+        raise CardError(f"task card {where}: expected a mapping, got {type(raw).__name__}")
+    unknown = set(raw) - KEYS
     if unknown:
-        raise _err(where, ", ".join(sorted(unknown)), f"unknown key(s); known keys: {', '.join(sorted(_KEYS))}")
+        raise err(where, ", ".join(sorted(unknown)), f"unknown key(s); known keys: {', '.join(sorted(KEYS))}")
     for key in ("name", "source", "splits", "fields", "templates"):
-        if key not in spec:
-            raise _err(where, key, "required key is missing")
-    name = spec["name"]
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise _err(where, "name", f"{name!r} must be lowercase letters, digits and underscores")
+        if key not in raw:
+            raise err(where, key, "required key is missing")
+    name = raw["name"]
+    if not isinstance(name, str) or not NAME.match(name):
+        raise err(where, "name", f"{name!r} must be lowercase letters, digits and underscores")
     where = f"{where} ({name})" if where != name else where
-    source = dict(spec["source"]) if isinstance(spec["source"], dict) else None
-    if not source or source.get("type") not in SOURCE_TYPES:
-        raise _err(where, "source.type", f"expected one of {', '.join(SOURCE_TYPES)}")
-    if source["type"] == "lines" and "pattern" not in source:
-        raise _err(where, "source.pattern", "a `lines` source needs a regex with named groups")
-    if source["type"] == "synthetic" and "generator" not in source:
-        raise _err(where, "source.generator", "a synthetic source names its generator")
-    fields = spec["fields"]
-    if not isinstance(fields, dict) or not fields:
-        raise _err(where, "fields", "expected a mapping template_field -> source column")
-    fields = {str(k): str(v) for k, v in fields.items()}
-    templates = _templates(spec["templates"], where)
+    main = _build(raw, where)
+    if raw.get("local") is None:
+        return main
+    local = _build(checks.local_variant(raw, where), f"{where}: local", formats=main.formats)
+    local = dataclasses.replace(local, variant="local", path=main.path, templates=main.templates)
+    extra = [s for s in local.splits if s not in main.splits]
+    if extra:
+        raise err(where, "local.splits", f"names split(s) {', '.join(extra)}, but the card has "
+                                          f"{', '.join(main.splits)}; a local block reads the card's splits, or "
+                                          f"some of them (the others, e.g. train, stay with the main source)")
+    main.alternate, local.alternate = local, main
+    if use_local is None:
+        use_local = data_available(local)
+    return local if use_local else main
+
+
+def _build(raw: dict, where: str, formats: tuple[str, ...] | None = None) -> TaskCard:
+    """One variant of a card; a local variant gets the main variant's `formats` (its few-shot pool may
+    then be a split that only the main source has)."""
+    inherited = formats
+    name = raw["name"]
+    source = dict(raw["source"]) if isinstance(raw["source"], dict) else None
+    splits = checks.split_specs(raw["splits"], where)
+    checks.check_source(where, source, splits)
+    fields = checks.fields_map(where, "fields", raw["fields"])
+    templates = checks.templates(raw["templates"], where)
     for i, t in enumerate(templates):
         missing = t.fields - set(fields)
         if missing:
-            raise _err(where, f"templates[{i}]", f"uses field(s) {', '.join(sorted(missing))} not in `fields`")
-    labels = spec.get("labels")
+            raise err(where, f"templates[{i}]", f"uses field(s) {', '.join(sorted(missing))} not in `fields`")
+    labels = raw.get("labels")
     for key in ("labels", "options"):
-        values = spec.get(key)
+        values = raw.get(key)
         values = values.values() if isinstance(values, dict) else (values or [])
         if any(isinstance(v, bool) for v in values):
-            raise _err(where, key, "YAML read an unquoted yes/no/true/false as a boolean; quote answer texts, "
+            raise err(where, key, "YAML read an unquoted yes/no/true/false as a boolean; quote answer texts, "
                                    "e.g. \"yes\"")
     if labels is not None:
         if not isinstance(labels, dict) or not labels:
-            raise _err(where, "labels", "expected a mapping raw label -> answer text")
+            raise err(where, "labels", "expected a mapping raw label -> answer text")
         labels = {str(k): str(v) for k, v in labels.items()}
-    label_field = spec.get("label_field", "label" if labels else None)
+    label_field = raw.get("label_field", "label" if labels else None)
     if labels and label_field not in fields:
-        raise _err(where, "label_field", f"{label_field!r} is not in `fields`")
-    options = spec.get("options")
+        raise err(where, "label_field", f"{label_field!r} is not in `fields`")
+    options = raw.get("options")
     if options is None and labels:
         options = list(dict.fromkeys(labels.values()))
     if options is not None and (not isinstance(options, list) or len(options) < 2):
-        raise _err(where, "options", "expected a list of at least two answer options")
-    options_field = spec.get("options_field")
+        raise err(where, "options", "expected a list of at least two answer options")
+    options_field = raw.get("options_field")
     if options_field and options_field not in fields:
-        raise _err(where, "options_field", f"{options_field!r} is not in `fields`")
+        raise err(where, "options_field", f"{options_field!r} is not in `fields`")
     has_options = bool(options or options_field)
-    answer_field = spec.get("answer_field", label_field)
+    answer_field = raw.get("answer_field", label_field)
     if has_options and answer_field not in fields:
-        raise _err(where, "answer_field", "cards with options name the field holding the correct option")
-    fs = dict(spec.get("fewshot") or {})
-    splits = _split_specs(spec["splits"], where)
+        raise err(where, "answer_field", "cards with options name the field holding the correct option")
+    fs = dict(raw.get("fewshot") or {})
     has_pool = bool(fs.get("exemplars_field")) or fs.get("pool_split", "train") in splits
     formats = tuple(f for f in (FORMATS if has_options else ("zsnoopt", "fsnoopt")) if has_pool or f.startswith("zs"))
-    formats = tuple(spec.get("formats") or formats)
+    formats = tuple(inherited or raw.get("formats") or formats)
     for fmt in formats:
-        _choice(where, "formats", fmt, FORMATS)
+        checks.choice(where, "formats", fmt, FORMATS)
         if fmt.endswith("opt") and not fmt.endswith("noopt") and not has_options:
-            raise _err(where, "formats", f"{fmt} needs `options`, `labels` or `options_field`")
+            raise err(where, "formats", f"{fmt} needs `options`, `labels` or `options_field`")
     try:
         fewshot = FewShotConfig(**fs)
     except TypeError as e:
-        raise _err(where, "fewshot", f"{e}; keys: {', '.join(f.name for f in dataclasses.fields(FewShotConfig))}")
+        raise err(where, "fewshot", f"{e}; keys: {', '.join(f.name for f in dataclasses.fields(FewShotConfig))}")
     except ValueError as e:
-        raise _err(where, "fewshot", str(e)) from None
+        raise err(where, "fewshot", str(e)) from None
     for key in ("match_field", "exemplars_field", "prefix_field"):
         value = getattr(fewshot, key)
         if value and value not in fields:
-            raise _err(where, f"fewshot.{key}", f"{value!r} is not in `fields`")
-    if any(f.startswith("fs") for f in formats) and not fewshot.exemplars_field and fewshot.pool_split not in splits:
-        raise _err(where, "fewshot.pool_split", f"{fewshot.pool_split!r} is not a split of this card")
-    dataset = spec.get("dataset")
-    metrics = tuple(spec.get("metrics") or ())
-    for m in metrics:
-        _choice(where, "metrics", m, METRICS)
+            raise err(where, f"fewshot.{key}", f"{value!r} is not in `fields`")
+    checks.check_fewshot_layout(where, templates, formats, fewshot)
+    if any(f.startswith("fs") for f in formats) and not fewshot.exemplars_field and fewshot.pool_split not in splits \
+            and not inherited:
+        raise err(where, "fewshot.pool_split", f"{fewshot.pool_split!r} is not a split of this card")
+    dataset = raw.get("dataset")
+    metrics = checks.check_metrics(where, raw, fields, has_options, options)
     return TaskCard(
         name=name, source=source, splits=splits, fields=fields, templates=templates, formats=formats,
-        description=str(spec.get("description", "")).strip(), dataset=dataset,
-        group=str(spec.get("group", "held_in")),
-        submixture=_choice(where, "submixture", spec.get("submixture"), SUBMIXTURES),
-        vocabulary=_choice(where, "vocabulary", spec.get("vocabulary", "t5_spm"), VOCABULARIES),
+        description=str(raw.get("description", "")).strip(), dataset=dataset,
+        group=str(raw.get("group", "held_in")),
+        submixture=checks.choice(where, "submixture", raw.get("submixture"), SUBMIXTURES),
+        vocabulary=checks.registered(where, "vocabulary", raw.get("vocabulary", "t5_spm"), VOCABULARIES),
         label_field=label_field, labels=labels, options=options, options_field=options_field,
         answer_field=answer_field if has_options else None, fewshot=fewshot, metrics=metrics,
-        postprocess=_choice(where, "postprocess", spec.get("postprocess", "strip"), POSTPROCESSORS),
-        on_error=_choice(where, "on_error", spec.get("on_error", "raise"), ("raise", "skip")),
-        row_transform=_choice(where, "row_transform", spec.get("row_transform"), ROW_TRANSFORMS),
-        eval_only=bool(spec.get("eval_only", False)),
-        task_naming=_choice(where, "task_naming", spec.get("task_naming", "flan"), ("flan", "plain")),
+        postprocess=checks.registered(where, "postprocess", raw.get("postprocess", "strip"),
+                                      metrics_lib.POSTPROCESSORS),
+        on_error=checks.choice(where, "on_error", raw.get("on_error", "raise"), ("raise", "skip")),
+        row_transform=checks.registered(where, "row_transform", raw.get("row_transform"), ROW_TRANSFORMS),
+        eval_only=bool(raw.get("eval_only", False)),
+        task_naming=checks.choice(where, "task_naming", raw.get("task_naming", "flan"), ("flan", "plain")),
+        references_field=raw.get("references_field"),
+        metric_scale=checks.choice(where, "metric_scale", raw.get("metric_scale", 1), metrics_lib.SCALES),
+        override=checks.flag(where, "override", raw.get("override", False)),
+        clusters=checks.cluster_keys(where, raw.get("clusters")),
+        collection=checks.collection_name(where, raw.get("collection")),
+        mock=checks.mock_values(where, raw.get("mock")),
+        options_style=checks.choice(where, "options_style", raw.get("options_style", "fixed"), checks.OPTIONS_STYLES),
+        metadata=checks.metadata(where, raw.get("metadata")),
         path=where)
-
-
-def expand_groups(spec: dict) -> list[dict]:
-    """A card with `groups: [a, b]` becomes one card per group, `{group}` filled in its file patterns."""
-    groups = spec.get("groups")
-    if not groups:
-        return [spec]
-    out = []
-    for group in groups:
-        card = {k: v for k, v in spec.items() if k != "groups"}
-        card["name"] = f"{spec['name']}_{group.lower()}"
-        splits = {}
-        for split, s in spec["splits"].items():
-            s = {"files": s} if isinstance(s, (str, list)) else dict(s)
-            files = [s["files"]] if isinstance(s["files"], str) else s["files"]
-            s["files"] = [f.replace("{group}", group) for f in files]
-            splits[split] = s
-        card["splits"] = splits
-        out.append(card)
-    return out
-
-
-def load_card_file(path: str | Path) -> list[TaskCard]:
-    """All cards in one YAML file (one card, or one per group)."""
-    path = Path(path)
-    try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise CardError(f"task card {path}: not valid YAML: {e}") from None
-    if not isinstance(spec, dict):
-        raise CardError(f"task card {path}: expected a mapping at the top level")
-    root = (spec.get("source") or {}).get("root") if isinstance(spec.get("source"), dict) else None
-    if root:  # a relative root is relative to the card file
-        root = Path(root).expanduser()
-        spec["source"]["root"] = str(root if root.is_absolute() else path.parent / root)
-    return [load_card(s, str(path)) for s in expand_groups(spec)]
-
-
-def collection_card_files() -> list[Path]:
-    """The YAML task cards shipped in `tasks/` (everything except mixtures.yaml)."""
-    return sorted(p for p in paths.tasks_dir().glob("*.yaml") if p.name != "mixtures.yaml")
 
 
 def task_specs(card: TaskCard) -> list[TaskSpec]:
@@ -289,9 +251,12 @@ def task_specs(card: TaskCard) -> list[TaskSpec]:
                  for i in range(n)]
         specs += [TaskSpec(f"{card.name}_template_0to{n - 1}_{fmt}", card.name, tuple(range(n)), fmt)
                   for fmt in card.formats]
+        specs += [TaskSpec(variants.variant_name(f"{card.name}_template_0to{n - 1}_{fmt}", variants.FLAN2022),
+                           card.name, tuple(range(n)), fmt, variant=variants.FLAN2022)
+                  for fmt in variants.differing_formats(card)]
     if card.has_options:
         # Rank classification needs a template whose answer is one of the options (not an inverted one).
         specs += [dataclasses.replace(s, name=f"{s.name}_scoring", scoring=True)
                   for s in list(specs) if s.fmt.endswith("opt") and not s.fmt.endswith("noopt")
-                  and not all(card.templates[i].inverted for i in s.template_ids)]
+                  and not s.variant and not all(card.templates[i].inverted for i in s.template_ids)]
     return specs

@@ -14,6 +14,12 @@ shard, epochs): the same seed gives the same batches, `seqio.ShardInfo(i, n)`
 gives host i a disjoint 1/n slice of every task, and resuming rebuilds the
 same pipeline and skips the batches already consumed (cost: re-reading them
 once, about a second per few thousand examples).
+
+`use_cached=True` reads the tasks from their offline cache (`flanx cache`,
+`flanx.data.cache`) and fails at construction, naming the command, when a task
+is not cached. A cached task gives exactly the uncached batches, so
+`use_cached` is not part of the position: a state saved on one path resumes
+on the other.
 """
 from __future__ import annotations
 
@@ -23,16 +29,20 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from flanx.data import register_all, tasks
+from flanx.data import cache, register_all, tasks
 
 STATE_VERSION = 1
 
 
-def _check_name(name: str) -> None:
+def check_name(name: str) -> None:
+    """KeyError naming close matches unless `name` is a registered task or mixture (registers the collection)."""
     register_all()
     if name not in seqio.TaskRegistry.names() and name not in seqio.MixtureRegistry.names():
         from flanx.data import mixtures  # noqa: PLC0415
         raise tasks.unknown_name("task or mixture", name, list(seqio.TaskRegistry.names()) + list(mixtures.MIXTURES))
+
+
+_check_name = check_name
 
 
 class DataIterator:
@@ -40,8 +50,11 @@ class DataIterator:
 
     def __init__(self, name: str, task_feature_lengths: Mapping[str, int], split: str = "train",
                  batch_size: int = 8, shuffle: bool = True, seed: int = 0, pack: bool = True,
-                 shard_info: seqio.ShardInfo | None = None, num_epochs: int | None = None):
+                 shard_info: seqio.ShardInfo | None = None, num_epochs: int | None = None,
+                 use_cached: bool = False):
         _check_name(name)
+        if use_cached:
+            cache.require_cached(name, split)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if seed is None:
@@ -52,6 +65,7 @@ class DataIterator:
             "pack": bool(pack), "shard": [shard_info.index, shard_info.num_shards] if shard_info else [0, 1],
             "num_epochs": num_epochs,
         }
+        self.use_cached = bool(use_cached)  # not in `config`: both paths give the same batches
         self.batches = 0
         self._it = None
 
@@ -63,7 +77,7 @@ class DataIterator:
             feature_converter=seqio.EncDecFeatureConverter(pack=c["pack"]),
             dataset_split=c["split"], shuffle=c["shuffle"], num_epochs=c["num_epochs"],
             shard_info=seqio.ShardInfo(index, num_shards) if num_shards > 1 else None,
-            seed=c["seed"], batch_size=c["batch_size"], verbose=False)
+            seed=c["seed"], batch_size=c["batch_size"], use_cached=self.use_cached, verbose=False)
         options = tf.data.Options()
         options.deterministic = True
         ds = ds.with_options(options)
@@ -105,10 +119,10 @@ def _normalize(value):
 def get_dataset(name: str, task_feature_lengths: Mapping[str, int] | None = None, split: str = "train",
                 batch_size: int = 8, shuffle: bool = True, seed: int = 0, pack: bool = True,
                 shard_info: seqio.ShardInfo | None = None, num_epochs: int | None = None,
-                start_state: Mapping | None = None) -> DataIterator:
+                start_state: Mapping | None = None, use_cached: bool = False) -> DataIterator:
     """A resumable iterator of numpy batches of task or mixture `name` (see the module docstring)."""
     it = DataIterator(name, task_feature_lengths or {"inputs": 512, "targets": 128}, split, batch_size,
-                      shuffle, seed, pack, shard_info, num_epochs)
+                      shuffle, seed, pack, shard_info, num_epochs, use_cached)
     if start_state is not None:
         it.restore(start_state)
     return it
@@ -121,22 +135,25 @@ def _decode(value):
 
 
 def get_eval_dataset(task: str, split: str = "validation", feature_lengths: Mapping[str, int] | None = None,
-                     num_examples: int | None = None) -> list[dict]:
+                     num_examples: int | None = None, use_cached: bool = False) -> list[dict]:
     """The first `num_examples` examples of `task`'s `split`, in order, as plain dicts.
 
     Each dict has `inputs` / `targets` (int32 token ids ending with EOS, trimmed
     to `feature_lengths`), `inputs_pretokenized` / `targets_pretokenized` (str)
     and, for `*_scoring` tasks, `idx` ([example, option]) and `is_correct`.
     seqio's Evaluator works on the same task; `seqio.get_mixture_or_task(task)`
-    carries its metric functions and postprocessor.
+    carries its metric functions and postprocessor. `use_cached` reads the
+    offline cache (same examples, same order).
     """
     _check_name(task)
     if task not in seqio.TaskRegistry.names():
         raise ValueError(f"{task!r} is a mixture; evaluate its tasks one by one "
                          f"(seqio.get_mixture_or_task({task!r}).tasks)")
+    if use_cached:
+        cache.require_cached(task, split)
     ds = seqio.get_mixture_or_task(task).get_dataset(
         sequence_length=dict(feature_lengths) if feature_lengths else None, split=split, shuffle=False,
-        num_epochs=1, seed=None)
+        num_epochs=1, seed=None, use_cached=use_cached)
     if num_examples is not None:
         ds = ds.take(num_examples)
     out = []

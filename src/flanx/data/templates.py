@@ -14,10 +14,18 @@ Four formats per dataset, as FLAN defines them:
   before the example, joined by FLAN-style delimiters, within a length budget
   that drops whole exemplars (never cuts one in half).
 
-Options render exactly as `OPTIONS:\\n- a\\n- b`. A template places them with
-the `{options}` placeholder, which expands to a blank line plus the block in
-the `opt` formats and to nothing in the `noopt` formats; templates without the
-placeholder get the block appended at the end in `opt` formats.
+Options render exactly as `OPTIONS:\\n- a\\n- b` (a card with `options_style:
+random` draws Flan 2022's styles in `zsopt` instead: `flanx.data.option_styles`).
+A template places them with the `{options}` placeholder, which expands to a
+blank line plus the block in the `opt` formats and to nothing in the `noopt`
+formats; templates without the placeholder get the block appended at the end
+in `opt` formats.
+
+A template may carry its own few-shot layout (`TemplateFewShot`: FLAN's
+few-shot patterns differ per template): shot count, separators, a `prefix`
+rendered from the example and placed before the exemplars (NIv2: the task
+definition first), and an `input` used in the few-shot format instead of the
+template's input (e.g. without the definition, which the prefix already gave).
 """
 from __future__ import annotations
 
@@ -87,6 +95,21 @@ def format_template(text: str, values: Mapping[str, object]) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
+class TemplateFewShot:
+    """A template's own few-shot layout; None fields take the card's `fewshot` settings."""
+
+    k: int | None = None
+    inputs_prefix: str | None = None
+    targets_prefix: str | None = None
+    x_y_delimiter: str | None = None
+    example_separator: str | None = None
+    prefix: str | None = None  # rendered from the example, before the exemplars
+    input: str | None = None   # the input in few-shot formats (query and exemplars)
+
+    LAYOUT = ("k", "inputs_prefix", "targets_prefix", "x_y_delimiter", "example_separator")
+
+
+@dataclasses.dataclass(frozen=True)
 class Template:
     """One (input, target) template; `inverted` marks templates that swap the task's direction."""
 
@@ -94,24 +117,56 @@ class Template:
     target: str
     inverted: bool = False
     where: str = "template"
+    fewshot: TemplateFewShot | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "_input_parts", parse(self.input, f"{self.where} input"))
         object.__setattr__(self, "_target_parts", parse(self.target, f"{self.where} target"))
+        fs = self.fewshot
+        prefix = parse(fs.prefix, f"{self.where} fewshot.prefix") if fs and fs.prefix else ()
+        object.__setattr__(self, "_prefix_parts", prefix)
+        if fs and fs.input is not None:
+            plain = Template(fs.input, self.target, self.inverted, f"{self.where} fewshot")
+        else:
+            plain = None
+        object.__setattr__(self, "_fewshot_template", plain)
 
     @property
     def fields(self) -> set[str]:
-        parts = self._input_parts + self._target_parts  # type: ignore[attr-defined]
+        parts = self._input_parts + self._target_parts + self._prefix_parts  # type: ignore[attr-defined]
+        if self._fewshot_template is not None:  # type: ignore[attr-defined]
+            parts += self._fewshot_template._input_parts  # type: ignore[attr-defined]
         return {v for k, v in parts if k == "field"} - {OPTIONS_FIELD}
 
     @property
     def has_options_slot(self) -> bool:
         return any(k == "field" and v == OPTIONS_FIELD for k, v in self._input_parts)  # type: ignore[attr-defined]
 
+    def fewshot_template(self) -> "Template":
+        """The template that renders the query and exemplars in few-shot formats (itself, or its
+        `fewshot.input` with the same target)."""
+        return self._fewshot_template or self  # type: ignore[attr-defined]
+
+    def fewshot_config(self, card_config: "FewShotConfig") -> "FewShotConfig":
+        """The card's few-shot settings with this template's layout on top."""
+        fs = self.fewshot
+        if fs is None:
+            return card_config
+        changes = {k: getattr(fs, k) for k in TemplateFewShot.LAYOUT if getattr(fs, k) is not None}
+        return dataclasses.replace(card_config, **changes) if changes else card_config
+
+    def fewshot_prefix(self, row: Mapping[str, object]) -> str:
+        """`fewshot.prefix` rendered from the example ('' when the template has none)."""
+        return substitute(self._prefix_parts, row, f"{self.where} fewshot.prefix")  # type: ignore[attr-defined]
+
     def render(self, row: Mapping[str, object], options: Sequence[str] | None = None,
-               with_options: bool = False) -> tuple[str, str]:
-        """(input, target) for `row`; options shown only when `with_options` and options exist."""
-        block = "\n\n" + render_options(options) if (with_options and options) else ""
+               with_options: bool = False, options_block: str | None = None) -> tuple[str, str]:
+        """(input, target) for `row`; options shown only when `with_options` and options exist.
+
+        `options_block` replaces the fixed `OPTIONS:` block (a drawn Flan 2022 style)."""
+        block = ""
+        if with_options and options:
+            block = "\n\n" + (render_options(options) if options_block is None else options_block)
         values = dict(row)
         values[OPTIONS_FIELD] = block
         inp = substitute(self._input_parts, values, f"{self.where} input")  # type: ignore[attr-defined]
@@ -119,7 +174,6 @@ class Template:
             inp = inp.rstrip() + block
         tgt = substitute(self._target_parts, values, f"{self.where} target")  # type: ignore[attr-defined]
         return inp, tgt
-
 
     def rendered_length(self, row: Mapping[str, object], options: Sequence[str] | None, with_options: bool,
                         length_fn: Callable[[str], int]) -> tuple[int, int]:
@@ -176,7 +230,8 @@ class FewShotConfig:
     `x_y_delimiter + targets_prefix` stripped of trailing spaces, so the model
     continues with the answer. `max_input_tokens` is the budget for the whole
     input, in tokens of the task's vocabulary, or in characters with
-    `budget_unit: chars`.
+    `budget_unit: chars`. With `drop_empty` (as Flan 2022), an example left
+    with no exemplar within the budget is dropped instead of served zero-shot.
     """
 
     k: int = 3
@@ -190,6 +245,7 @@ class FewShotConfig:
     match_field: str | None = None
     exemplars_field: str | None = None
     prefix_field: str | None = None
+    drop_empty: bool = False
 
     def __post_init__(self):
         if self.k < 1:
@@ -198,6 +254,8 @@ class FewShotConfig:
             raise ValueError(f"fewshot.max_input_tokens must be >= 1, got {self.max_input_tokens}")
         if self.budget_unit not in ("tokens", "chars"):
             raise ValueError(f"fewshot.budget_unit must be 'tokens' or 'chars', got {self.budget_unit!r}")
+        if not isinstance(self.drop_empty, bool):
+            raise ValueError(f"fewshot.drop_empty must be true or false, got {self.drop_empty!r}")
 
 
 def render_exemplar(inp: str, tgt: str, cfg: FewShotConfig) -> str:

@@ -1,5 +1,6 @@
 """Vocabularies: the T5 SentencePiece model and the file-free byte vocabulary.
 
+`VOCABULARIES` registers the names a card's `vocabulary:` may take;
 `get_vocabulary("t5_spm" | "byte")` returns the seqio vocabulary a task uses;
 `length_fn(name)` counts tokens in plain Python (for few-shot budgets and
 `flanx tasks show`) without TensorFlow. The SentencePiece file is
@@ -11,12 +12,14 @@ the byte vocabulary has 3 + 256 = 259 ids.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from flanx import paths
+from flanx.registry import Registry, UnknownName
 
 SPM_PATH_ENV = "FLANX_SPM_PATH"
 SPM_EXTRA_IDS = 100
@@ -50,23 +53,43 @@ def _seqio_byte():
     return seqio.ByteVocabulary()
 
 
-def get_vocabulary(name: str, required: bool = True):
-    """The seqio vocabulary named `name` ("t5_spm" or "byte").
-
-    With `required=False` the SentencePiece file is not checked (tasks register
-    before data is present; seqio opens the file only when tokenizing).
-    """
-    if name == "byte":
-        return _seqio_byte()
-    if name == "t5_spm":
-        return _seqio_spm(str(spm_path(required)))
-    raise ValueError(f"unknown vocabulary {name!r}; expected 't5_spm' or 'byte'")
-
-
 @functools.lru_cache(maxsize=None)
 def _spm_processor(path: str):
     import sentencepiece as spm  # noqa: PLC0415
     return spm.SentencePieceProcessor(model_file=path)
+
+
+@dataclasses.dataclass(frozen=True)
+class VocabularyType:
+    """What a card's `vocabulary: NAME` gives: seqio's vocabulary, and plain-Python token ids."""
+
+    seqio: Callable[[bool], Any]  # required -> seqio.Vocabulary (required=False: do not check files yet)
+    encode: Callable[[str], list]  # text -> token ids (no EOS), equal to the seqio vocabulary's
+
+
+VOCABULARIES: Registry[VocabularyType] = Registry(
+    "vocabulary", hint="Register one with flanx.data.vocab.VOCABULARIES.register('name', VocabularyType(...))")
+VOCABULARIES.register("byte", VocabularyType(
+    seqio=lambda required: _seqio_byte(), encode=lambda text: [b + BYTE_OFFSET for b in text.encode("utf-8")]))
+VOCABULARIES.register("t5_spm", VocabularyType(
+    seqio=lambda required: _seqio_spm(str(spm_path(required))),
+    encode=lambda text: list(_spm_processor(str(spm_path())).encode(text))))
+
+
+def get_vocabulary(name: str, required: bool = True):
+    """The seqio vocabulary named `name` (a `VOCABULARIES` key: "t5_spm", "byte").
+
+    With `required=False` the SentencePiece file is not checked (tasks register
+    before data is present; seqio opens the file only when tokenizing).
+    """
+    return _vocabulary(name).seqio(required)
+
+
+def _vocabulary(name: str) -> VocabularyType:
+    try:
+        return VOCABULARIES[name]
+    except UnknownName as e:
+        raise ValueError(str(e)) from None
 
 
 def length_fn(name: str) -> Callable[[str], int]:
@@ -76,11 +99,24 @@ def length_fn(name: str) -> Callable[[str], int]:
     if name == "t5_spm":
         proc = _spm_processor(str(spm_path()))
         return lambda text: len(proc.encode(text))
-    raise ValueError(f"unknown vocabulary {name!r}; expected 't5_spm' or 'byte'")
+    encode = _vocabulary(name).encode
+    return lambda text: len(encode(text))
 
 
 def encode(name: str, text: str) -> list[int]:
     """Token ids of `text` (no EOS) in plain Python; equals the seqio vocabulary's encoding."""
-    if name == "byte":
-        return [b + BYTE_OFFSET for b in text.encode("utf-8")]
-    return list(_spm_processor(str(spm_path())).encode(text))
+    return _vocabulary(name).encode(text)
+
+
+def vocabulary_record(name: str) -> dict:
+    """What an export needs to rebuild vocabulary `name` outside flanx (`MODEL_DIR/vocabulary.json`):
+    its type (`sentencepiece`, `byte` or `other`), size, and the SentencePiece model file and extra ids."""
+    v = get_vocabulary(name)
+    record = {"name": name, "vocab_size": int(v.vocab_size), "pad_id": 0, "eos_id": 1, "unk_id": 2}
+    model_file = getattr(v, "sentencepiece_model_file", None)
+    if model_file:
+        record.update(type="sentencepiece", sentencepiece_model=str(Path(model_file).resolve()),
+                      extra_ids=int(getattr(v, "extra_ids", 0) or 0))
+    else:
+        record["type"] = "byte" if type(v).__name__ == "ByteVocabulary" else "other"
+    return record

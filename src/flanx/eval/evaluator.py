@@ -10,136 +10,74 @@ Plain-Python API (the forgetting study and the trainer call these; no gin):
     runner = EvalRunner(model_config, task_names, split, feature_lengths, decode, num_examples)
     runner(params, step)   # the same, reusing seqio's cached eval datasets: the trainer's eval_fn
 
+`use_cached=True` (both) reads the tasks from their offline cache (`flanx cache`);
+an uncached task fails at construction naming the command that caches it.
+
 Names may be tasks or mixtures (a mixture evaluates each of its tasks that has
-metrics and the split). Predict metrics get the model's decoded outputs
-(greedy, beam search or sampling, `flanx.models.decoding`); score metrics
-(rank classification over `*_scoring` tasks) get per-example target
-log-likelihoods (`decoding.score`). Batches are padded to a fixed size so each
-task compiles once. In a multi-process run every process evaluates the same
-examples with the (sharded) parameters and gets the same results.
+metrics and the split). With `predictions_dir`, each task's examples are also
+written, as T5X does, to `predictions_dir/<task>-step<N>.jsonl`: one line per
+example with `inputs`, `targets` (and `references` when the card has several),
+`prediction` and `score`: the task's metrics on that example alone, or for
+`*_scoring` tasks (one line per answer option) the log-likelihood, with
+`is_correct`. Decoding and scoring log a progress line over the examples. Predict metrics get the model's decoded outputs
+(greedy, beam search or sampling: `flanx.predict.DecodeConfig`); score
+metrics (rank classification over `*_scoring` tasks) get per-example target
+log-likelihoods. The batched decode and score calls live in `flanx.predict`
+(shared with `flanx.infer`); this module adapts them to seqio's
+`predict_fn`/`score_fn` and runs the Evaluators. In a multi-process run every
+process evaluates the same examples with the (sharded) parameters and gets the
+same results.
+
+After each call, `EvalRunner.breakdown` holds the results by template and by
+format (`_template_type`), recomputed from what seqio logged
+(`flanx.eval.breakdown`).
 """
 from __future__ import annotations
 
-import dataclasses
+import json
 import logging
-from typing import Any, Callable, Mapping, Sequence
+import math
+import os
+from typing import Callable, Mapping, Sequence
 
-import jax
-import numpy as np
+from flanx.predict import DecodeConfig, decode_tokens, score_batch
+from flanx.progress import Progress
 
 logger = logging.getLogger("flanx")
-
-DECODE_METHODS = ("greedy", "beam", "sample")
-
-
-@dataclasses.dataclass(frozen=True)
-class DecodeConfig:
-    """How predictions are produced. `max_decode_length=None` uses the targets length."""
-    method: str = "greedy"
-    num_beams: int = 4
-    alpha: float = 0.6
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    max_decode_length: int | None = None
-    batch_size: int = 32
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.method not in DECODE_METHODS:
-            raise ValueError(f"DecodeConfig.method={self.method!r}: choose one of {DECODE_METHODS}")
-        if self.batch_size < 1:
-            raise ValueError(f"DecodeConfig.batch_size={self.batch_size} must be >= 1")
-
-
-def _to_device(x: np.ndarray, params) -> Any:
-    """Host numpy -> an array the jitted decode can take next to `params` (replicated across processes)."""
-    if jax.process_count() == 1:
-        return x
-    leaf = jax.tree.leaves(params)[0]
-    from jax.sharding import NamedSharding, PartitionSpec as P
-    sharding = NamedSharding(leaf.sharding.mesh, P())
-    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
-
-
-def _host(x) -> np.ndarray:
-    """The whole value of a (possibly multi-process, sharded) array on this host."""
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        from jax.experimental import multihost_utils
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(x)
-
-
-def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
-    if x.shape[0] == rows:
-        return x
-    return np.concatenate([x, np.zeros((rows - x.shape[0],) + x.shape[1:], x.dtype)], axis=0)
-
-
-def trim_at_eos(tokens: Sequence[int], eos_id: int = 1) -> list[int]:
-    """Token ids up to (not including) the first EOS, without padding."""
-    out = []
-    for t in tokens:
-        t = int(t)
-        if t == eos_id:
-            break
-        if t:
-            out.append(t)
-    return out
-
-
-def decode_tokens(params, model_config, encoder_input_tokens: np.ndarray, decode: DecodeConfig,
-                  max_decode_length: int, rng_index: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
-    """Decode one padded batch -> (tokens [B, L], beam scores [B] or None)."""
-    from flanx.models import decoding
-
-    n = encoder_input_tokens.shape[0]
-    enc = _to_device(_pad_rows(np.asarray(encoder_input_tokens, np.int32), decode.batch_size), params)
-    if decode.method == "greedy":
-        out, scores = decoding.greedy_decode(params, model_config, enc, max_decode_length), None
-    elif decode.method == "beam":
-        out, scores = decoding.beam_search(params, model_config, enc, decode.num_beams, max_decode_length,
-                                           decode.alpha)
-        out, scores = out[:, 0], scores[:, 0]
-    else:
-        rng = jax.random.fold_in(jax.random.PRNGKey(decode.seed), rng_index)
-        out, scores = decoding.sample(params, model_config, enc, rng, max_decode_length, decode.temperature,
-                                      decode.top_k, decode.top_p), None
-    out = _host(out)[:n]
-    return out, (None if scores is None else _host(scores)[:n])
-
-
-def score_batch(params, model_config, batch: Mapping[str, np.ndarray], batch_size: int) -> np.ndarray:
-    """Per-example target log-likelihoods of one batch (padded to `batch_size` rows)."""
-    from flanx.models import decoding
-
-    n = next(iter(batch.values())).shape[0]
-    keys = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
-    padded = {k: _to_device(_pad_rows(np.asarray(batch[k], np.int32), batch_size), params)
-              for k in keys if k in batch}
-    return _host(decoding.score(params, model_config, padded))[:n]
 
 
 def make_predict_fn(params, model_config, decode: DecodeConfig) -> Callable:
     """seqio `predict_fn(dataset, model_feature_shapes)` -> [(index, token ids)]."""
     def predict_fn(dataset, model_feature_shapes=None):
         out = []
+        progress = examples_progress("eval", dataset, decode.batch_size)
         for i, (indices, features) in enumerate(dataset.batch(decode.batch_size).as_numpy_iterator()):
             length = decode.max_decode_length or features["decoder_target_tokens"].shape[1]
             tokens, _ = decode_tokens(params, model_config, features["encoder_input_tokens"], decode, length, i)
             # Fixed-length rows (0 after EOS): seqio stacks them into one array before decoding.
             out += [(int(idx), [int(t) for t in row]) for idx, row in zip(indices, tokens)]
+            progress.advance(len(indices))
         return out
     return predict_fn
+
+
+def examples_progress(name: str, dataset_or_count, batch_size: int, lines: int = 10) -> Progress:
+    """A Progress over examples (a tf.data dataset's cardinality, or a count): about `lines` lines."""
+    total = dataset_or_count if isinstance(dataset_or_count, int) else int(dataset_or_count.cardinality())
+    total = total if total > 0 else None
+    every = max(batch_size, math.ceil(total / lines)) if total else 10 * batch_size
+    return Progress(name, total, every=every, unit="examples", what="examples")
 
 
 def make_score_fn(params, model_config, batch_size: int) -> Callable:
     """seqio `score_fn(dataset, model_feature_shapes)` -> [(index, log-likelihood)]."""
     def score_fn(dataset, model_feature_shapes=None):
         out = []
+        progress = examples_progress("eval", dataset, batch_size)
         for indices, features in dataset.batch(batch_size).as_numpy_iterator():
             scores = score_batch(params, model_config, features, batch_size)
             out += [(int(idx), float(s)) for idx, s in zip(indices, scores)]
+            progress.advance(len(indices))
         return out
     return score_fn
 
@@ -149,16 +87,23 @@ class EvalRunner:
 
     def __init__(self, model_config, task_names: Sequence[str] | str, split: str = "validation",
                  feature_lengths: Mapping[str, int] | None = None, decode: DecodeConfig = DecodeConfig(),
-                 num_examples: int | None = None, seed: int = 42):
+                 num_examples: int | None = None, seed: int = 42, use_cached: bool = False,
+                 predictions_dir: str | None = None):
+        import functools
+
         import seqio
 
-        from flanx.data import register_all
+        from flanx.data import cache, register_all
+        from flanx.eval import breakdown as breakdown_lib
         register_all()
         names = [task_names] if isinstance(task_names, str) else list(task_names)
         if not names:
             raise ValueError("no evaluation tasks given (EVAL_MIXTURES / task_names is empty)")
         self.model_config, self.decode = model_config, decode
         self.evaluators = []
+        self._records: dict = {}  # task -> what seqio logged (flanx.eval.breakdown)
+        self.breakdown: dict = {}  # the latest call's results by template and by format
+        recorder = functools.partial(breakdown_lib.RecordingLogger, self._records)
         known = set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names())
         for name in names:
             if name not in known:
@@ -166,11 +111,15 @@ class EvalRunner:
                 close = difflib.get_close_matches(name, sorted(known), n=5)
                 raise ValueError(f"unknown evaluation task or mixture {name!r}"
                                  + (f"; close matches: {', '.join(close)}" if close else ""))
+            if use_cached:
+                cache.require_cached(name, split)
             ev = seqio.Evaluator(
                 mixture_or_task_name=name, feature_converter=seqio.EncDecFeatureConverter(pack=False),
-                eval_split=split, use_cached=False, seed=seed,
+                eval_split=split, use_cached=use_cached, seed=seed,
                 sequence_length=dict(feature_lengths) if feature_lengths else None,
-                num_examples=num_examples, shuffle=False, use_memory_cache=True)
+                num_examples=num_examples, shuffle=False, use_memory_cache=True,
+                logger_cls=[recorder] + ([_predictions_logger()] if predictions_dir else []),
+                log_dir=predictions_dir or "unused")  # the recording logger writes nothing
             if not ev.eval_tasks:
                 raise ValueError(f"{name!r} has no task with metrics and a {split!r} split to evaluate")
             self.evaluators.append(ev)
@@ -190,6 +139,9 @@ class EvalRunner:
         for task, metrics in results.items():
             logger.info("[eval] step %s %s %s", step, task,
                         " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())))
+        from flanx.eval import breakdown as breakdown_lib
+        self.breakdown = breakdown_lib.breakdown(self._records)
+        self._records.clear()
         return results
 
     def close(self) -> None:
@@ -199,10 +151,94 @@ class EvalRunner:
 
 def evaluate(params, model_config, task_names: Sequence[str] | str, split: str = "validation",
              feature_lengths: Mapping[str, int] | None = None, decode: DecodeConfig = DecodeConfig(),
-             num_examples: int | None = None, step: int | None = None) -> dict[str, dict[str, float]]:
-    """Evaluate `params` on tasks/mixtures -> {task: {metric: value}} (see the module docstring)."""
-    runner = EvalRunner(model_config, task_names, split, feature_lengths, decode, num_examples)
+             num_examples: int | None = None, step: int | None = None,
+             use_cached: bool = False, predictions_dir: str | None = None,
+             breakdown: dict | None = None) -> dict[str, dict[str, float]]:
+    """Evaluate `params` on tasks/mixtures -> {task: {metric: value}} (see the module docstring); a
+    `breakdown` dict receives the results by template and by format (`flanx.eval.breakdown`)."""
+    runner = EvalRunner(model_config, task_names, split, feature_lengths, decode, num_examples,
+                        use_cached=use_cached, predictions_dir=predictions_dir)
     try:
-        return runner(params, step)
+        results = runner(params, step)
+        if breakdown is not None:
+            breakdown.update(runner.breakdown)
+        return results
     finally:
         runner.close()
+
+
+# ----------------------------------------------------------------------------- predictions files
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _json_value(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if hasattr(value, "item"):
+        return _json_value(value.item())
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    return value
+
+
+def example_metrics(task, target, prediction) -> dict[str, float]:
+    """The task's predict metrics on one example (seqio signatures), NaN-free; metrics that cannot
+    score a single example are left out."""
+    import warnings
+
+    out: dict[str, float] = {}
+    for fn in task.predict_metric_fns:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                values = fn([target], [prediction])
+        except Exception:  # noqa: BLE001 - a corpus-level metric may not take one example
+            continue
+        for key, value in values.items():
+            value = _json_value(float(getattr(value, "value", value)))
+            if value is not None:
+                out[key] = value
+    return out
+
+
+def prediction_records(task, dataset, targets, inferences) -> list[dict]:
+    """One JSON-able record per example (see the module docstring)."""
+    predictions, scores = inferences.get("prediction"), inferences.get("score")
+    records = []
+    for i, ex in enumerate(dataset.as_numpy_iterator()):
+        rec = {"inputs": _text(ex["inputs_pretokenized"]), "targets": _text(ex["targets_pretokenized"])}
+        target = targets[i] if targets is not None and i < len(targets) else None
+        if isinstance(target, list):
+            rec["references"] = [_text(t) for t in target]
+        if predictions is not None:
+            rec["prediction"] = _text(predictions[i])
+            rec["score"] = example_metrics(task, target, predictions[i])
+        elif scores is not None:
+            rec["score"] = _json_value(scores[i])
+            if "is_correct" in ex:
+                rec["is_correct"] = bool(ex["is_correct"])
+        records.append(rec)
+    return records
+
+
+def _predictions_logger():
+    """A seqio Logger class writing `output_dir/<task>-step<N>.jsonl` (seqio imported lazily)."""
+    import seqio
+
+    class PredictionsLogger(seqio.Logger):
+        def __call__(self, task_name, step, metrics, dataset, inferences, targets):
+            if dataset is None or not inferences:
+                return
+            task = seqio.get_mixture_or_task(task_name)
+            path = os.path.join(self.output_dir, f"{task_name}-step{step if step is not None else 0}.jsonl")
+            from flanx import io
+
+            with io.open_output(path) as f:
+                for rec in prediction_records(task, dataset, targets, inferences):
+                    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            logger.info("[eval] %s: predictions written to %s", task_name, path)
+
+    return PredictionsLogger

@@ -1,307 +1,347 @@
-"""The forgetting study: single-task vs multi-task vs LoRA fine-tuning, one command.
+"""The forgetting study: fine-tune a base on one task with every arm and seed, measure what it forgets.
 
-    base  --(arm_steps on the target)-->  single_task   (full fine-tune, target task only)
-          --(arm_steps, LoRA adapters)->  lora          (q/v adapters, base frozen)
-          --(arm_steps, target+replay)->  multi_task    (target mixed with the base mixture at `replay_ratio`)
-          (no fine-tuning)                base
+    base --(arm plan, arm_steps, per seed)--> single_task, replay@r, l2sp@c, ewc@c, lora@rank, ...
+         --(no training)------------------> wise_ft@alpha (base <-> wise_ft_source interpolation)
 
 The base is a given checkpoint (`base_checkpoint`: Hugging Face, T5X or flanx)
-or is trained here on `base_mixture` for `base_steps`. Every arm starts from
-the same base parameters, trains the same number of steps with the same batch
-size and seed, and is evaluated with the same decoding settings on the target
-task, the held-in tasks (the base mixture's) and held-out tasks (never
-trained on). `flanx.experiments.report` turns the evaluations into the table,
-`results.json` and plots.
+or is trained here on `base_mixture` for `base_steps` (seed `seed`). Each arm
+(`flanx.experiments.arms`: a registry; `knobs` sweeps their values) returns a
+plan that the study runs identically for every seed in `seeds`: same steps,
+batch size and data pipeline (the seed orders the data and seeds the run).
+Every variant and the base are evaluated on the same examples of the target,
+held-in and held-out tasks (`flanx.experiments.evaluation`), keeping
+per-example scores; with `curve_every` the held-in and held-out tasks are
+also evaluated every k fine-tuning steps on the first `curve_examples` of
+those examples. `flanx.experiments.report` turns the evaluation files into
+numbers with spreads, and `flanx.experiments.plots` into pictures.
 
 Resumable: each stage writes its outputs under `out_dir` and a stage whose
-outputs exist is skipped; an interrupted training stage resumes from its own
-newest checkpoint (the trainer's exact resume).
+outputs exist is skipped; an interrupted training run resumes from its own
+newest checkpoint (the trainer's exact resume). One study writes `out_dir` at
+a time (`out_dir/flanx.lock`; a second one fails at start naming the first).
+With `use_cached_tasks`, every task is read from its offline cache (`flanx cache`).
 
-    out_dir/base/              base training run (model_dir), or absent with base_checkpoint
-    out_dir/arms/<arm>/        each arm's training run (model_dir)
-    out_dir/evals/<arm>.json   that arm's evaluation, written once complete
+    out_dir/study_config.json           the settings (resuming with other settings is refused)
+    out_dir/invocations.json            each run of the command: command, commit, wall and CPU time, load
+    out_dir/base/                       base training run (absent with base_checkpoint)
+    out_dir/runs/<variant>/seed<k>/     each training variant's run (model_dir)
+    out_dir/evals/<variant>/seed<k>.json  its evaluation, written once complete
     out_dir/report.md, results.json, *.png
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
+import resource
 import subprocess
+import sys
 import time
-from dataclasses import dataclass, field
-from typing import Any
 
 import jax
 import numpy as np
 
-from flanx.models import LoraConfig, T5Config, get_config
-from flanx.progress import setup_logging
-from flanx.train.config import OptimizerConfig, TrainConfig
+from flanx.experiments import arms as arms_lib
+from flanx.experiments.evaluation import record, write_record
+from flanx.experiments.study_config import (STUDY_CONFIG_FILE, StudyConfig, StudyDirMismatch,  # noqa: F401
+                                            check_study_dir, fingerprint)
+from flanx.train.config import TrainConfig
+
+INVOCATIONS_FILE = "invocations.json"   # one record per `flanx study` run into out_dir: command, commit, times, load
 
 logger = logging.getLogger("flanx")
 
-ARMS = ("single_task", "lora", "multi_task")
-
-
-@dataclass(frozen=True)
-class StudyConfig:
-    """Everything one study run depends on (recorded in the report)."""
-    name: str = "synthetic_forgetting"
-    out_dir: str = "runs/demo"
-    description: str = ""
-    model: T5Config | str = "tiny"
-    # Base: a checkpoint, or trained here on base_mixture.
-    base_checkpoint: str | None = None
-    base_mixture: str = "synth_multitask"
-    base_steps: int = 600
-    base_learning_rate: float = 1e-2
-    # Arms.
-    target_task: str = "synth_chat_summary_template_0to9_zsnoopt"
-    arms: tuple = ARMS
-    arm_steps: int = 200
-    arm_learning_rate: float = 1e-3
-    lora: LoraConfig = field(default_factory=lambda: LoraConfig(rank=8, alpha=16.0, dropout=0.0))
-    lora_learning_rate: float = 3e-3
-    # Adafactor's parameter-scaled updates barely move zero-initialised `lora_b`
-    # (update ~ lr * max(rms(b), 1e-3)); adapters train with AdamW, as in the LoRA paper.
-    lora_optimizer: str = "adamw"
-    replay_ratio: float = 0.5
-    # Shared training settings.
-    batch_size: int = 16
-    task_feature_lengths: dict = field(default_factory=lambda: {"inputs": 256, "targets": 64})
-    pack: bool = True
-    seed: int = 0
-    optimizer: str = "adafactor"
-    checkpoint_period: int = 200
-    # Evaluation (identical for every arm).
-    target_eval_task: str | None = "synth_chat_summary_template_0to9_zsnoopt"
-    held_in: tuple = ("synth_chat_intent_template_0to7_zsopt", "synth_chat_order_number_template_0to7_zsnoopt",
-                      "synth_chat_sentiment_template_0to7_zsopt", "synth_order_total_template_0to7_zsnoopt")
-    held_out: tuple = ("synth_chat_customer_name_template_0to7_zsnoopt",
-                       "synth_chat_refund_template_0to7_zsopt_scoring")
-    eval_split: str = "validation"
-    eval_split_overrides: dict = field(default_factory=dict)   # task -> split (e.g. MMLU/BBH: test)
-    eval_examples: int = 100
-    eval_batch_size: int = 50
-    max_decode_length: int = 64
-    reference: dict | None = None
-
-    def model_config(self) -> T5Config:
-        return get_config(self.model) if isinstance(self.model, str) else self.model
-
 
 def _git_commit() -> str:
+    """The checkout's commit (short), `-dirty` when tracked files differ from it; 'unknown' outside git."""
+    here = os.path.dirname(os.path.abspath(__file__))
     try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
-                              text=True, timeout=10).stdout.strip() or "unknown"
-    except Exception:  # noqa: BLE001 - not a checkout
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "."], cwd=here, timeout=10).returncode
+    except Exception:  # noqa: BLE001 - no git
         return "unknown"
+    return (commit + ("-dirty" if dirty else "")) if commit else "unknown"
 
 
-def _read_json(path: str) -> Any:
+def _read_json(path: str, default):
+    if not os.path.exists(path):
+        return default
     with open(path) as f:
         return json.load(f)
 
 
-def _write_json(path: str, payload: Any) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)  # a half-written file never looks complete
-
-
-def _curve(model_dir: str) -> list[list[float]]:
-    """(step, loss) pairs from a run's metrics.jsonl."""
-    path = os.path.join(model_dir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return []
-    out = []
-    with open(path) as f:
-        for line in f:
-            rec = json.loads(line)
-            if rec.get("split", rec.get("kind")) == "train" and "loss" in rec:
-                out.append([int(rec["step"]), float(rec["loss"])])
-    return out
+def _cpu_time() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _to_host(params):
     return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), params)
 
 
+def _curve_values(task_evals: dict, limit: int) -> dict[str, dict[str, float]]:
+    """{task: {primary metric: value over its first `limit` examples}} (from per-example scores)."""
+    from flanx.experiments.report import primary_metric
+
+    out = {}
+    for task, body in task_evals.items():
+        metric = primary_metric(body["metrics"])
+        per = body["per_example"].get(metric)
+        if per:
+            out[task] = {metric: round(float(np.mean(per[:limit])), 6)}
+    return out
+
+
+def _point(values: dict[str, dict[str, float]]) -> dict[str, float]:
+    return {t: next(iter(m.values())) for t, m in values.items()}
+
+
 class Study:
     """Runs (or resumes) a study described by a `StudyConfig`."""
 
-    def __init__(self, cfg: StudyConfig):
+    def __init__(self, cfg: StudyConfig, command: str | None = None):
         from flanx import data
 
-        self.cfg = cfg
+        self.cfg, self.command = cfg, command
         self.model_config = cfg.model_config()
         data.register_all()
-        self.base_curves: dict[str, list] = {}
-        self.timings: dict[str, float] = {}
+        from flanx.data import cache
 
-    # ---- data -------------------------------------------------------------
-    def _factory(self, mixture: str, seed: int):
+        self.use_cached = cache.configure(cfg.use_cached_tasks, cfg.task_cache_dirs)
+        self.variants = arms_lib.variants(cfg.arms, cfg.knobs)
+        self._suite = self._base = self._fisher = None
+
+    # ---- pieces -----------------------------------------------------------
+    def suite(self):
+        from flanx.experiments.evaluation import EvalSuite
+        from flanx.predict import DecodeConfig
+
+        if self._suite is None:
+            cfg = self.cfg
+            for name in cfg.eval_tasks():
+                _check_task(name)
+            self._suite = EvalSuite(cfg.eval_tasks(), cfg.task_feature_lengths, DecodeConfig(
+                method="greedy", max_decode_length=cfg.max_decode_length, batch_size=cfg.eval_batch_size),
+                cfg.eval_examples, use_cached=self.use_cached)
+        return self._suite
+
+    def _factory(self, mixture: str, seed: int, pack: bool | None = None):
         from flanx.data import pipeline
 
-        cfg = self.cfg
+        cfg, use_cached = self.cfg, self.use_cached
 
         def make(shard):
             import seqio
 
             return pipeline.get_dataset(
                 mixture, task_feature_lengths=dict(cfg.task_feature_lengths), split="train",
-                batch_size=shard.local_batch_size, shuffle=True, seed=seed, pack=cfg.pack,
-                shard_info=seqio.ShardInfo(shard.index, shard.num_shards) if shard.num_shards > 1 else None)
+                batch_size=shard.local_batch_size, shuffle=True, seed=seed, pack=cfg.pack if pack is None else pack,
+                shard_info=seqio.ShardInfo(shard.index, shard.num_shards) if shard.num_shards > 1 else None,
+                use_cached=use_cached)
         return make
 
-    def eval_tasks(self) -> tuple[str, list[str], list[str]]:
-        """(target eval task, held-in eval tasks, held-out eval tasks), each a registered seqio task."""
-        cfg = self.cfg
-        target = cfg.target_eval_task or cfg.target_task
-        for name in (target, *cfg.held_in, *cfg.held_out):
-            _check_task(name)
-        return target, list(cfg.held_in), list(cfg.held_out)
-
-    # ---- training ---------------------------------------------------------
-    def _train(self, model_dir: str, mixture: str, steps: int, lr: float, model_config: T5Config,
-               init_params=None, optimizer: str | None = None):
-        from flanx.train import trainer
-
-        cfg = self.cfg
-        tcfg = TrainConfig(
-            train_steps=steps, batch_size=cfg.batch_size, model_dir=model_dir, seed=cfg.seed,
-            checkpoint_period=cfg.checkpoint_period, keep_checkpoints=1, log_every=max(1, steps // 20),
-            optimizer=OptimizerConfig(name=optimizer or cfg.optimizer, learning_rate=lr))
-        t0 = time.perf_counter()
-        result = trainer.train(tcfg, model_config, self._factory(mixture, cfg.seed), init_params=init_params)
-        self.timings[os.path.basename(model_dir)] = time.perf_counter() - t0
-        return _to_host(result.params)
-
     def base_params(self):
-        """Load or train the base model; returns host params."""
+        """Load or train the base model (host params), once."""
+        if self._base is not None:
+            return self._base
         cfg = self.cfg
         if cfg.base_checkpoint:
             from flanx.checkpoints import load_params
 
-            params, _, _ = load_params(cfg.base_checkpoint, self.model_config)
-            return _to_host(params)
-        model_dir = os.path.join(cfg.out_dir, "base")
-        logger.info("study: training the base model on %s for %d steps", cfg.base_mixture, cfg.base_steps)
-        params = self._train(model_dir, cfg.base_mixture, cfg.base_steps, cfg.base_learning_rate,
-                             self.model_config)
-        self.base_curves[cfg.base_mixture] = _curve(model_dir)
-        return params
+            self._base = _to_host(load_params(cfg.base_checkpoint, self.model_config)[0])
+            return self._base
+        from flanx.train import trainer
+        from flanx.train.config import OptimizerConfig
 
-    def arm_params(self, arm: str, base):
-        """Fine-tune one arm from the base params; returns host params (LoRA merged)."""
-        from flanx.data import mixtures
+        logger.info("study: training the base model on %s for %d steps", cfg.base_mixture, cfg.base_steps)
+        tcfg = TrainConfig(train_steps=cfg.base_steps, batch_size=cfg.batch_size, seed=cfg.seed,
+                           model_dir=os.path.join(cfg.out_dir, "base"), checkpoint_period=cfg.checkpoint_period,
+                           keep_checkpoints=1, log_every=max(1, cfg.base_steps // 20),
+                           optimizer=OptimizerConfig(name=cfg.optimizer, learning_rate=cfg.base_learning_rate))
+        result = trainer.train(tcfg, self.model_config, self._factory(cfg.base_mixture, cfg.seed))
+        self._base = _to_host(result.params)
+        return self._base
+
+    def fisher(self):
+        """Diagonal Fisher of the base on `fisher_examples` unpacked examples of the base mixture (once)."""
+        if self._fisher is None:
+            from flanx.models import decoding
+            from flanx.partitioning import HostShard
+            from flanx.train.regularizers import diagonal_fisher
+
+            cfg = self.cfg
+            size = min(cfg.fisher_examples, cfg.batch_size)
+            it = self._factory(cfg.base_mixture, cfg.seed, pack=False)(HostShard(0, 1, size))
+            batches = [next(it) for _ in range(-(-cfg.fisher_examples // size))]
+            keys = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights")
+            logger.info("study: EWC Fisher on %d examples of %s", len(batches) * size, cfg.base_mixture)
+            config = self.model_config
+            self._fisher = diagonal_fisher(lambda p, batch: decoding.score(p, config, batch), self.base_params(),
+                                           [{k: b[k] for k in keys if k in b} for b in batches])
+        return self._fisher
+
+    def trained_params(self, variant: str, seed: int):
+        """A trained variant's final parameters for `seed` (host; LoRA merged into plain kernels)."""
+        from flanx.checkpoints import load_params
         from flanx.models import lora
 
-        cfg = self.cfg
-        model_dir = os.path.join(cfg.out_dir, "arms", arm)
-        if arm == "single_task":
-            return self._train(model_dir, cfg.target_task, cfg.arm_steps, cfg.arm_learning_rate,
-                               self.model_config, init_params=base)
-        if arm == "multi_task":
-            mixture = mixtures.replay_mixture(cfg.target_task, cfg.base_mixture, cfg.replay_ratio)
-            return self._train(model_dir, mixture, cfg.arm_steps, cfg.arm_learning_rate,
-                               self.model_config, init_params=base)
-        if arm == "lora":
-            lcfg = self.model_config.replace(lora=cfg.lora)
-            start = _to_host(lora.add_lora(base, lcfg, jax.random.PRNGKey(cfg.seed + 1)))
-            trained = self._train(model_dir, cfg.target_task, cfg.arm_steps, cfg.lora_learning_rate,
-                                  lcfg, init_params=start, optimizer=cfg.lora_optimizer)
-            return _to_host(lora.merge_lora(trained, lcfg))
-        raise ValueError(f"unknown study arm {arm!r}; choose from {ARMS}")
+        model_dir = self._run_dir(variant, seed)
+        if not os.path.isdir(os.path.join(model_dir, "checkpoints")):
+            raise ValueError(f"{variant} seed {seed} has no trained run in {model_dir}; put the arm it names "
+                             f"(StudyConfig.wise_ft_source) in StudyConfig.arms")
+        params, config, _ = load_params(model_dir)
+        return _to_host(lora.merge_lora(params, config)) if config.lora is not None else _to_host(params)
 
-    # ---- evaluation -------------------------------------------------------
-    def evaluate(self, params) -> dict:
-        """Every arm: the same tasks, examples, lengths and greedy decoding."""
-        from flanx.eval import evaluator
+    def _run_dir(self, variant: str, seed: int) -> str:
+        return os.path.join(self.cfg.out_dir, "runs", variant, f"seed{seed}")
+
+    def _eval_path(self, variant: str, seed: int) -> str:
+        return os.path.join(self.cfg.out_dir, "evals", variant, f"seed{seed}.json")
+
+    # ---- one variant ------------------------------------------------------
+    def _train(self, variant: str, seed: int, plan: arms_lib.ArmPlan) -> tuple[dict, list, float]:
+        """Train one plan; returns (final evaluation, curve points, train time)."""
+        from flanx.train import trainer
+        from flanx.train.writers import read_metrics
 
         cfg = self.cfg
-        target, held_in, held_out = self.eval_tasks()
-        by_split: dict[str, list[str]] = {}
-        for task in dict.fromkeys([target, *held_in, *held_out]):
-            by_split.setdefault(cfg.eval_split_overrides.get(task, cfg.eval_split), []).append(task)
-        decode = evaluator.DecodeConfig(method="greedy", max_decode_length=cfg.max_decode_length,
-                                        batch_size=cfg.eval_batch_size)
-        results = {}
-        for split, tasks in by_split.items():
-            results.update(evaluator.evaluate(params, self.model_config, tasks, split=split,
-                                              feature_lengths=dict(cfg.task_feature_lengths), decode=decode,
-                                              num_examples=cfg.eval_examples))
-        return results
+        model_dir = self._run_dir(variant, seed)
+        tcfg = TrainConfig(train_steps=cfg.arm_steps, batch_size=cfg.batch_size, model_dir=model_dir, seed=seed,
+                           checkpoint_period=cfg.checkpoint_period, keep_checkpoints=1,
+                           log_every=max(1, cfg.arm_steps // 20), eval_period=cfg.curve_every,
+                           optimizer=plan.optimizer)
+        final: dict = {}
+        limit, eval_time = cfg.curve_examples, [0.0]
+        curve_tasks = list(dict.fromkeys([*cfg.held_in, *cfg.held_out]))
+
+        def eval_fn(params, step):
+            t0 = time.perf_counter()
+            if step >= cfg.arm_steps:  # the end of the run: the full evaluation, kept whole
+                final.update(self.suite()(params, plan.model_config))
+                values = _curve_values(final, limit)
+            else:  # held-in and held-out tasks on the curve examples
+                values = _curve_values(self.suite()(params, plan.model_config, limit=limit, tasks=curve_tasks), limit)
+            eval_time[0] += time.perf_counter() - t0
+            return values
+
+        t0 = time.perf_counter()
+        result = trainer.train(tcfg, plan.model_config, self._factory(plan.mixture, seed),
+                               init_params=plan.init_params, eval_fn=eval_fn, extra_loss=plan.extra_loss)
+        train_time = time.perf_counter() - t0 - eval_time[0]
+        if not final:  # the run had finished before (resumed at its last step): evaluate its parameters
+            final.update(self.suite()(_to_host(result.params), plan.model_config))
+        points = {}
+        for row in read_metrics(model_dir, "eval"):
+            if row["step"] < cfg.arm_steps:
+                points[int(row["step"])] = _point({t: v for t, v in row.items() if isinstance(v, dict)})
+        points[cfg.arm_steps] = _point(_curve_values({t: final[t] for t in curve_tasks}, limit))
+        return final, [{"step": s, "values": points[s]} for s in sorted(points)], train_time
+
+    def run_variant(self, variant: arms_lib.Variant, seed: int) -> dict:
+        cfg = self.cfg
+        ctx = arms_lib.ArmContext(cfg, self.model_config, self.base_params(), seed, self.fisher,
+                                  lambda name: self.trained_params(name, seed))
+        plan = arms_lib.ARMS[variant.arm].fn(ctx, variant.value)
+        info = {"arm": variant.arm, "knob": variant.knob, "value": variant.value, "optimizer": plan.describe(),
+                "steps": cfg.arm_steps if plan.trains else 0}
+        if plan.same_as:
+            return record(variant.name, seed, None, **info, same_as=plan.same_as)
+        cpu0, t0 = _cpu_time(), time.perf_counter()
+        if plan.trains:
+            logger.info("study: %s seed %d: training %d steps on %s (%s)", variant.name, seed, cfg.arm_steps,
+                        plan.mixture, info["optimizer"])
+            tasks, curve, train_time = self._train(variant.name, seed, plan)
+            from flanx.train.writers import read_metrics
+
+            losses = {int(r["step"]): round(float(r["loss"]), 5) for r in
+                      read_metrics(self._run_dir(variant.name, seed), "train") if "loss" in r}
+            info.update(train_loss=sorted(losses.items()), curve=curve)
+        else:
+            logger.info("study: %s seed %d: evaluating", variant.name, seed)
+            tasks, train_time = self.suite()(plan.params, plan.model_config), 0.0
+        elapsed = time.perf_counter() - t0
+        return record(variant.name, seed, tasks, **info, train_time_s=round(train_time, 1),
+                      eval_time_s=round(elapsed - train_time, 1), cpu_time_s=round(_cpu_time() - cpu0, 1))
+
+    def run_base(self) -> dict:
+        cpu0, t0 = _cpu_time(), time.perf_counter()
+        params = self.base_params()
+        train_time = time.perf_counter() - t0
+        tasks = self.suite()(params, self.model_config)
+        held = [*self.cfg.held_in, *self.cfg.held_out]
+        start = _point(_curve_values({t: tasks[t] for t in held}, self.cfg.curve_examples))
+        return record(arms_lib.BASE, self.cfg.seed, tasks, arm=None, knob=None, value=None, optimizer=None, steps=0,
+                      curve=[{"step": 0, "values": start}], train_time_s=round(train_time, 1),
+                      eval_time_s=round(time.perf_counter() - t0 - train_time, 1),
+                      cpu_time_s=round(_cpu_time() - cpu0, 1))
 
     # ---- the whole study --------------------------------------------------
     def run(self) -> dict:
-        cfg = self.cfg
+        """Run or resume the study; `out_dir` is locked meanwhile (one study writes it; each training
+        run locks its own model_dir)."""
+        from flanx.progress import setup_logging
+        from flanx.train import run_dir
+
         setup_logging()
+        guard = run_dir.claim(self.cfg.out_dir)
+        try:
+            return self._run()
+        finally:
+            guard.release()
+
+    def _run(self) -> dict:
+        cfg = self.cfg
         os.makedirs(cfg.out_dir, exist_ok=True)
         check_study_dir(cfg, self.model_config)
-        t_start = time.perf_counter()
-        target, held_in, held_out = self.eval_tasks()
-        base = None
-        evals: dict[str, dict] = {}
-        for arm in ("base", *cfg.arms):
-            path = os.path.join(cfg.out_dir, "evals", f"{arm}.json")
-            if os.path.exists(path):
-                logger.info("study: %s already evaluated (%s), skipping", arm, path)
-                evals[arm] = _read_json(path)
-                continue
-            if base is None:
-                base = self.base_params()
-            params = base if arm == "base" else self.arm_params(arm, base)
-            logger.info("study: evaluating %s on %d tasks", arm, 1 + len(held_in) + len(held_out))
-            t0 = time.perf_counter()
-            metrics = self.evaluate(params)
-            evals[arm] = {"metrics": metrics, "eval_time_s": time.perf_counter() - t0,
-                          "train_time_s": self.timings.get(arm if arm != "base" else "base", 0.0)}
-            _write_json(path, evals[arm])
-        return self.report(evals, time.perf_counter() - t_start, target, held_in, held_out)
+        t_start, cpu_start, load_start = time.perf_counter(), _cpu_time(), os.getloadavg()
+        invocation = {"command": self.command, "commit": _git_commit(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                      "load_average_start": [round(x, 2) for x in load_start], "cpus": os.cpu_count()}
+        evals_dir = os.path.join(cfg.out_dir, "evals")
+        if not os.path.exists(self._eval_path(arms_lib.BASE, cfg.seed)):
+            write_record(evals_dir, self.run_base())
+        for seed in cfg.seeds:
+            for variant in self.variants:  # training arms first: evaluation-only arms may read them
+                path = self._eval_path(variant.name, seed)
+                if os.path.exists(path):
+                    logger.info("study: %s seed %d already evaluated, skipping", variant.name, seed)
+                    continue
+                write_record(evals_dir, self.run_variant(variant, seed))
+        invocation.update(wall_time_s=round(time.perf_counter() - t_start, 1),
+                          cpu_time_s=round(_cpu_time() - cpu_start, 1),
+                          load_average_end=[round(x, 2) for x in os.getloadavg()])
+        path = os.path.join(cfg.out_dir, INVOCATIONS_FILE)
+        history = _read_json(path, [])
+        with open(path, "w") as f:
+            json.dump(history + [invocation], f, indent=1)
+        return self.report()
 
-    def report(self, evals, wall_time, target, held_in, held_out) -> dict:
+    def report(self) -> dict:
+        """Write the report from the evaluation files (and the recorded invocations) in `out_dir`."""
         from flanx.experiments import report
 
         cfg = self.cfg
-        arms = {}
-        for arm, ev in evals.items():
-            model_dir = os.path.join(cfg.out_dir, "arms", arm)
-            arms[arm] = {"metrics": ev["metrics"], "curve": _curve(model_dir) if arm != "base" else [],
-                         "steps": 0 if arm == "base" else cfg.arm_steps,
-                         "wall_time_s": ev.get("train_time_s", 0.0) + ev.get("eval_time_s", 0.0)}
-        base_dir = os.path.join(cfg.out_dir, "base")
-        base_curves = {cfg.base_mixture: _curve(base_dir)} if os.path.isdir(base_dir) else {}
-        all_tasks = [target, *held_in, *held_out]
-        results = {
-            "name": cfg.name, "target_task": target, "held_in": held_in, "held_out": held_out,
-            "primary_metric": {t: primary_metric(evals["base"]["metrics"].get(t, {})) for t in all_tasks},
-            "target_metrics": ["rouge1", "rouge2", "rougeL", "rougeLsum"],
-            "arms": arms, "base_curves": base_curves, "reference": cfg.reference,
-            "meta": {"config": _config_dict(cfg), "model_config": dataclasses.asdict(self.model_config),
-                     "commit": _git_commit(), "seed": cfg.seed, "base_steps": cfg.base_steps,
-                     "arm_steps": cfg.arm_steps, "wall_time_s": round(wall_time, 1),
-                     "description": cfg.description, "jax_backend": jax.default_backend()},
-        }
+        path = os.path.join(cfg.out_dir, INVOCATIONS_FILE)
+        runs = _read_json(path, [])
+        meta = {"description": cfg.description, "jax_backend": jax.default_backend(),
+                "config": fingerprint(cfg, self.model_config), "invocations": runs}
+        if runs:  # the last command and commit; times and loads summed / listed over every invocation
+            meta.update(command=runs[-1]["command"], commit=runs[-1]["commit"],
+                        wall_time_s=round(sum(r["wall_time_s"] for r in runs), 1),
+                        cpu_time_s=round(sum(r["cpu_time_s"] for r in runs), 1),
+                        load_average=[r["load_average_start"] + r["load_average_end"] for r in runs])
+        found = report.read_evals(os.path.join(cfg.out_dir, "evals"))
+        evals = {}  # the configured variants and seeds, in config order
+        for name in [arms_lib.BASE] + [v.name for v in self.variants]:
+            by_seed = {s: b for s, b in found.get(name, {}).items() if name == arms_lib.BASE or s in cfg.seeds}
+            if by_seed:
+                evals[name] = by_seed
+        target = cfg.target_eval_task or cfg.target_task
+        results = report.build_results(evals, target, list(cfg.held_in), list(cfg.held_out), name=cfg.name,
+                                       meta=meta, reference=cfg.reference, samples=cfg.bootstrap_samples)
         files = report.write_report(results, cfg.out_dir)
         logger.info("study: report written to %s", files["report"])
         return {"results": results, "files": files}
-
-
-PRIMARY_METRICS = ("rougeL", "exact_match", "accuracy", "rank_accuracy")
-
-
-def primary_metric(metrics: dict) -> str:
-    """The metric a task is judged by in the report: ROUGE-L, exact match or accuracy."""
-    for name in PRIMARY_METRICS:
-        if name in metrics:
-            return name
-    return sorted(metrics)[0] if metrics else "accuracy"
 
 
 def _check_task(name: str) -> None:
@@ -316,55 +356,5 @@ def _check_task(name: str) -> None:
                          + ". List tasks with `flanx tasks list`.")
 
 
-def _config_dict(cfg: StudyConfig) -> dict:
-    out = {}
-    for f in dataclasses.fields(cfg):
-        v = getattr(cfg, f.name)
-        out[f.name] = dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
-    return out
-
-
-# Fields that only name or describe a study: changing them keeps its results valid.
-_PRESENTATION_FIELDS = ("name", "out_dir", "description", "reference")
-STUDY_CONFIG_FILE = "study_config.json"
-
-
-def _fingerprint(cfg: StudyConfig, model_config: T5Config) -> dict:
-    fields = {k: v for k, v in _config_dict(cfg).items() if k not in _PRESENTATION_FIELDS}
-    fields["model"] = dataclasses.asdict(model_config)
-    return json.loads(json.dumps(fields, sort_keys=True, default=str))  # tuples -> lists, as on disk
-
-
-class StudyDirMismatch(ValueError):
-    """`out_dir` holds results of another configuration."""
-
-
-def check_study_dir(cfg: StudyConfig, model_config: T5Config) -> None:
-    """Refuse to resume into `out_dir` when its results came from another configuration.
-
-    Resuming skips every arm with an `evals/<arm>.json`, so a changed setting
-    (steps, learning rate, tasks, model) would otherwise be reported beside
-    numbers that were not produced with it. The first run records the settings
-    in `out_dir/study_config.json`.
-    """
-    path = os.path.join(cfg.out_dir, STUDY_CONFIG_FILE)
-    current = _fingerprint(cfg, model_config)
-    if not os.path.exists(path):
-        _write_json(path, current)
-        return
-    try:
-        recorded = _read_json(path)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path} is unreadable ({e}); delete it only if {cfg.out_dir} holds "
-                         "results of the current configuration") from None
-    changed = sorted(k for k in set(recorded) | set(current) if recorded.get(k) != current.get(k))
-    if changed:
-        detail = "; ".join(f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in changed)
-        raise StudyDirMismatch(
-            f"study out_dir {cfg.out_dir} holds results of a different configuration ({detail}). "
-            f"Resuming would mix them. Use a new directory (--gin.flanx.StudyConfig.out_dir='...') "
-            f"or delete {cfg.out_dir} to start over.")
-
-
-def run_study(cfg: StudyConfig) -> dict:
-    return Study(cfg).run()
+def run_study(cfg: StudyConfig, command: str | None = None) -> dict:
+    return Study(cfg, command or " ".join(sys.argv)).run()

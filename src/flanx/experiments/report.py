@@ -1,189 +1,293 @@
-"""Forgetting-study reports: the numbers table, `results.json`, `report.md`, PNG plots.
+"""Study results from evaluation files: every number with its spread, `results.json`, `report.md`.
 
-Input is the study's results dict (see `flanx.experiments.forgetting`):
+Input: `evals[variant][seed]`, each one evaluation file's content (written by
+`flanx.experiments.forgetting`; see `read_evals`):
 
-    {"target_task": T, "held_in": [...], "held_out": [...],
-     "primary_metric": {task: metric_name}, "target_metrics": [...],
-     "arms": {arm: {"metrics": {task: {metric: value}}, "curve": [[step, loss], ...],
-                    "steps": n, "wall_time_s": s}},
-     "meta": {...configs, seeds, commit...}}
+    {"variant": "replay@0.3", "arm": "replay", "knob": "ratio", "value": 0.3, "seed": 0,
+     "optimizer": "adafactor, lr 0.001", "steps": 200,
+     "tasks": {task: {"metrics": {metric: value}, "per_example": {metric: [...]},
+                      "chance": float | None, "split": str, "num_examples": n}},
+     "curve": [{"step": s, "values": {task: primary metric on the curve examples}}],
+     "train_loss": [[step, loss]], "train_time_s": s, "eval_time_s": s}
 
-Everything in the report is computed here from those evaluation outputs, so a
-test can recompute each cell independently. Forgetting on a task is
-`base metric - arm metric` (positive = the arm lost ability); target gain is
-`arm metric - base metric` on the target task's primary metric.
+The variant `base` is the model before fine-tuning. A task's primary metric
+(ROUGE-L, exact match, accuracy, rank accuracy: `primary_metric`) judges it.
+Forgetting on a task is `base - arm` (positive: the arm lost ability), target
+gain is `arm - base` on the target's primary metric; group numbers are means
+over the group's tasks. Every number gets a mean over seeds, a std over seeds
+and a bootstrap 95% interval over examples and seeds (`flanx.experiments.stats`).
+A test recomputes each cell of the report from the evaluation files.
+
+The same functions serve any comparison of a base with other variants on
+groups of tasks (`target` may be None: no gain, no Pareto picture).
 """
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
 from typing import Any
 
-BASE_ARM = "base"
+import numpy as np
+
+from flanx.experiments import stats
+
+BASE = "base"
+PRIMARY_METRICS = ("rougeL", "exact_match", "accuracy", "rank_accuracy")
+GROUP_KEYS = ("target", "target_gain", "held_in_mean", "forgetting_held_in", "held_out_mean", "forgetting_held_out")
 
 
-def _mean(values: list[float]) -> float:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    return sum(values) / len(values) if values else float("nan")
+def primary_metric(metrics: dict) -> str:
+    """The metric a task is judged by: ROUGE-L, exact match, accuracy or rank accuracy."""
+    for name in PRIMARY_METRICS:
+        if name in metrics:
+            return name
+    return sorted(metrics)[0] if metrics else "accuracy"
 
 
-def primary(results: dict, arm: str, task: str) -> float:
-    """The arm's primary metric on `task` (NaN when it was not evaluated)."""
-    metric = results["primary_metric"][task]
-    return float(results["arms"][arm]["metrics"].get(task, {}).get(metric, float("nan")))
+def read_evals(evals_dir: str) -> dict[str, dict[int, dict]]:
+    """`evals_dir/<variant>/seed<k>.json` -> {variant: {seed: content}}; `same_as` files resolved."""
+    raw: dict[str, dict[int, dict]] = {}
+    for path in sorted(glob.glob(os.path.join(evals_dir, "*", "seed*.json"))):
+        with open(path) as f:
+            body = json.load(f)
+        raw.setdefault(os.path.basename(os.path.dirname(path)), {})[int(body["seed"])] = body
+    for variant, seeds in raw.items():
+        for seed, body in seeds.items():
+            if body.get("same_as"):
+                source = raw.get(body["same_as"], {})
+                twin = source.get(seed) or (source[min(source)] if body["same_as"] == BASE and source else None)
+                if twin is None:
+                    raise ValueError(f"{variant} seed {seed}: its twin {body['same_as']!r} has no evaluation")
+                seeds[seed] = {**body, "tasks": twin["tasks"]}  # its own identity and timings, the twin's scores
+    return raw
 
 
-def summarize(results: dict) -> dict[str, dict[str, Any]]:
-    """Per-arm summary rows: target metrics, mean held-in/out, forgetting, gain."""
-    target = results["target_task"]
-    rows = {}
-    for arm, body in results["arms"].items():
-        tmetrics = body["metrics"].get(target, {})
-        row = {f"target/{m}": float(tmetrics.get(m, float("nan"))) for m in results["target_metrics"]}
-        held_in = [primary(results, arm, t) for t in results["held_in"]]
-        held_out = [primary(results, arm, t) for t in results["held_out"]]
-        row["held_in_mean"] = _mean(held_in)
-        row["held_out_mean"] = _mean(held_out)
-        if BASE_ARM in results["arms"]:
-            base_in = [primary(results, BASE_ARM, t) for t in results["held_in"]]
-            base_out = [primary(results, BASE_ARM, t) for t in results["held_out"]]
-            row["forgetting_held_in"] = _mean([b - a for b, a in zip(base_in, held_in)])
-            row["forgetting_held_out"] = _mean([b - a for b, a in zip(base_out, held_out)])
-            row["target_gain"] = primary(results, arm, target) - primary(results, BASE_ARM, target)
-        rows[arm] = row
-    return rows
+def _scores(evals: dict[int, dict], task: str, metric: str) -> np.ndarray:
+    """[seeds, examples] per-example scores (one column holding the metric when there are none)."""
+    rows = []
+    for seed in sorted(evals):
+        body = evals[seed]["tasks"][task]
+        per = body.get("per_example", {}).get(metric)
+        rows.append(per if per else [body["metrics"].get(metric, float("nan"))])
+    return np.asarray(rows, np.float64)
 
 
-def per_task_table(results: dict) -> dict[str, dict[str, float]]:
-    """task -> arm -> primary metric, over target, held-in and held-out tasks."""
-    tasks = [results["target_task"], *results["held_in"], *results["held_out"]]
-    return {t: {arm: primary(results, arm, t) for arm in results["arms"]} for t in tasks}
+def build_results(evals: dict[str, dict[int, dict]], target: str | None, held_in: list[str],
+                  held_out: list[str], name: str = "", meta: dict | None = None, reference: dict | None = None,
+                  target_metrics: tuple = ("rouge1", "rouge2", "rougeL", "rougeLsum"), samples: int = 1000,
+                  seed: int = 0) -> dict[str, Any]:
+    """Every number of the report (see the module docstring) from the evaluation files."""
+    if BASE not in evals:
+        raise ValueError("no evaluation of the base model (variant 'base')")
+    tasks = ([target] if target else []) + list(held_in) + list(held_out)
+    base_eval = evals[BASE][min(evals[BASE])]["tasks"]
+    primary = {t: primary_metric(base_eval[t]["metrics"]) for t in tasks}
+    sizes = {t: _scores(evals[BASE], t, primary[t]).shape[1] for t in tasks}
+    boot = stats.Bootstrap(sizes, samples, seed)
+    variants = [BASE] + [v for v in evals if v != BASE]
+    t_metrics = [m for m in target_metrics if target and m in base_eval[target]["metrics"]] if target else []
+
+    per_task, summary, reps, seed_means = {}, {}, {}, {}
+    for v in variants:
+        per_task[v], reps[v], seed_means[v] = {}, {}, {}
+        for t in tasks:
+            per_task[v][t] = {}
+            for m in dict.fromkeys([primary[t], *(t_metrics if t == target else [])]):
+                x = _scores(evals[v], t, m)
+                r = boot.replicates(t, x) if x.shape[1] == sizes[t] else np.full(samples, np.nan)
+                per_task[v][t][m] = stats.summary(x.mean(axis=1), r)
+                if m == primary[t]:
+                    reps[v][t], seed_means[v][t] = r, x.mean(axis=1)
+    for v in variants:
+        row = {}
+        base_mean = {t: float(np.mean(seed_means[BASE][t])) for t in tasks}
+        if target:
+            row["target"] = per_task[v][target][primary[target]]
+            row["target_gain"] = stats.summary(seed_means[v][target] - base_mean[target],
+                                               reps[v][target] - reps[BASE][target])
+        for group, group_tasks in (("held_in", held_in), ("held_out", held_out)):
+            if not group_tasks:
+                continue
+            row[f"{group}_mean"] = stats.summary(stats.mean_over_tasks([seed_means[v][t] for t in group_tasks]),
+                                                 stats.mean_over_tasks([reps[v][t] for t in group_tasks]))
+            row[f"forgetting_{group}"] = stats.summary(
+                stats.mean_over_tasks([base_mean[t] - seed_means[v][t] for t in group_tasks]),
+                stats.mean_over_tasks([reps[BASE][t] - reps[v][t] for t in group_tasks]))
+        summary[v] = row
+
+    pareto, best = {}, None
+    if target:
+        for group in ("held_in", "held_out"):
+            key = f"forgetting_{group}"
+            if all(key in summary[v] for v in variants):
+                pareto[group] = stats.pareto_front({v: (summary[v][key]["mean"], summary[v]["target_gain"]["mean"])
+                                                    for v in variants})
+        if pareto.get("held_in"):
+            best = max(pareto["held_in"], key=lambda v: summary[v]["target_gain"]["mean"]
+                       - summary[v]["forgetting_held_in"]["mean"])
+
+    info, runs, curves = {}, {}, {}
+    base_start = next((p["values"] for p in evals[BASE][min(evals[BASE])].get("curve", []) if p["step"] == 0), None)
+    for v in variants:
+        first = evals[v][min(evals[v])]
+        info[v] = {k: first.get(k) for k in ("arm", "knob", "value", "optimizer", "steps")}
+        info[v]["seeds"] = sorted(evals[v])
+        runs[v] = {s: {k: b.get(k) for k in ("steps", "train_time_s", "eval_time_s", "same_as")}
+                   | {"final_loss": b["train_loss"][-1][1] if b.get("train_loss") else None}
+                   for s, b in sorted(evals[v].items())}
+        curves[v] = _curves(evals[v], held_in, held_out, base_start)
+    return {"name": name, "target_task": target, "held_in": list(held_in), "held_out": list(held_out),
+            "primary_metric": primary, "target_metrics": t_metrics,
+            "chance": {t: base_eval[t].get("chance") for t in tasks},
+            "num_examples": sizes, "variants": info, "tasks": per_task, "summary": summary,
+            "pareto": pareto, "best_tradeoff": best, "curves": curves, "runs": runs,
+            "reference": reference, "meta": meta or {}, "bootstrap": {"samples": samples, "seed": seed},
+            "train_loss": {v: {s: b.get("train_loss", []) for s, b in evals[v].items()} for v in variants}}
 
 
-def _fmt(v: float) -> str:
+def _curves(evals: dict[int, dict], held_in, held_out, start: dict | None) -> dict[str, Any]:
+    """Mean (over seeds) and std of each group's mean primary metric at every curve step all seeds share.
+
+    Curves start at step 0 with the base model's scores on the same examples (`start`)."""
+    per_seed = [{p["step"]: p["values"] for p in body.get("curve", [])} for body in evals.values()]
+    if not per_seed or not all(per_seed):
+        return {}
+    if start is not None:
+        per_seed = [{0: start, **c} for c in per_seed]
+    steps = sorted(set.intersection(*(set(c) for c in per_seed)))
+    out: dict[str, Any] = {"steps": steps}
+    for group, group_tasks in (("held_in", held_in), ("held_out", held_out)):
+        if not group_tasks:
+            continue
+        values = np.array([[np.mean([c[s][t] for t in group_tasks]) for s in steps] for c in per_seed])
+        out[group] = {"mean": values.mean(axis=0).tolist(),
+                      "std": (values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros(len(steps))).tolist()}
+    return out
+
+
+# ------------------------------------------------------------------------------------ markdown
+
+def fmt(v) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(out)
+def fmt_summary(s: dict) -> str:
+    """'mean ± std [lo, hi]' (std left out with one seed)."""
+    spread = f" ± {fmt(s['std'])}" if s["seeds"] > 1 else ""
+    return f"{fmt(s['mean'])}{spread} [{fmt(s['ci_low'])}, {fmt(s['ci_high'])}]"
 
 
-def render_markdown(results: dict, summary: dict, plots: dict[str, str]) -> str:
-    target = results["target_task"]
-    cols = [f"target/{m}" for m in results["target_metrics"]]
-    cols += ["target_gain", "held_in_mean", "held_out_mean", "forgetting_held_in", "forgetting_held_out"]
-    cols = [c for c in cols if any(c in r for r in summary.values())]
-    lines = [f"# Forgetting study: {results.get('name', target)}", ""]
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _knob(info: dict) -> str:
+    if info.get("knob") is None:
+        return "-"
+    value = info["value"]
+    return f"{info['knob']}={value:g}" if isinstance(value, (int, float)) else f"{info['knob']}={value}"
+
+
+def at_chance(results: dict) -> dict[str, str]:
+    """Tasks where the base model's 95% interval reaches chance (rank tasks) or whose base score is 0."""
+    out = {}
+    for t, chance in results["chance"].items():
+        s = results["tasks"][BASE][t][results["primary_metric"][t]]
+        if chance is not None and s["ci_low"] <= chance:
+            out[t] = f"base {fmt(s['mean'])} [{fmt(s['ci_low'])}, {fmt(s['ci_high'])}], chance {fmt(chance)}"
+        elif chance is None and s["mean"] == 0.0:
+            out[t] = "base scores 0 on every example"
+    return out
+
+
+def render_markdown(results: dict, plots: dict[str, str]) -> str:
+    target, summary, variants = results["target_task"], results["summary"], list(results["variants"])
     meta = results.get("meta", {})
+    lines = [f"# Forgetting study: {results.get('name') or target}", ""]
     if meta.get("description"):
         lines += [meta["description"], ""]
-    lines += [f"Target task: `{target}`. Held-in: {len(results['held_in'])} tasks; "
-              f"held-out: {len(results['held_out'])} tasks. Forgetting = base metric - arm metric "
-              f"(primary metric per task); positive means the arm lost ability.", ""]
+    b = results["bootstrap"]
+    lines += [f"Target task: `{target}`. Held-in: {len(results['held_in'])} tasks; held-out: "
+              f"{len(results['held_out'])} tasks. Forgetting = base - arm and target gain = arm - base, in each "
+              "task's primary metric (group numbers: mean over the group's tasks); positive forgetting means "
+              f"the arm lost ability. Cells: mean over seeds ± std over seeds [bootstrap 95% interval over "
+              f"examples and seeds, {b['samples']} replicates, seed {b['seed']}].", ""]
+    if target and results.get("best_tradeoff"):
+        best = results["best_tradeoff"]
+        s = summary[best]
+        lines += [f"**Best trade-off: `{best}`** (largest target gain minus held-in forgetting among the "
+                  f"Pareto-optimal variants): target gain {fmt_summary(s['target_gain'])}, held-in forgetting "
+                  f"{fmt_summary(s['forgetting_held_in'])}"
+                  + (f", held-out forgetting {fmt_summary(s['forgetting_held_out'])}" if "forgetting_held_out" in s
+                     else "") + ".", ""]
+        for group in ("held_in", "held_out"):
+            if results["pareto"].get(group):
+                lines.append(f"Pareto front (gain vs {group.replace('_', '-')} forgetting): "
+                             + ", ".join(f"`{v}`" for v in results["pareto"][group]) + ".")
+        lines.append("")
     lines += ["## Summary", ""]
-    lines.append(_md_table(["arm", *cols], [[arm, *(_fmt(r.get(c)) for c in cols)] for arm, r in summary.items()]))
-    lines += ["", "## Per task (primary metric)", ""]
-    table = per_task_table(results)
-    arms = list(results["arms"])
-    group = {target: "target", **{t: "held-in" for t in results["held_in"]},
-             **{t: "held-out" for t in results["held_out"]}}
-    lines.append(_md_table(["task", "group", "metric", *arms],
-                           [[t, group[t], results["primary_metric"][t], *(_fmt(v[a]) for a in arms)]
-                            for t, v in table.items()]))
+    keys = [k for k in GROUP_KEYS if any(k in summary[v] for v in variants)]
+    lines += _table(["variant", "arm", "knob", *keys],
+                    [[v, results["variants"][v]["arm"] or v, _knob(results["variants"][v]),
+                      *(fmt_summary(summary[v][k]) if k in summary[v] else "n/a" for k in keys)] for v in variants])
+    lines += ["", "## Arms, optimizers and seeds", ""]
+    lines += _table(["variant", "optimizer", "fine-tune steps", "seeds"],
+                    [[v, i.get("optimizer") or "-", str(i.get("steps") or 0), ", ".join(map(str, i["seeds"]))]
+                     for v, i in results["variants"].items()])
+    chance = at_chance(results)
+    lines += ["", "## Where the base model is at chance", ""]
+    lines += [f"- `{t}`: {why}" for t, why in chance.items()] or ["None of the evaluated tasks."]
+    lines += ["", "## Per task", "", "Primary metric of each task (and every target metric): mean ± std "
+              "[bootstrap 95% interval].", ""]
+    group = {**{t: "held-in" for t in results["held_in"]}, **{t: "held-out" for t in results["held_out"]}}
+    if target:
+        group[target] = "target"
+    rows = []
+    for t, g in group.items():
+        for m in results["tasks"][BASE][t]:
+            rows += [[t, g, m, fmt(results["chance"][t]), str(results["num_examples"][t]), v,
+                      fmt_summary(results["tasks"][v][t][m])] for v in variants]
+    lines += _table(["task", "group", "metric", "chance", "examples", "variant", "value"], rows)
     refs = results.get("reference")
     if refs:
         lines += ["", "## Reference numbers", "", refs.get("note", ""), ""]
-        ref_metrics = refs["metrics"]
-        ours = {arm: results["arms"][arm]["metrics"].get(target, {}) for arm in results["arms"]}
-        rows = [[f"reference: {name}", *(_fmt(vals.get(m)) for m in ref_metrics)] for name, vals in refs["rows"].items()]
-        rows += [[f"flanx: {arm}", *(_fmt(ours[arm].get(m)) for m in ref_metrics)] for arm in ours]
-        lines.append(_md_table(["run", *ref_metrics], rows))
+        metrics = refs["metrics"]
+        ref_rows = [[f"reference: {n}", *(fmt(vals.get(m)) for m in metrics)] for n, vals in refs["rows"].items()]
+        ref_rows += [[f"flanx: {v}", *(fmt(results["tasks"][v][target].get(m, {}).get("mean")) for m in metrics)]
+                     for v in variants]
+        lines += _table(["run", *refs["metrics"]], ref_rows)
     if plots:
-        lines += ["", "## Plots", ""]
-        lines += [f"![{name}]({os.path.basename(path)})" for name, path in plots.items()]
+        lines += ["", "## Plots", ""] + [f"![{n}]({os.path.basename(p)})" for n, p in plots.items()]
     lines += ["", "## Runs", ""]
-    run_rows = [[arm, str(b.get("steps", 0)), f"{b.get('wall_time_s', 0.0):.1f}",
-                 _fmt(b["curve"][-1][1]) if b.get("curve") else "n/a"] for arm, b in results["arms"].items()]
-    lines.append(_md_table(["arm", "fine-tune steps", "wall time (s)", "final train loss"], run_rows))
-    lines += ["", "## Configuration", "", "```json", json.dumps(meta, indent=2, sort_keys=True, default=str), "```", ""]
-    return "\n".join(lines)
-
-
-def plot_all(results: dict, summary: dict, out_dir: str) -> dict[str, str]:
-    """Write the PNG plots; returns name -> path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = {}
-    arms = list(results["arms"])
-    table = per_task_table(results)
-    tasks = list(table)
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(tasks)), 4))
-    width = 0.8 / max(1, len(arms))
-    for i, arm in enumerate(arms):
-        xs = [j + i * width for j in range(len(tasks))]
-        ax.bar(xs, [table[t][arm] for t in tasks], width, label=arm)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(tasks))])
-    ax.set_xticklabels([t.replace("_template", "\n_template") for t in tasks], rotation=30, ha="right", fontsize=7)
-    ax.set_ylabel("primary metric")
-    ax.set_title("Per-task metric by arm")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths["per_task"] = os.path.join(out_dir, "per_task_metrics.png")
-    fig.savefig(paths["per_task"], dpi=110)
-    plt.close(fig)
-
-    if BASE_ARM in results["arms"]:
-        fig, ax = plt.subplots(figsize=(5.5, 4))
-        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-        for i, (arm, row) in enumerate(summary.items()):
-            for key, marker, group in (("forgetting_held_in", "o", "held-in"), ("forgetting_held_out", "^", "held-out")):
-                ax.scatter(row[key], row["target_gain"], marker=marker, s=60, color=colors[i % len(colors)],
-                           label=f"{arm} ({group})")
-                ax.annotate(arm, (row[key], row["target_gain"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
-        ax.axhline(0, color="grey", lw=0.5)
-        ax.axvline(0, color="grey", lw=0.5)
-        ax.set_xlabel("forgetting (base - arm, mean primary metric)")
-        ax.set_ylabel("target gain (arm - base)")
-        ax.set_title("Target gain vs forgetting")
-        ax.legend(fontsize=6)
-        fig.tight_layout()
-        paths["gain_vs_forgetting"] = os.path.join(out_dir, "gain_vs_forgetting.png")
-        fig.savefig(paths["gain_vs_forgetting"], dpi=110)
-        plt.close(fig)
-
-    curves = {arm: b["curve"] for arm, b in results["arms"].items() if b.get("curve")}
-    curves.update({f"pretrain:{k}": v for k, v in results.get("base_curves", {}).items()})
-    if curves:
-        fig, ax = plt.subplots(figsize=(5.5, 4))
-        for arm, curve in curves.items():
-            ax.plot([c[0] for c in curve], [c[1] for c in curve], label=arm)
-        ax.set_xlabel("step")
-        ax.set_ylabel("train loss")
-        ax.set_yscale("log")
-        ax.set_title("Training curves")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        paths["curves"] = os.path.join(out_dir, "training_curves.png")
-        fig.savefig(paths["curves"], dpi=110)
-        plt.close(fig)
-    return paths
+    lines += _table(["variant", "seed", "final train loss", "train time (s)", "eval time (s)"],
+                    [[v, str(s), fmt(r.get("final_loss")), f"{r.get('train_time_s') or 0:.1f}",
+                      f"{r.get('eval_time_s') or 0:.1f}" + (f" (same as {r['same_as']})" if r.get("same_as") else "")]
+                     for v in variants for s, r in results["runs"][v].items()])
+    lines += ["", "## Provenance", ""]
+    for key in ("command", "commit", "wall_time_s", "cpu_time_s", "jax_backend"):
+        if key in meta:
+            lines.append(f"- {key.replace('_', ' ')}: `{meta[key]}`")
+    for i, run in enumerate(meta.get("invocations", []), 1):
+        lines.append(f"- invocation {i}: started {run['started']}, commit `{run['commit']}`, wall "
+                     f"{run['wall_time_s']:.0f} s, CPU (user+system) {run['cpu_time_s']:.0f} s on {run['cpus']} "
+                     f"CPUs, load average (1/5/15 min) {run['load_average_start']} at start, "
+                     f"{run['load_average_end']} at the end")
+    if "config" in meta:
+        lines += ["", "```json", json.dumps(meta["config"], indent=1, sort_keys=True, default=str), "```"]
+    return "\n".join(lines) + "\n"
 
 
 def write_report(results: dict, out_dir: str) -> dict[str, str]:
-    """Write results.json, report.md and plots into out_dir; returns name -> path."""
+    """Write results.json, report.md and the plots into out_dir; returns name -> path."""
+    from flanx.experiments import plots as plots_lib
+
     os.makedirs(out_dir, exist_ok=True)
-    summary = summarize(results)
-    plots = plot_all(results, summary, out_dir)
-    payload = {**results, "summary": summary, "per_task": per_task_table(results)}
+    plots = plots_lib.plot_all(results, out_dir)
     files = {"results": os.path.join(out_dir, "results.json"), "report": os.path.join(out_dir, "report.md")}
     with open(files["results"], "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True, default=str)
+        json.dump(results, f, indent=1, sort_keys=True, default=str)
     with open(files["report"], "w") as f:
-        f.write(render_markdown(results, summary, plots))
+        f.write(render_markdown(results, plots))
     return {**files, **plots}

@@ -1,29 +1,40 @@
 """Model configuration for flanx's T5: `T5Config`, `LoraConfig` and the named presets.
 
 Both configs are frozen (hashable) dataclasses, so they can be passed as static
-arguments to jitted functions. `get_config(name, **overrides)` returns a preset:
+arguments to jitted functions. `PRESETS` is the one table of model sizes (a
+`flanx.registry.Registry`); `get_config(name, **overrides)` returns a preset:
 
 - `tiny`: a small T5 v1.1 for tests and the demo (vocab 384 covers
-  seqio.ByteVocabulary's 259 ids);
+  seqio.ByteVocabulary's 259 ids); `tiny_spm`: the same with FLAN-T5's
+  vocab_size 32128, for tasks using the T5 SentencePiece vocabulary;
 - `t5_1_1_{small,base,large,xl,xxl}` and `flan_t5_{small,base,large,xl,xxl}`:
   the published T5 v1.1 / FLAN-T5 sizes (gated-GELU, untied logits);
 - `t5_{small,base}`: the original T5 (ReLU MLP, logits through the tied
   embedding scaled by d_model**-0.5).
 
-The gin files in `t5x_configs/models/<name>.gin` bind the same values field by
-field; a test keeps them equal to these presets.
+A new size is one registered entry, `PRESETS.register("my_t5", T5Config(...))`;
+the gin files in `t5x_configs/models/<name>.gin` only name a preset
+(`flanx.get_config.name = '<name>'`) and never repeat its numbers.
 """
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import operator
 from typing import Optional
+
+from flanx.registry import Registry
 
 ACTIVATIONS = ("gelu", "relu", "silu", "linear")
 DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots_saveable")
 # Dense layers LoRA can adapt, by their parameter name.
 LORA_TARGETS = ("query", "key", "value", "out", "wi", "wi_0", "wi_1", "wo")
+
+
+def _is_real(value) -> bool:
+    """An int or float (numpy scalars too), not a bool or a string."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +50,7 @@ class LoraConfig:
         object.__setattr__(self, "targets", tuple(self.targets))
         if not isinstance(self.rank, int) or self.rank <= 0:
             raise ValueError(f"LoraConfig.rank must be positive, got {self.rank}")
-        if not 0.0 <= self.dropout < 1.0:
+        if not _is_real(self.dropout) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"LoraConfig.dropout must be in [0, 1), got {self.dropout}")
         bad = [t for t in self.targets if t not in LORA_TARGETS]
         if bad or not self.targets:
@@ -105,8 +116,9 @@ class T5Config:
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"T5Config.remat_policy {self.remat_policy!r}: "
                              f"choose from {REMAT_POLICIES}")
-        if not 0.0 <= self.dropout_rate < 1.0:
-            raise ValueError(f"T5Config.dropout_rate must be in [0, 1), got {self.dropout_rate}")
+        if not _is_real(self.dropout_rate) or not 0.0 <= self.dropout_rate < 1.0:
+            raise ValueError(f"T5Config.dropout_rate (DROPOUT_RATE) must be a number in [0, 1), "
+                             f"got {self.dropout_rate!r}")
         if self.lora is not None and not isinstance(self.lora, LoraConfig):
             raise ValueError(f"T5Config.lora must be a LoraConfig or None, got {self.lora!r}")
 
@@ -118,6 +130,10 @@ class T5Config:
     def replace(self, **changes) -> "T5Config":
         return dataclasses.replace(self, **changes)
 
+
+# The one table of model sizes: name -> T5Config.
+PRESETS: Registry[T5Config] = Registry(
+    "model config", hint="Register a new size with flanx.models.config.PRESETS.register(name, T5Config(...)).")
 
 # (d_model, num_heads, d_ff, num_layers) of the published T5 v1.1 / FLAN-T5 sizes.
 _V1_1_SIZES = {
@@ -131,34 +147,32 @@ _V1_1_SIZES = {
 _ORIGINAL_SIZES = {"small": (512, 8, 2048, 6), "base": (768, 12, 3072, 12)}
 
 
-def _presets() -> dict:
-    presets = {
-        "tiny": T5Config(vocab_size=384, d_model=64, num_heads=4, head_dim=16, d_ff=128,
-                         num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0),
-    }
+def _register_builtin_presets() -> None:
+    tiny = T5Config(vocab_size=384, d_model=64, num_heads=4, head_dim=16, d_ff=128,
+                    num_encoder_layers=2, num_decoder_layers=2, dropout_rate=0.0)
+    PRESETS.register("tiny", tiny)
+    PRESETS.register("tiny_spm", tiny.replace(vocab_size=32128))  # tiny for T5 SentencePiece (32,100 ids) tasks
     for size, (d_model, heads, d_ff, layers) in _V1_1_SIZES.items():
-        cfg = T5Config(vocab_size=32128, d_model=d_model, num_heads=heads, head_dim=64,
-                       d_ff=d_ff, num_encoder_layers=layers, num_decoder_layers=layers)
-        presets[f"t5_1_1_{size}"] = cfg
-        presets[f"flan_t5_{size}"] = cfg
+        v1_1 = T5Config(vocab_size=32128, d_model=d_model, num_heads=heads, head_dim=64, d_ff=d_ff,
+                        num_encoder_layers=layers, num_decoder_layers=layers)
+        PRESETS.register(f"t5_1_1_{size}", v1_1)
+        PRESETS.register(f"flan_t5_{size}", v1_1)  # FLAN-T5: the T5 v1.1 architecture, instruction-tuned
     for size, (d_model, heads, d_ff, layers) in _ORIGINAL_SIZES.items():
-        presets[f"t5_{size}"] = T5Config(
+        PRESETS.register(f"t5_{size}", T5Config(
             vocab_size=32128, d_model=d_model, num_heads=heads, head_dim=64, d_ff=d_ff,
             num_encoder_layers=layers, num_decoder_layers=layers, mlp_activations=("relu",),
-            logits_via_embedding=True)
-    return presets
+            logits_via_embedding=True))
 
 
-PRESETS = _presets()
+_register_builtin_presets()
 
 
 def get_config(name: str, **overrides) -> T5Config:
     """The preset `name` with fields replaced by `overrides` (e.g. lora=LoraConfig(rank=32))."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown model config {name!r}; available: {', '.join(PRESETS)}")
+    preset = PRESETS.check(name, f"get_config({name!r})")
     fields = {f.name for f in dataclasses.fields(T5Config)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise ValueError(f"get_config({name!r}): unknown T5Config fields {unknown}; "
                          f"valid fields: {sorted(fields)}")
-    return dataclasses.replace(PRESETS[name], **overrides)
+    return dataclasses.replace(preset, **overrides)

@@ -9,7 +9,9 @@ T5 does not scale attention logits by 1/sqrt(head_dim) (that factor lives in
 the query initialisation). Each stack folds its boolean mask (padding,
 causality, packing segments) into the relative position bias once
 (`attention_bias`), so every layer's attention is `softmax(q.k + bias) v`
-with a single additive bias (`dot_product_attention`).
+with a single additive bias (`dot_product_attention`). A `Dense` named in
+`config.lora.targets` adds a LoRA adapter (`lora_delta`; the tree operations
+on adapters live in `flanx.models.lora`).
 """
 from __future__ import annotations
 
@@ -20,9 +22,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from flanx.models import lora as lora_lib
 from flanx.models.config import T5Config
 from flanx.models.dropout import Dropout
+
+LORA_PARAM_NAMES = ("lora_a", "lora_b")  # beside the kernel of a LoRA-adapted Dense
 
 
 def activation_dtype(config: T5Config):
@@ -31,6 +34,19 @@ def activation_dtype(config: T5Config):
 
 def _fan_in_normal(scale: float = 1.0):
     return nn.initializers.variance_scaling(scale, "fan_in", "truncated_normal")
+
+
+def lora_delta(module: nn.Module, x, features: int, axes: tuple, lora, deterministic: bool):
+    """Create (or read) `lora_a`/`lora_b` on `module` and return the adapter's output for `x`."""
+    in_features = x.shape[-1]
+    a = module.param("lora_a", nn.with_logical_partitioning(
+        nn.initializers.normal(stddev=in_features ** -0.5), (axes[0], None)),
+        (in_features, lora.rank), jnp.float32)
+    b = module.param("lora_b", nn.with_logical_partitioning(
+        nn.initializers.zeros_init(), (None, axes[1])), (lora.rank, features), jnp.float32)
+    if lora.dropout > 0.0:
+        x = nn.Dropout(rate=lora.dropout, name="lora_dropout")(x, deterministic=deterministic)
+    return (x @ a.astype(x.dtype)) @ (b * lora.scale).astype(x.dtype)
 
 
 class Dense(nn.Module):
@@ -57,7 +73,7 @@ class Dense(nn.Module):
         y = rows @ kernel.astype(x.dtype)
         lora = self.config.lora
         if lora is not None and self.name in lora.targets:
-            y = y + lora_lib.lora_delta(self, rows, self.features, self.axes, lora, self.deterministic)
+            y = y + lora_delta(self, rows, self.features, self.axes, lora, self.deterministic)
         return y.reshape(x.shape[:-1] + (self.features,))
 
 

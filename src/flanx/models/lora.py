@@ -7,38 +7,30 @@ encoder-decoder attention) gets two extra parameters beside its `kernel`:
     lora_a [in, rank]   (random normal, std in**-0.5)
     lora_b [rank, out]  (zeros, so a fresh adapter leaves the model unchanged)
 
-and computes `x @ kernel + (alpha / rank) * dropout(x) @ lora_a @ lora_b`.
-With `scan_layers` the layer axis sits at position 1 of both, as for kernels.
+and computes `x @ kernel + (alpha / rank) * dropout(x) @ lora_a @ lora_b`
+(`flanx.models.layers.lora_delta`, called by `Dense`). With `scan_layers` the
+layer axis sits at position 1 of both, as for kernels. This module holds the
+operations on parameter trees.
 
 `add_lora(params, config, rng)` puts fresh adapters on pretrained params.
 The base weights stay frozen: give `trainable_mask(params)` to the optimizer
 (e.g. `optax.masked`), `count_trainable(params)` counts what is trained (works
 on `jax.eval_shape` output too), and `merge_lora(params, config)` folds the
 adapters into plain T5 kernels for export or fast inference.
+
+`setup(params, config, rng)` is the one LoRA set-up every trainer path uses
+(`python -m flanx.train`, the forgetting study, `flanx.train.trainer`): the
+parameters to start from and the mask of what trains.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-LORA_PARAM_NAMES = ("lora_a", "lora_b")
-
-
-def lora_delta(module: nn.Module, x, features: int, axes: tuple, lora, deterministic: bool):
-    """Create (or read) `lora_a`/`lora_b` on `module` and return the adapter's output for `x`."""
-    in_features = x.shape[-1]
-    a = module.param("lora_a", nn.with_logical_partitioning(
-        nn.initializers.normal(stddev=in_features ** -0.5), (axes[0], None)),
-        (in_features, lora.rank), jnp.float32)
-    b = module.param("lora_b", nn.with_logical_partitioning(
-        nn.initializers.zeros_init(), (None, axes[1])), (lora.rank, features), jnp.float32)
-    if lora.dropout > 0.0:
-        x = nn.Dropout(rate=lora.dropout, name="lora_dropout")(x, deterministic=deterministic)
-    return (x @ a.astype(x.dtype)) @ (b * lora.scale).astype(x.dtype)
+from flanx.models.layers import LORA_PARAM_NAMES
 
 
 def _is_lora_name(path) -> bool:
@@ -92,6 +84,24 @@ def add_lora(params, config, rng):
         raise ValueError("add_lora: config.lora is None; set it, e.g. config.replace(lora=LoraConfig(rank=8))")
     fresh = jax.jit(lambda r: _only_lora(init_params(config, r)))(rng)  # base init is dead code
     return _overlay(params, fresh)
+
+
+def setup(params, config, rng=None):
+    """(params, trainable mask) to fine-tune `config` from `params`.
+
+    Without `config.lora`: `params` unchanged and mask None (everything trains).
+    With it: `params` keeps its adapters when it has them (a resumed or already
+    prepared run; shapes from `jax.eval_shape` are fine) or gets fresh ones from
+    `rng` (a base checkpoint), and the mask selects only the adapters.
+    """
+    if getattr(config, "lora", None) is None:
+        return params, None
+    if not has_lora(params):
+        if rng is None:
+            raise ValueError("lora.setup: the parameters have no LoRA adapters to train; pass rng= to add fresh "
+                             "ones (or start from parameters made with this LoRA config)")
+        params = add_lora(params, config, rng)
+    return params, trainable_mask(params)
 
 
 def _merge_node(node: dict, scale: float) -> dict:

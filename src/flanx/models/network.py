@@ -8,8 +8,9 @@ attention stays inside a segment and relative positions come from positions.
 
 `init_params(config, rng)` returns plain (unboxed) float32 params;
 `param_axes(config)` the same tree with a tuple of logical axis names per leaf.
-`scan_params` / `unscan_params` restack params between the per-layer layout
-(`layers_{i}`) and the scanned one (`layers`, layer axis at position 1).
+With `scan_layers` the layers' params sit under `layers` with the layer axis at
+position 1; `flanx.checkpoints.stack_layers` / `unstack_layers` convert
+existing params between that and the per-layer layout (`layers_{i}`).
 """
 from __future__ import annotations
 
@@ -179,37 +180,3 @@ def param_axes(config: T5Config) -> dict:
     boxed = jax.eval_shape(lambda: _init_variables(config, jax.random.PRNGKey(0)))["params"]
     is_box = lambda x: isinstance(x, nn.Partitioned)  # noqa: E731
     return jax.tree.map(lambda b: tuple(b.names), boxed, is_leaf=is_box)
-
-
-def _layer_keys(stack: dict) -> list[str]:
-    keys = [k for k in stack if k.startswith("layers_")]
-    return sorted(keys, key=lambda k: int(k.split("_")[1]))
-
-
-def scan_params(params: dict) -> dict:
-    """Per-layer params (`layers_{i}`) -> scanned params (`layers`, layer axis at position 1)."""
-    out = dict(params)
-    for stack_name in ("encoder", "decoder"):
-        stack = dict(params[stack_name])
-        keys = _layer_keys(stack)
-        if not keys:
-            continue
-        layers = [stack.pop(k) for k in keys]
-        stack["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs, axis=1), *layers)
-        out[stack_name] = stack
-    return out
-
-
-def unscan_params(params: dict) -> dict:
-    """Scanned params (`layers`) -> per-layer params (`layers_{i}`)."""
-    out = dict(params)
-    for stack_name in ("encoder", "decoder"):
-        stack = dict(params[stack_name])
-        if "layers" not in stack:
-            continue
-        scanned = stack.pop("layers")
-        n = jax.tree.leaves(scanned)[0].shape[1]
-        for i in range(n):
-            stack[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[:, i], scanned)
-        out[stack_name] = stack
-    return out

@@ -5,19 +5,21 @@
   linear, cosine). The step is absolute; the schedule counts from
   `start_step` (the initial checkpoint's step), so fine-tuning a step-1.1M
   checkpoint warms up and decays over the fine-tuning run.
-- `make_optimizer(cfg, schedule)`: Adafactor as T5X runs it (factored second
-  moments for parameters with two dims >= 128, decay 1 - (t+1)^-0.8, no
-  momentum, update clipping at RMS 1.0, step scaled by max(RMS(param), 1e-3))
-  or AdamW; optional global-norm gradient clipping in front. The learning rate
-  is read from the schedule at the absolute step passed in by the train step
-  (`inject_hyperparams`), not from the optimizer's own counter, so a freshly
-  initialised optimizer on a step-S checkpoint still follows the schedule.
+- `make_optimizer(cfg)`: Adafactor as T5X runs it (factored second
+  moments for parameters with two dims >= `min_dim_size_to_factor`, 128 by
+  default; decay 1 - (t+1)^-0.8, no momentum, update clipping at RMS 1.0,
+  step scaled by max(RMS(param), 1e-3)) or AdamW; optional global-norm
+  gradient clipping in front. Its learning rate is an injected hyperparameter
+  (`optax.inject_hyperparams`) that starts at `cfg.learning_rate`.
+- `set_learning_rate(opt_state, lr)`: the train step sets that rate to
+  `schedule(step)` at the absolute step before each update, so the schedule,
+  not the optimizer's own counter, decides the rate: a freshly initialised
+  optimizer on a step-S checkpoint still follows the schedule.
 """
 from __future__ import annotations
 
 import math
 
-import jax
 import jax.numpy as jnp
 import optax
 
@@ -70,10 +72,9 @@ def _adafactor(cfg: OptimizerConfig, learning_rate) -> optax.GradientTransformat
 
 
 def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
-    """The optimizer; its `update(..., learning_rate=lr)` hyperparameter is injected per step.
+    """The optimizer, with its learning rate as an injected hyperparameter.
 
-    Use `opt.update(grads, state, params)` after setting the rate with
-    `set_learning_rate(state, lr)`.
+    Set the rate with `set_learning_rate(state, lr)`, then `opt.update(grads, state, params)`.
     """
     def build(learning_rate):
         if cfg.name == "adafactor":
@@ -93,7 +94,3 @@ def set_learning_rate(opt_state, lr):
     hp = dict(opt_state.hyperparams)
     hp["learning_rate"] = jnp.asarray(lr, dtype=jnp.asarray(hp["learning_rate"]).dtype)
     return opt_state._replace(hyperparams=hp)
-
-
-def global_norm(tree) -> jax.Array:
-    return optax.global_norm(tree)

@@ -14,6 +14,12 @@ so they are a function of the step and survive a restart).
 
 With LoRA on, parameters outside the trainable set are neither
 differentiated nor updated: they come out of the step bit-identical.
+
+`extra_loss(params, aux) -> scalar` (optional; `flanx.train.regularizers`:
+L2-SP, EWC) is added to the loss once per step, outside the microbatch loop;
+the step then takes its `aux` (reference weights, coefficients) as a third
+argument, `train_step(state, batch, aux)`, and reports it as `extra_loss`
+(`loss` stays the task loss).
 """
 from __future__ import annotations
 
@@ -117,8 +123,9 @@ def _tree_add(a, b):
 
 def make_train_step(apply_fn: Callable, optimizer: optax.GradientTransformation, schedule: Callable,
                     loss_cfg: LossConfig = LossConfig(), num_microbatches: int = 1,
-                    trainable: frozenset | None = None, enable_dropout: bool = True) -> Callable:
-    """Build `train_step(state, batch) -> (new_state, metrics)` (not yet jitted)."""
+                    trainable: frozenset | None = None, enable_dropout: bool = True,
+                    extra_loss: Callable | None = None) -> Callable:
+    """Build `train_step(state, batch[, aux]) -> (new_state, metrics)` (not yet jitted)."""
     norm = loss_cfg.normalization
 
     def micro_loss(tr, frozen, mb, weights, factor, rng):
@@ -128,7 +135,7 @@ def make_train_step(apply_fn: Callable, optimizer: optax.GradientTransformation,
 
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
-    def train_step(state: TrainState, batch: Mapping):
+    def train_step(state: TrainState, batch: Mapping, aux=None):
         batch = model_batch(batch)
         lr = schedule(state.step)
         rng = jax.random.fold_in(state.rng, state.step)
@@ -153,6 +160,9 @@ def make_train_step(apply_fn: Callable, optimizer: optax.GradientTransformation,
             zero_sums = {n: jnp.zeros((), jnp.float32) for n in ("loss_sum", "z_loss_sum", "num_tokens", "correct")}
             init = (jax.tree.map(jnp.zeros_like, tr), zero_sums)
             (grads, sums), _ = jax.lax.scan(body, init, (jnp.arange(k), micro))
+        if extra_loss is not None:
+            extra, extra_grads = jax.value_and_grad(lambda t: extra_loss(merge_params(t, frozen), aux))(tr)
+            grads = _tree_add(grads, extra_grads)
         opt_state = optim.set_learning_rate(state.opt_state, lr)
         updates, opt_state = optimizer.update(grads, opt_state, tr)
         new_tr = optax.apply_updates(tr, updates)
@@ -164,6 +174,8 @@ def make_train_step(apply_fn: Callable, optimizer: optax.GradientTransformation,
             "learning_rate": jnp.asarray(lr, jnp.float32),
             "grad_norm": optax.global_norm(grads),
         }
+        if extra_loss is not None:
+            metrics["extra_loss"] = jnp.asarray(extra, jnp.float32)
         new_state = state.replace(step=state.step + 1, params=merge_params(new_tr, frozen), opt_state=opt_state)
         return new_state, metrics
 
