@@ -1,7 +1,8 @@
 """`make bench`: every CPU benchmark in one run, side by side, with the targets checked.
 
-    python -m benchmarks.run_all                      # the full CPU set (about 25 minutes on 2 idle cores)
+    python -m benchmarks.run_all                      # the full CPU set (see docs/performance.md for its time)
     python -m benchmarks.run_all --only train,decode  # a subset
+    python -m benchmarks.run_all --summaries 50 --questions 25   # evaluation sized down
     python -m benchmarks.run_all --toy                # a smoke run: tiny model, short sequences
 
 In order:
@@ -10,9 +11,9 @@ In order:
 2. decoding, greedy and beam 4 at batch 1 and 8, flanx vs transformers
    `generate` (`benchmarks.hf_decode_bench`);
 3. evaluation, the forgetting study's work (greedy summaries of DialogSum
-   test dialogues, rank classification of MMLU questions), flanx's evaluator
-   vs transformers (`benchmarks.eval_bench`; 50 dialogues and 25 questions
-   here, `--summaries 500` for the study's full test set);
+   test dialogues at 512/128, rank classification of MMLU questions), flanx's
+   evaluator vs transformers (`benchmarks.eval_bench`; the whole 500-dialogue
+   test set and 100 questions, one timed pass per side);
 4. the data pipeline (dialogue and FLAN-style mixtures) against the train
    step's consumption measured in 1 (`benchmarks.pipeline_vs_train`);
 5. scaling of flanx's train step with input length, batch size and model
@@ -20,7 +21,14 @@ In order:
 
 Each prints its table and writes `benchmarks/results/<name>.json`; this
 module then prints all tables again with the targets (`TARGETS`) marked met
-or missed, and writes `results/summary.json` and `results/summary.md`.
+or missed, and writes `results/summary.json` and `results/summary.md`. When
+a training target is missed it also profiles the t5_1_1_small train step on
+one core (`benchmarks.profile_step --cores 1 --pieces step`): the share of
+the step in matmuls and their GFLOP/s against a bare XLA matmul, which says
+how much of the gap a faster non-matmul part could close. When a decoding
+target is missed it profiles one t5_1_1_small greedy call at batch 8 on one
+core (`benchmarks.profile_decode`): its matmul rate against a bare XLA matmul
+and against a batch-8 matmul whose weights stream from memory.
 The GPU MFU benchmark is separate: `benchmarks/mfu.py` / `benchmarks/gpu_check.sh`.
 """
 from __future__ import annotations
@@ -42,8 +50,11 @@ FULL = {"models": ("tiny", "t5_1_1_small"), "batch_size": 8, "inputs_length": 51
         "decode_sides": ("flanx", "torch", "flanx_1c", "torch_1c"), "decode_batches": (1, 8), "real_data": None,
         # torch.compile's first t5_1_1_small step took 1,046 s here (docs/performance.md): tiny only by default
         "compile_models": ("tiny",),
-        "eval": {"model": "t5_1_1_small", "summaries": 50, "questions": 25, "batch_size": 50,
-                 "inputs_length": 512, "targets_length": 128, "repeats": 2, "synthetic": False},
+        "eval": {"model": "t5_1_1_small", "summaries": 500, "questions": 100, "batch_size": 50,
+                 "inputs_length": 512, "targets_length": 128, "repeats": 1, "synthetic": False},
+        "profile": {"model": "t5_1_1_small", "batch_size": 8, "inputs_length": 512, "targets_length": 128,
+                    "repeats": 2, "trace_steps": 3},
+        "decode_profile": {"model": "t5_1_1_small", "batch_size": 8, "inputs_length": 512, "new_tokens": 64},
         "scale": {"lengths": (256, 512, 1024, 2048), "batches": (1, 4, 8),
                   "models": ("tiny", "t5_1_1_small", "t5_1_1_base")}}
 # --toy: no torch.compile (it takes minutes even for tiny) and the synthetic mixtures.
@@ -54,7 +65,10 @@ TOY = {"models": ("tiny",), "batch_size": 2, "inputs_length": 64, "targets_lengt
        "eval": {"model": "tiny", "summaries": 4, "questions": 3, "batch_size": 4, "inputs_length": 64,
                 "targets_length": 16, "repeats": 1, "synthetic": True},
        "scale": {"lengths": (64, 128), "batches": (1, 2), "models": ("tiny",), "reference_model": "tiny",
-                 "reference_inputs": 64}}
+                 "reference_inputs": 64},
+       "profile": {"model": "tiny", "batch_size": 2, "inputs_length": 64, "targets_length": 16, "repeats": 1,
+                   "trace_steps": 2},
+       "decode_profile": {"model": "tiny", "batch_size": 2, "inputs_length": 64, "new_tokens": 8}}
 SECTIONS = ("train", "decode", "eval", "data", "scale")
 
 
@@ -85,6 +99,40 @@ def check_targets(train: dict | None, decode: dict | None, data: dict | None) ->
     return rows
 
 
+def missed(targets: list[dict], target: str) -> bool:
+    return any(t["target"] == target and t["met"] is False for t in targets)
+
+
+def profile_train_step(p: dict, timeout: float = 1800) -> dict:
+    """`benchmarks.profile_step` on one core with a trace: time split and matmul rate of the train step."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="flanx_profile_") as trace_dir:
+        res = common.run_worker("benchmarks.profile_step", [
+            "--model", p["model"], "--batch_size", str(p["batch_size"]), "--inputs_length", str(p["inputs_length"]),
+            "--targets_length", str(p["targets_length"]), "--repeats", str(p["repeats"]), "--cores", "1",
+            "--pieces", "step", "--trace_steps", str(p["trace_steps"]), "--trace_dir", trace_dir], timeout)
+    if res["status"] != "ok":
+        res["text"] = f"profile of the train step failed: {res['reason']}"
+    res["table"] = ("Why the training target is missed: the flanx train step on one core\n\n" + res["text"])
+    print(res["table"], flush=True)
+    res["path"] = str(common.write_result("profile_train_step", res))
+    return res
+
+
+def profile_decoding(p: dict, timeout: float = 1200) -> dict:
+    """`benchmarks.profile_decode` on one core: time split and matmul rate of one greedy call."""
+    res = common.run_worker("benchmarks.profile_decode", [
+        "--model", p["model"], "--batch_size", str(p["batch_size"]), "--inputs_length", str(p["inputs_length"]),
+        "--new_tokens", str(p["new_tokens"]), "--cores", "1"], timeout)
+    if res["status"] != "ok":
+        res["text"] = f"profile of greedy decoding failed: {res['reason']}"
+    res["table"] = "Why the decoding target is missed: one flanx greedy call on one core\n\n" + res["text"]
+    print(res["table"], flush=True)
+    res["path"] = str(common.write_result("profile_decode", res))
+    return res
+
+
 def train_steps_per_s(train: dict | None) -> dict[str, float]:
     """{model: flanx train steps/s} from the training benchmark's rows."""
     out = {}
@@ -97,9 +145,9 @@ def train_steps_per_s(train: dict | None) -> dict[str, float]:
 def run(settings: dict, only=SECTIONS) -> dict:
     from benchmarks import eval_bench, hf_decode_bench, hf_train_bench, pipeline_vs_train, scaling_bench
 
-    start = time.perf_counter()
+    start, load_start = time.perf_counter(), _load_average()
     s = settings
-    train = decode = evaluation = data = scale = None
+    train = decode = evaluation = data = scale = profile = decode_profile = None
     timings = {}
     if "train" in only:
         t0 = time.perf_counter()
@@ -131,26 +179,50 @@ def run(settings: dict, only=SECTIONS) -> dict:
                          inputs_length=c.get("reference_inputs", scaling_bench.REFERENCE["inputs_length"]))
         scale = scaling_bench.run(c["lengths"], c["batches"], c["models"], reference=reference)
         timings["scale_s"] = time.perf_counter() - t0
-    timings["total_s"] = time.perf_counter() - start
     targets = check_targets(train, decode, data)
+    if missed(targets, "train") and s.get("profile"):
+        t0 = time.perf_counter()
+        profile = profile_train_step(s["profile"])
+        timings["profile_s"] = time.perf_counter() - t0
+    if missed(targets, "decode") and s.get("decode_profile"):
+        t0 = time.perf_counter()
+        decode_profile = profile_decoding(s["decode_profile"])
+        timings["decode_profile_s"] = time.perf_counter() - t0
+    timings["total_s"] = time.perf_counter() - start
     target_table = common.table(
-        [{**t, "met": {True: "yes", False: "NO", None: "n/a"}[t["met"]]} for t in targets],
+        [{**t, "met": {True: "met", False: "missed", None: "n/a"}[t["met"]]} for t in targets],
         ["target", "subject", "value", "threshold", "met"], "Targets (measured side by side in this run)")
-    sections = [p["table"] for p in (train, decode, evaluation, data, scale) if p and p.get("table")] + [target_table]
+    sections = ([p["table"] for p in (train, decode, evaluation, data, scale, profile, decode_profile)
+                 if p and p.get("table")]
+                + [target_table])
     report = "\n\n".join(sections)
     print("\n" + "=" * 30 + " flanx benchmarks " + "=" * 30 + "\n\n" + report, flush=True)
-    print(f"\ntotal {timings['total_s']:.0f} s; JSON in {common.RESULTS_DIR}", flush=True)
+    info = common.machine_info()
+    load = _load_average()
+    footer = (f"{info.get('time')}, {info.get('cpu_model', '')} x{info.get('cpu_count')}, commit "
+              f"{info.get('git_commit', '?')}; load average (1, 5, 15 min) at the start {load_start}, "
+              f"at the end {load}; total {timings['total_s']:.0f} s")
+    print(f"\n{footer}; JSON in {common.RESULTS_DIR}", flush=True)
     payload = {"settings": {k: list(v) if isinstance(v, tuple) else v for k, v in s.items()},  # nested: JSON
                "targets": targets, "timings": timings, "report": report,
+               "load_average": {"start": load_start, "end": load},
                "results": {n: p.get("path") for n, p in (("train", train), ("decode", decode), ("eval", evaluation),
-                                                          ("data", data), ("scale", scale)) if p}}
+                                                          ("data", data), ("scale", scale), ("profile", profile),
+                                                          ("decode_profile", decode_profile))
+                           if p}}
     payload["path"] = str(common.write_result("summary", payload))
     common.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    info = common.machine_info()
-    (common.RESULTS_DIR / "summary.md").write_text(
-        f"<!-- {info.get('time')} {info.get('cpu_model', '')} x{info.get('cpu_count')} "
-        f"commit {info.get('git_commit', '?')} -->\n\n{report}\n")
+    (common.RESULTS_DIR / "summary.md").write_text(f"<!-- {footer} -->\n\n{report}\n")
     return payload
+
+
+def _load_average() -> str:
+    import os
+
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
 
 
 def main(argv=None) -> None:
@@ -161,6 +233,9 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int)
     p.add_argument("--compile_timeout", type=float, help="seconds allowed for torch.compile's first step")
     p.add_argument("--no_compile", action="store_true", help="skip the torch.compile side")
+    p.add_argument("--summaries", type=int, help="DialogSum dialogues to summarize (default 500, the test set)")
+    p.add_argument("--questions", type=int, help="MMLU questions to rank-classify (default 100)")
+    p.add_argument("--no_profile", action="store_true", help="no profiles when a target is missed")
     p.add_argument("--compile_models", help="models to run torch.compile for (default: tiny)")
     a = p.parse_args(argv)
     settings = dict(TOY if a.toy else FULL)
@@ -172,6 +247,11 @@ def main(argv=None) -> None:
         settings["compile_timeout"] = a.compile_timeout
     if a.compile_models:
         settings["compile_models"] = tuple(a.compile_models.split(","))
+    if a.summaries or a.questions:
+        settings["eval"] = dict(settings["eval"], summaries=a.summaries or settings["eval"]["summaries"],
+                                questions=a.questions or settings["eval"]["questions"])
+    if a.no_profile:
+        settings["profile"] = settings["decode_profile"] = None
     if a.no_compile:
         settings["train_sides"] = tuple(x for x in settings["train_sides"] if x != "torch_compile")
     run(settings, tuple(a.only.split(",")))

@@ -17,10 +17,16 @@ process, timed after one warm-up step; columns:
   probabilities x values, which grows with length while the dense part per
   token does not;
 - `time_per_token_vs_ref`: seconds per token slot relative to the reference
-  cell (1.0 = linear scaling);
+  cell (1.0 = linear scaling); it is `flop_per_token_vs_ref` (matmul FLOPs per
+  token slot against the reference: attention makes it grow with length, model
+  size with width and depth) divided by the `model_gflop_per_s` ratio (how well
+  the CPU runs those FLOPs);
 - `peak_rss_mib`: the worker process's peak resident memory (JAX runtime
   included, ~0.4 GiB); `xla_step_gib`: XLA's own accounting of the compiled
   step's arguments, outputs and temporaries.
+
+Below the table `linearity_notes` says, per axis, where time per token leaves
+the reference by more than 15% and which of the two factors moved.
 """
 from __future__ import annotations
 
@@ -86,9 +92,13 @@ def run(lengths=DEFAULTS["lengths"], batches=DEFAULTS["batches"], models=DEFAULT
     for r in rows:
         if ref and r.get("tokens_per_s"):
             r["time_per_token_vs_ref"] = ref["tokens_per_s"] / r["tokens_per_s"]
+            r["flop_per_token_vs_ref"] = ((r["model_gflop_per_s"] / r["tokens_per_s"])
+                                          / (ref["model_gflop_per_s"] / ref["tokens_per_s"]))
     columns = ["model", "params_m", "batch_size", "lengths", "status", "step_s", "tokens_per_s", "model_gflop_per_s",
-               "attention_share", "time_per_token_vs_ref", "peak_rss_mib", "xla_step_gib"]
+               "attention_share", "flop_per_token_vs_ref", "time_per_token_vs_ref", "peak_rss_mib", "xla_step_gib"]
+    notes = linearity_notes(rows, reference)
     text = common.table(rows, columns, "Scaling of the train step (CPU, float32): length, batch, model size")
+    text += "\n\n" + "\n".join(notes)
     print(text, flush=True)
     failures = [f"{r['model']} b{r['batch_size']} {r['lengths']}: {r['reason']}" for r in rows if r["status"] != "ok"]
     if failures:
@@ -99,6 +109,35 @@ def run(lengths=DEFAULTS["lengths"], batches=DEFAULTS["batches"], models=DEFAULT
     if write:
         payload["path"] = str(common.write_result("scaling", payload))
     return payload
+
+
+AXES = (("inputs_length", "input length"), ("batch_size", "batch size"), ("model", "model size"))
+
+
+def linearity_notes(rows: list[dict], reference: dict, tolerance: float = 0.15) -> list[str]:
+    """Per axis: the cells' time per token against the reference cell, the first cell where it
+    is more than `tolerance` off, and whether FLOPs per token or the FLOP rate moved it."""
+    notes = []
+    for key, label in AXES:
+        cells = [r for r in rows if r.get("time_per_token_vs_ref")
+                 and all(r[k] == v for k, v in reference.items() if k != key)]
+        if len(cells) < 2:
+            continue
+        trend = ", ".join(f"{r[key]}: {r['time_per_token_vs_ref']:.2f}x" for r in cells)
+        line = f"- {label} (time per token vs {reference[key]}): {trend}."
+        off = [r for r in cells if abs(r["time_per_token_vs_ref"] - 1.0) > tolerance]
+        if not off:
+            notes.append(line + f" Linear within {tolerance:.0%}.")
+            continue
+        first = off[0]
+        flop, rate = first["flop_per_token_vs_ref"], first["time_per_token_vs_ref"] / first["flop_per_token_vs_ref"]
+        why = []
+        if abs(flop - 1.0) > tolerance / 2:
+            why.append(f"matmul FLOPs per token x{flop:.2f} (attention {first['attention_share']:.0%} of them)")
+        if abs(rate - 1.0) > tolerance / 2:
+            why.append(f"the FLOP rate x{1 / rate:.2f} ({first['model_gflop_per_s']:.0f} GFLOP/s)")
+        notes.append(line + f" Not linear from {first[key]} on: " + (" and ".join(why) or "noise") + ".")
+    return notes
 
 
 def main(argv=None) -> None:
