@@ -152,18 +152,28 @@ def test_worker_failure_is_reported_with_the_error(tmp_path):
     assert "no config.json" in res["flanx"]["reason"]
 
 
-def test_targets_are_checked_against_the_thresholds():
+def test_targets_are_checked_against_the_thresholds(tmp_path):
     train = {"rows": [{"side": "flanx", "model": "tiny", "batch": 8, "lengths": "512/128", "vs_torch": 1.4,
                        "median_s": 0.5},
-                      {"side": "torch", "model": "tiny", "batch": 8, "lengths": "512/128", "median_s": 0.7}]}
+                      {"side": "torch", "model": "tiny", "batch": 8, "lengths": "512/128", "median_s": 0.7},
+                      {"side": "flanx_1c", "model": "tiny", "batch": 8, "lengths": "512/128", "vs_torch": 1.1,
+                       "median_s": 0.9}]}
     decode = {"summary": [{"model": "tiny", "method": "greedy", "batch": 1, "ratio": 2.5, "ratio_1c": 1.9},
                           {"model": "tiny", "method": "beam4", "batch": 1, "ratio": 0.1},
                           {"model": "tiny", "method": "greedy", "batch": 8, "ratio": None}]}
     data = {"rows": [{"name": "mix", "vs_train_tiny": 6.0}]}
     rows = run_all.check_targets(train, decode, data)
-    assert [(r["target"], r["met"]) for r in rows] == [("train", False), ("decode", True), ("decode", False),
-                                                       ("decode", None), ("data", True)]
+    # training: 1.5x with all cores, 1.0x on one core; decoding: 2x on both
+    assert [(r["target"], r["threshold"], r["met"]) for r in rows] == [
+        ("train", 1.5, False), ("train", 1.0, True), ("decode", 2.0, True), ("decode", 2.0, False),
+        ("decode", 2.0, None), ("data", 5.0, True)]
     assert run_all.train_steps_per_s(train) == {"tiny": 2.0}
+    (tmp_path / "train_vs_hf.json").write_text(json.dumps(train))
+    (tmp_path / "decode_vs_hf.json").write_text(json.dumps(decode))
+    table = run_all.targets_from_results(tmp_path)  # no data_vs_train.json: no data rows
+    marks = [line.strip(" |").rsplit("|", 1)[-1].strip() for line in table.splitlines()
+             if line.startswith(("| train", "| decode", "| data"))]
+    assert marks == ["missed", "met", "met", "missed", "n/a"]
 
 
 @pytest.mark.slow
