@@ -26,6 +26,10 @@ evaluator does), so they do the same matmuls. Weights: a random-weight preset
 `export_hf`. `agreement` is the fraction of decoded rows (up to EOS) or of
 log-likelihoods (to 1e-3 relative) on which the two sides agree.
 
+`--cores 1` pins both sides to one core (torch with one thread) and adds
+`ratio_cpu`, the ratio of the two sides' CPU seconds per pass: on a machine
+shared with other jobs that is the ratio an idle core would show.
+
 Each side runs in its own process (`common.interleaved`): a first call per
 workload runs its first batch only (compilation; `first_batch_s`), then whole
 passes alternate between the sides and the median of `--repeats` is reported. seqio's own work (reading, rendering,
@@ -215,8 +219,11 @@ def agreement(case: str, a, b) -> float | None:
 
 def run(model: str = "t5_1_1_small", summaries: int = 50, questions: int = 25, batch_size: int = 50,
         inputs_length: int = 512, targets_length: int = 128, warmup: int = 0, repeats: int = 2,
-        threads: int = 2, synthetic: bool = False, timeout: float = 3600, write: bool = True) -> dict:
+        threads: int = 2, synthetic: bool = False, timeout: float = 3600, write: bool = True,
+        cores: int | None = None) -> dict:
     """Prepare the features, run both sides interleaved, print the table; returns the results."""
+    if cores:
+        threads = min(threads, cores)
     from benchmarks import hf_train_bench
 
     rows = []
@@ -233,7 +240,8 @@ def run(model: str = "t5_1_1_small", summaries: int = 50, questions: int = 25, b
         print(f"eval {model}: {info['summaries_rows']} summaries, {info['rank_rows']} rank-classification rows, "
               f"batch {batch_size}, {inputs_length}/{targets_length}", flush=True)
         base = ["--model_dir", str(model_dir), "--features", features, "--batch_size", str(batch_size),
-                "--targets_length", str(targets_length), "--threads", str(threads)]
+                "--targets_length", str(targets_length), "--threads", str(threads)] + (
+                    ["--cores", str(cores)] if cores else [])
         specs = {side: ("benchmarks.eval_bench", ["--side", side] + base) for side in SIDES}
         res = common.interleaved(specs, list(CASES), warmup, repeats, timeout, run_timeout=timeout)
     counts = {"summaries": info["summaries_rows"], "rank_classification": info["rank_rows"]}
@@ -251,11 +259,14 @@ def run(model: str = "t5_1_1_small", summaries: int = 50, questions: int = 25, b
                      "torch_s": res["torch"].get("cases", {}).get(case, {}).get("median_s"),
                      "flanx_rows_per_s": rate["flanx"], "torch_rows_per_s": rate["torch"],
                      "ratio": common.ratio(rate["flanx"], rate["torch"]), "agreement": agreement(case, *outs),
+                     "ratio_cpu": common.ratio(*[res[s].get("cases", {}).get(case, {}).get("cpu_median_s")
+                                                 for s in ("torch", "flanx")]),
                      "flanx_first_batch_s": res["flanx"].get("first", {}).get(case),
                      "torch_first_batch_s": res["torch"].get("first", {}).get(case)})
     text = common.table(rows, ["model", "work", "rows", "batch", "lengths", "mean_input_tokens", "flanx_s", "torch_s",
-                               "flanx_rows_per_s", "torch_rows_per_s", "ratio", "agreement"],
-                        "Evaluation (CPU, the study's work): flanx vs transformers")
+                               "flanx_rows_per_s", "torch_rows_per_s", "ratio", "ratio_cpu", "agreement"],
+                        "Evaluation (CPU, the study's work): flanx vs transformers"
+                        + (f", pinned to {cores} core(s)" if cores else ""))
     print(text, flush=True)
     failures = [f"{s}: {res[s]['reason']}" for s in SIDES if res[s]["status"] != "ok"]
     if failures:
@@ -263,7 +274,7 @@ def run(model: str = "t5_1_1_small", summaries: int = 50, questions: int = 25, b
     payload = {"rows": rows, "table": text, "features": info, "settings": {
         "model": model, "summaries": summaries, "questions": questions, "batch_size": batch_size,
         "inputs_length": inputs_length, "targets_length": targets_length, "warmup": warmup, "repeats": repeats,
-        "torch_threads": threads, "synthetic": synthetic},
+        "torch_threads": threads, "synthetic": synthetic, "cores": cores},
         "peak_rss_mib": {s: res[s].get("peak_rss_mib") for s in SIDES}}
     if write:
         payload["path"] = str(common.write_result("eval_vs_hf", payload))
@@ -282,6 +293,7 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--synthetic", action="store_true", help="synthetic chat tasks (no FLANX_DATA_DIR needed)")
+    p.add_argument("--cores", type=int, help="pin both sides to this many cores (1: also ratio_cpu)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--prepare", help=argparse.SUPPRESS)
     p.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
@@ -292,12 +304,14 @@ def main(argv=None) -> None:
         common.emit(prepare_features(a.prepare, a.synthetic, a.summaries, a.questions, a.inputs_length,
                                      a.targets_length))
     elif a.worker and a.side == "flanx":
+        common.pin_cores(a.cores)
         _flanx_worker(a.model_dir, a.features, a.batch_size, a.targets_length)
     elif a.worker:
+        common.pin_cores(a.cores)
         _torch_worker(a.model_dir, a.features, a.batch_size, a.targets_length, a.threads)
     else:
         run(a.model, a.summaries, a.questions, a.batch_size, a.inputs_length, a.targets_length, a.warmup,
-            a.repeats, a.threads, a.synthetic)
+            a.repeats, a.threads, a.synthetic, cores=a.cores)
 
 
 if __name__ == "__main__":

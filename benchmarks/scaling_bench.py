@@ -116,7 +116,9 @@ AXES = (("inputs_length", "input length"), ("batch_size", "batch size"), ("model
 
 def linearity_notes(rows: list[dict], reference: dict, tolerance: float = 0.15) -> list[str]:
     """Per axis: the cells' time per token against the reference cell, the first cell where it
-    is more than `tolerance` off, and whether FLOPs per token or the FLOP rate moved it."""
+    is more than `tolerance` off, and whether FLOPs per token or the FLOP rate moved it. Along
+    the model-size axis FLOPs per token are expected to change: there time per token counts as
+    linear while it follows them (the FLOP rate holds)."""
     notes = []
     for key, label in AXES:
         cells = [r for r in rows if r.get("time_per_token_vs_ref")
@@ -125,18 +127,22 @@ def linearity_notes(rows: list[dict], reference: dict, tolerance: float = 0.15) 
             continue
         trend = ", ".join(f"{r[key]}: {r['time_per_token_vs_ref']:.2f}x" for r in cells)
         line = f"- {label} (time per token vs {reference[key]}): {trend}."
-        off = [r for r in cells if abs(r["time_per_token_vs_ref"] - 1.0) > tolerance]
+        expected = (lambda r: r["flop_per_token_vs_ref"]) if key == "model" else (lambda r: 1.0)
+        off = [r for r in cells if abs(r["time_per_token_vs_ref"] / expected(r) - 1.0) > tolerance]
         if not off:
-            notes.append(line + f" Linear within {tolerance:.0%}.")
+            notes.append(line + f" Linear{' in FLOPs per token' if key == 'model' else ''} within {tolerance:.0%}.")
             continue
         first = off[0]
         flop, rate = first["flop_per_token_vs_ref"], first["time_per_token_vs_ref"] / first["flop_per_token_vs_ref"]
         why = []
-        if abs(flop - 1.0) > tolerance / 2:
+        if key != "model" and abs(flop - 1.0) > tolerance / 2:
             why.append(f"matmul FLOPs per token x{flop:.2f} (attention {first['attention_share']:.0%} of them)")
+        elif key == "model":
+            why.append(f"matmul FLOPs per token x{flop:.3g}")
         if abs(rate - 1.0) > tolerance / 2:
             why.append(f"the FLOP rate x{1 / rate:.2f} ({first['model_gflop_per_s']:.0f} GFLOP/s)")
-        notes.append(line + f" Not linear from {first[key]} on: " + (" and ".join(why) or "noise") + ".")
+        notes.append(line + f" Not linear{' in FLOPs per token' if key == 'model' else ''} at {first[key]}: "
+                     + (" and ".join(why) or "noise") + ".")
     return notes
 
 
