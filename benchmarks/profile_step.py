@@ -178,7 +178,8 @@ def _category(op_name: str) -> str:
     module, _, prim = path.rpartition("/")
     if re.search(r"attention(/[a-z,]+->[a-z]+)?$", module) or "dot_product_attention" in op_name:
         part = "attention einsums" if prim == "dot_general" else "attention softmax/mask/bias"
-    elif re.search(r"/(query|key|value|out|wi|wi_\d|wo|logits_dense)$", module) and prim in ("dot_general", "transpose"):
+    elif (re.search(r"/(query|key|value|out|wi|wi_\d|wo|logits_dense)$", module)
+          and prim in ("dot_general", "transpose")):
         part = "dense matmuls (incl. logits)"
     elif "relpos_bias" in module:
         part = "relative position bias"

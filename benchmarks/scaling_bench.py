@@ -1,7 +1,7 @@
 """How a flanx train step's time and memory scale with input length, batch size and
 model size, so a run's cost can be predicted from one measured point.
 
-    python -m benchmarks.scaling_bench                   # the CPU grid below, ~6 minutes on 2 cores
+    python -m benchmarks.scaling_bench                   # the CPU grid below, 10-20 minutes on 2 cores
     python -m benchmarks.scaling_bench --lengths 256,512,1024,2048 --batches 1,4,8 --models tiny,t5_1_1_small
 
 One table, three axes around a reference cell (t5_1_1_small, batch 1, 512/128):
