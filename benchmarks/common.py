@@ -203,7 +203,8 @@ def serve(cases: Mapping[str, Callable[[], object]], info: Callable[[], Mapping]
     """Worker side of `Worker`: time each case's first call, then run cases on request.
 
     Protocol on stdin/stdout: prints `READY {case: first-call seconds}`; then
-    `run CASE` -> `TIME CASE seconds`; `done` -> `RESULT {info()}`.
+    `run CASE` -> `TIME CASE seconds cpu_seconds` (wall clock, and this process's CPU
+    time over all its threads); `done` -> `RESULT {info()}`.
     """
     first = {}
     for name, fn in cases.items():
@@ -214,9 +215,10 @@ def serve(cases: Mapping[str, Callable[[], object]], info: Callable[[], Mapping]
     for line in sys.stdin:
         words = line.split()
         if words[:1] == ["run"]:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             cases[words[1]]()
-            print(f"TIME {words[1]} {time.perf_counter() - start:.6f}", flush=True)
+            print(f"TIME {words[1]} {time.perf_counter() - start:.6f} {time.process_time() - cpu:.6f}",
+                  flush=True)
         elif words[:1] == ["done"]:
             emit(info())
             return
@@ -243,6 +245,7 @@ class Worker:
                                      stderr=self.stderr)
         self._buffer = b""
         self.first: dict = {}
+        self.cpu_s: dict[str, list[float]] = {}
 
     def _line(self, prefix: str, timeout: float) -> str:
         import select
@@ -277,9 +280,12 @@ class Worker:
         return self.first
 
     def run(self, case: str, timeout: float) -> float:
+        """Wall-clock seconds of one call of `case`; its CPU seconds go to `self.cpu_s[case]`."""
         self.proc.stdin.write(f"run {case}\n".encode())
         self.proc.stdin.flush()
-        name, seconds = self._line("TIME ", timeout).split()
+        name, seconds, *cpu = self._line("TIME ", timeout).split()
+        if cpu:
+            self.cpu_s.setdefault(case, []).append(float(cpu[0]))
         return float(seconds)
 
     def finish(self, timeout: float = 60) -> dict:
@@ -301,8 +307,11 @@ def interleaved(specs: Mapping[str, tuple[str, Sequence[str]]], cases: Sequence[
     """Start each side's worker in turn, then time `cases` alternating between sides.
 
     `specs`: side -> (module, worker args). Returns side -> {"status",
-    "first": {case: s}, "cases": {case: summarize(...)}, **worker info} or
+    "first": {case: s}, "cases": {case: summarize(...) + cpu_median_s}, **worker info} or
     {"status": "failed", "reason"} for a side that failed (the others go on).
+    `cpu_median_s` is the worker's median CPU time per call: for a side pinned to one
+    core it is the time the call would take on an idle core, so one-core ratios stay
+    meaningful when other jobs share the machine.
     """
     workers, out = {}, {}
     for side, (module, args) in specs.items():
@@ -338,6 +347,9 @@ def interleaved(specs: Mapping[str, tuple[str, Sequence[str]]], cases: Sequence[
                 info = {"finish_error": str(e)}
             out[side].update(info)
             out[side]["cases"] = {case: summarize(t) for case, t in times[side].items()}
+            for case, cpu in worker.cpu_s.items():  # CPU time of the timed calls (warm-up excluded)
+                if len(cpu) > warmup:
+                    out[side]["cases"][case]["cpu_median_s"] = statistics.median(cpu[warmup:])
     finally:
         for worker in workers.values():
             worker.kill()

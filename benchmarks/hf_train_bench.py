@@ -35,6 +35,9 @@ Setup (one run, side by side):
   more are excluded; the median of `--repeats` steps is reported.
 
 tokens/s counts token slots, batch * (512 + 128) per step, padding included.
+For the one-core sides `vs_torch_cpu` is the same ratio from each worker's CPU
+time per step (`cpu_median_s`): equal to the wall-clock ratio on an idle
+machine, and still meaningful when other jobs share the core.
 """
 from __future__ import annotations
 
@@ -180,11 +183,14 @@ def run(models=("tiny", "t5_1_1_small"), batch_size: int = 8, inputs_length: int
                 if res["status"] == "ok":
                     row.update(res["cases"]["step"])
                 row["cores"] = common.side_cores(side) or "all"
-                row["vs_torch"] = common.ratio(row["tokens_per_s"],
-                                               _tokens_per_s(per_side.get(common.baseline_side(side), {})))
+                baseline = per_side.get(common.baseline_side(side), {})
+                row["vs_torch"] = common.ratio(row["tokens_per_s"], _tokens_per_s(baseline))
+                if common.side_cores(side):  # one core: CPU time per step is the idle-core step time
+                    row["vs_torch_cpu"] = common.ratio(_tokens_per_s(res, "cpu_median_s"),
+                                                       _tokens_per_s(baseline, "cpu_median_s"))
                 rows.append(row)
     columns = ["model", "side", "cores", "batch", "lengths", "status", "first_step_s", "median_s", "tokens_per_s",
-               "peak_rss_mib", "loss_first", "vs_torch"]
+               "peak_rss_mib", "loss_first", "vs_torch", "cpu_median_s", "vs_torch_cpu"]
     text = common.table(rows, columns, "Training step (CPU): flanx vs transformers")
     print(text, flush=True)
     failures = [f"{r['model']} {r['side']}: {r['reason']}" for r in rows if r["status"] == "failed"]
@@ -199,10 +205,10 @@ def run(models=("tiny", "t5_1_1_small"), batch_size: int = 8, inputs_length: int
     return payload
 
 
-def _tokens_per_s(res: dict):
-    if res.get("status") != "ok" or not res.get("cases"):
+def _tokens_per_s(res: dict, key: str = "median_s"):
+    if res.get("status") != "ok" or not res.get("cases") or not res["cases"]["step"].get(key):
         return None
-    return res["slot_tokens"] / res["cases"]["step"]["median_s"]
+    return res["slot_tokens"] / res["cases"]["step"][key]
 
 
 def main(argv=None) -> None:

@@ -107,23 +107,28 @@ def dot_flops(closed_jaxpr) -> int:
     return total
 
 
-def use_cudnn_attention() -> None:
-    """Route flanx's attention (`flanx.models.layers.dot_product_attention`) in this process
-    to cuDNN's fused kernel through `jax.nn.dot_product_attention`.
+ATTENTION = ("xla", "jax", "cudnn")
 
-    An experiment, not a flanx option: q/k/v must be bf16 (`--dtype bfloat16`);
-    the additive bias (relative positions plus the folded mask) is cast to bf16
-    for the kernel.
+
+def use_jax_attention(implementation: str | None) -> None:
+    """Route flanx's attention (`flanx.models.layers.dot_product_attention`) in this process
+    through `jax.nn.dot_product_attention(..., implementation=implementation)`.
+
+    An experiment, not a flanx option. `"cudnn"`: cuDNN's fused kernel (GPU,
+    q/k/v in bf16: `--dtype bfloat16`); `None` (`--attention jax`): JAX picks
+    cuDNN where it can and its own XLA path elsewhere (so it also runs on CPU).
+    The additive bias (relative positions plus the folded mask) is cast to the
+    query's dtype for the kernel.
     """
     import jax
 
     from flanx.models import layers
 
-    def cudnn_attention(query, key, value, bias):
+    def attention(query, key, value, bias):
         return jax.nn.dot_product_attention(query, key, value, bias=bias.astype(query.dtype),
-                                            scale=1.0, implementation="cudnn")
+                                            scale=1.0, implementation=implementation)
 
-    layers.dot_product_attention = cudnn_attention
+    layers.dot_product_attention = attention
 
 
 def build(model: str, batch_size: int, inputs_length: int, targets_length: int, dtype: str, scan_layers: bool,
@@ -167,8 +172,8 @@ def measure(model: str = "t5_1_1_base", batch_size: int = 32, inputs_length: int
     """
     import jax
 
-    if attention == "cudnn":
-        use_cudnn_attention()
+    if attention != "xla":
+        use_jax_attention("cudnn" if attention == "cudnn" else None)
     device = jax.devices()[0]
     t0 = time.perf_counter()
     config, step, state, batch, fn, host_batch = build(model, batch_size, inputs_length, targets_length, dtype,
@@ -180,7 +185,7 @@ def measure(model: str = "t5_1_1_base", batch_size: int = 32, inputs_length: int
     compiled_gib = _compiled_memory_gib(compiled)
     for _ in range(warmup):
         state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
+    jax.block_until_ready(state)
     window_s = []
     for _ in range(windows):
         start = time.perf_counter()
@@ -308,8 +313,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no_dot_count", action="store_true", help="skip counting dot FLOPs in the jaxpr")
     p.add_argument("--no_positions", action="store_true",
                    help="drop *_positions from the batch: one relative position bias for all rows (same logits)")
-    p.add_argument("--attention", default="xla", choices=("xla", "cudnn"),
-                   help="experiment: cuDNN fused attention for every attention call (bf16 only)")
+    p.add_argument("--attention", default="xla", choices=ATTENTION,
+                   help="experiment: flanx's own attention (xla), jax.nn.dot_product_attention (jax: cuDNN "
+                        "where it can, else XLA) or its cuDNN kernel (cudnn, bf16 only)")
     p.add_argument("--trace_dir", help="record a jax.profiler trace of one step (+ its HLO) here")
     p.add_argument("--out", default=None, help="append the result as one JSON line to this file")
     p.add_argument("--summarize", metavar="JSONL", help="only print the table of the results in this file")

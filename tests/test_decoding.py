@@ -165,3 +165,16 @@ def test_score_weights_padding_and_packing(params):
     np.testing.assert_allclose(float(decoding.score(params, CFG, half)[0]), s1, atol=1e-4)
     with pytest.raises(ValueError, match="decoder_target_tokens"):
         decoding.score(params, CFG, {"encoder_input_tokens": packed["encoder_input_tokens"]})
+
+
+def test_argmax_equals_jnp_argmax_with_ties_nans_and_infs():
+    rng = np.random.default_rng(0)
+    x = rng.integers(-3, 4, size=(6, 257)).astype(np.float32)  # many ties
+    x[1, 5] = x[1, 200] = np.inf
+    x[2, :] = -np.inf
+    x[3, 10] = x[3, 3] = np.nan
+    x[4, :] = np.nan
+    x[5, 0] = 1e30
+    got = np.asarray(jax.jit(decoding.argmax)(jnp.asarray(x)))
+    np.testing.assert_array_equal(got, np.asarray(jnp.argmax(jnp.asarray(x), axis=-1)))
+    assert list(got[1:5]) == [5, 0, 3, 0]

@@ -239,3 +239,22 @@ def test_models_import_without_tensorflow():
 def test_config_is_hashable_static_arg():
     assert hash(get_config("tiny")) == hash(get_config("tiny"))
     assert isinstance(get_config("tiny"), T5Config)
+
+
+def test_attention_softmax_values_and_derivatives_equal_jax():
+    """layers.softmax differentiates through its output only; values, VJPs and JVPs are
+    jax.nn.softmax's (masked -1e9 entries included)."""
+    from flanx.models import layers
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 5, 7)) * 4.0
+    x = x.at[..., -2:].set(-1.0e9)  # masked keys, as attention_bias makes them
+    cot = jax.random.normal(jax.random.PRNGKey(1), x.shape)
+    tangent = jax.random.normal(jax.random.PRNGKey(2), x.shape)
+    ref = lambda t: jax.nn.softmax(t, axis=-1)  # noqa: E731
+    np.testing.assert_array_equal(np.asarray(layers.softmax(x)), np.asarray(ref(x)))
+    (got,) = jax.vjp(layers.softmax, x)[1](cot)
+    (want,) = jax.vjp(ref, x)[1](cot)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(jax.jvp(layers.softmax, (x,), (tangent,))[1]),
+                               np.asarray(jax.jvp(ref, (x,), (tangent,))[1]), rtol=1e-5, atol=1e-6)
+    assert float(jnp.abs(got[..., -2:]).max()) == 0.0  # no gradient into masked entries

@@ -53,6 +53,20 @@ def decode_step(params, config: T5Config, cache, encoder_input_tokens, tokens, s
     return logits[:, 0], variables["cache"]
 
 
+def argmax(logits):
+    """`jnp.argmax(logits, axis=-1)` (first maximum; first NaN if any), as two plain reductions.
+
+    XLA's CPU backend runs `argmax` as one (value, index) reduction that it does not
+    vectorise: over a [50, 32128] logits row block that took 22 ms here against 1.6 ms
+    for this max, compare and min; per greedy step at batch 50 that is most of a
+    step's non-matmul time.
+    """
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    hit = (logits == top) | jnp.isnan(logits)
+    index = lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    return jnp.min(jnp.where(hit, index, logits.shape[-1]), axis=-1)
+
+
 def _filter_logits(logits, temperature, top_k, top_p):
     """Scale by 1/temperature, keep the top_k (0: all) and the top_p nucleus (1.0: all).
 
@@ -97,7 +111,7 @@ def greedy_decode(params, config: T5Config, encoder_input_tokens, max_decode_len
                   eos_id: int = 1):
     """Argmax decoding -> int32 [B, max_decode_length]."""
     return _decode_loop(params, config, encoder_input_tokens, max_decode_length, eos_id,
-                        lambda logits, step: jnp.argmax(logits, axis=-1))
+                        lambda logits, step: argmax(logits))
 
 
 def sample(params, config: T5Config, encoder_input_tokens, rng, max_decode_length: int,
@@ -121,7 +135,7 @@ def _sample(params, config, encoder_input_tokens, rng, max_decode_length, temper
     def choose(logits, step):
         filtered = _filter_logits(logits, temperature, top_k, top_p)
         drawn = jax.random.categorical(jax.random.fold_in(rng, step), filtered, axis=-1)
-        return jnp.where(temperature > 0, drawn, jnp.argmax(logits, axis=-1))
+        return jnp.where(temperature > 0, drawn, argmax(logits))
 
     return _decode_loop(params, config, encoder_input_tokens, max_decode_length, eos_id, choose)
 

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from flanx.models.config import T5Config
+from flanx.models.dropout import Dropout
 from flanx.models.layers import (DecoderLayer, Dense, Embed, EncoderLayer, RMSNorm,
                                  RelativePositionBias, attention_bias)
 
@@ -72,12 +73,12 @@ class Encoder(nn.Module):
         if segment_ids is not None:
             mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
         x = self.shared_embedding(tokens)
-        x = nn.Dropout(cfg.dropout_rate)(x, deterministic=det)
+        x = Dropout(cfg.dropout_rate)(x, deterministic=det)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         bias = attention_bias(mask, bias)
         x = _stack(EncoderLayer, cfg, cfg.num_encoder_layers, 1, deterministic=det)(x, bias)
         x = RMSNorm(cfg, name="encoder_norm")(x)
-        return nn.Dropout(cfg.dropout_rate)(x, deterministic=det)
+        return Dropout(cfg.dropout_rate)(x, deterministic=det)
 
 
 class Decoder(nn.Module):
@@ -110,14 +111,14 @@ class Decoder(nn.Module):
                 cross_mask = cross_mask & (segment_ids[:, :, None]
                                            == encoder_segment_ids[:, None, :])[:, None]
         x = self.shared_embedding(tokens)
-        x = nn.Dropout(cfg.dropout_rate)(x, deterministic=det)
+        x = Dropout(cfg.dropout_rate)(x, deterministic=det)
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         self_bias = attention_bias(self_mask, self_bias)
         cross_bias = attention_bias(cross_mask)
         x = _stack(DecoderLayer, cfg, cfg.num_decoder_layers, 4, deterministic=det,
                    decode=decode)(x, self_bias, encoded, cross_bias, decode_position)
         x = RMSNorm(cfg, name="decoder_norm")(x)
-        x = nn.Dropout(cfg.dropout_rate)(x, deterministic=det)
+        x = Dropout(cfg.dropout_rate)(x, deterministic=det)
         if cfg.logits_via_embedding:
             logits = self.shared_embedding.attend(x * cfg.d_model ** -0.5)
         else:
