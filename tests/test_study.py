@@ -180,3 +180,23 @@ def test_short_study_arms_seeds_curves_and_resume(tmp_path):
     again = _params(out / "runs" / "single_task" / "seed0")
     assert all((a == b).all() for a, b in zip(seed0, again))
     assert _evals(out)["single_task/seed0"]["tasks"] == evals["single_task/seed0"]["tasks"]
+
+
+def test_an_interrupted_study_still_records_its_invocation(tmp_path, monkeypatch):
+    """A study stopped mid-run (Ctrl-C, SIGTERM) leaves its invocation in invocations.json, marked as
+    interrupted, so the report's summed wall and CPU times include it."""
+    from flanx.experiments.forgetting import INVOCATIONS_FILE
+
+    out = tmp_path / "study"
+    cfg = study_cli.load_study_config([study_cli.DEFAULT_GIN], [f"flanx.StudyConfig.out_dir = '{out}'"])
+
+    def stopped(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Study, "run_base", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        Study(cfg, command="flanx study forgetting").run()
+    (record,) = json.loads((out / INVOCATIONS_FILE).read_text())
+    assert record["ended"] == "interrupted: KeyboardInterrupt" and record["command"] == "flanx study forgetting"
+    assert record["wall_time_s"] >= 0 and len(record["load_average_end"]) == 3
+    assert not (out / "report.md").exists()

@@ -311,22 +311,32 @@ class Study:
         invocation = {"command": self.command, "commit": _git_commit(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                       "load_average_start": [round(x, 2) for x in load_start], "cpus": os.cpu_count()}
         evals_dir = os.path.join(cfg.out_dir, "evals")
-        if not os.path.exists(self._eval_path(arms_lib.BASE, cfg.seed)):
-            write_record(evals_dir, self.run_base())
-        for seed in cfg.seeds:
-            for variant in self.variants:  # training arms first: evaluation-only arms may read them
-                path = self._eval_path(variant.name, seed)
-                if os.path.exists(path):
-                    logger.info("study: %s seed %d already evaluated, skipping", variant.name, seed)
-                    continue
-                write_record(evals_dir, self.run_variant(variant, seed))
-        invocation.update(wall_time_s=round(time.perf_counter() - t_start, 1),
-                          cpu_time_s=round(_cpu_time() - cpu_start, 1),
-                          load_average_end=[round(x, 2) for x in os.getloadavg()])
-        path = os.path.join(cfg.out_dir, INVOCATIONS_FILE)
-        history = _read_json(path, [])
-        with open(path, "w") as f:
-            json.dump(history + [invocation], f, indent=1)
+
+        def record_invocation(ended: str | None = None) -> None:
+            invocation.update(wall_time_s=round(time.perf_counter() - t_start, 1),
+                              cpu_time_s=round(_cpu_time() - cpu_start, 1),
+                              load_average_end=[round(x, 2) for x in os.getloadavg()])
+            if ended:
+                invocation["ended"] = ended
+            path = os.path.join(cfg.out_dir, INVOCATIONS_FILE)
+            history = _read_json(path, [])
+            with open(path, "w") as f:
+                json.dump(history + [invocation], f, indent=1)
+
+        try:
+            if not os.path.exists(self._eval_path(arms_lib.BASE, cfg.seed)):
+                write_record(evals_dir, self.run_base())
+            for seed in cfg.seeds:
+                for variant in self.variants:  # training arms first: evaluation-only arms may read them
+                    path = self._eval_path(variant.name, seed)
+                    if os.path.exists(path):
+                        logger.info("study: %s seed %d already evaluated, skipping", variant.name, seed)
+                        continue
+                    write_record(evals_dir, self.run_variant(variant, seed))
+        except BaseException as e:  # an interrupted invocation still counts in the report's times
+            record_invocation(f"interrupted: {type(e).__name__}")
+            raise
+        record_invocation()
         return self.report()
 
     def report_meta(self) -> dict:

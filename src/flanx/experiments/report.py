@@ -284,7 +284,7 @@ def render_markdown(results: dict, plots: dict[str, str]) -> str:
         lines.append(f"- invocation {i}: started {run['started']}, commit `{run['commit']}`, wall "
                      f"{run['wall_time_s']:.0f} s, CPU (user+system) {run['cpu_time_s']:.0f} s on {run['cpus']} "
                      f"CPUs, load average (1/5/15 min) {run['load_average_start']} at start, "
-                     f"{run['load_average_end']} at the end")
+                     f"{run['load_average_end']} at the end" + (f" ({run['ended']})" if run.get("ended") else ""))
     if "config" in meta:
         lines += ["", "```json", json.dumps(meta["config"], indent=1, sort_keys=True, default=str), "```"]
     return "\n".join(lines) + "\n"
