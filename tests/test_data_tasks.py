@@ -167,7 +167,7 @@ FIRST_ROWS = {  # task -> (split, text in the first input, first target), read o
 def test_every_real_task_renders_its_first_examples(data_root):
     real = [c for c in tasks.CARDS.values() if c.vocabulary == "t5_spm" and c.path.startswith(str(paths.tasks_dir()))
             and c.collection is None]  # collections have their own tests (tests/test_flan2021_collection.py)
-    assert len(real) == 5 + 35  # bbh, dialogsum, gsm8k, gsm8k_cot, mmlu + the T0 groups
+    assert len(real) == 6 + 35  # bbh, bbh_choice, dialogsum, gsm8k, gsm8k_cot, mmlu + the T0 groups
     for card in real:
         for split in card.splits:
             for spec in _specs(card):

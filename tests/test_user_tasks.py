@@ -184,3 +184,6 @@ def test_user_mixtures_file_takes_a_registered_mixture_kind(tmp_path, monkeypatc
     with pytest.raises(CardError, match=rf"mixtures file {bad / 'mixtures.yaml'}: mixtures.ut_flan_key.submixtures"
                                         r".cot: unknown key\(s\) weigth"):
         flanx.data.register_all()
+    (bad / "mixtures.yaml").write_text(yaml.safe_dump({"mixtures": {"ut_flan_key": {  # leave a valid file behind
+        "kind": "flan_collection", "submixtures": {"cot": {"weight": 1.0}}}}}))
+    flanx.data.register_all()

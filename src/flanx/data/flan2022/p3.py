@@ -148,10 +148,10 @@ def _checkout_rows(root: Path, subtask: str, split: str) -> Iterator[tuple[str, 
     if missing:
         raise SourceFormatError(f"{info_file}: features lack {missing[0]!r} (features: {', '.join(features)})")
     import tensorflow as tf  # noqa: PLC0415 - only this form needs TFRecords
-    features = {f: tf.io.FixedLenFeature([], tf.string) for f in TEXT_FEATURES}
+    parse = {f: tf.io.FixedLenFeature([], tf.string) for f in TEXT_FEATURES}  # tf.Example keys -> their types
     if "answer_choices" in features:
-        features["answer_choices"] = tf.io.FixedLenSequenceFeature([], tf.string, allow_missing=True)
-    ds = tf.data.TFRecordDataset([str(f) for f in files]).map(lambda pb: tf.io.parse_single_example(pb, features))
+        parse["answer_choices"] = tf.io.FixedLenSequenceFeature([], tf.string, allow_missing=True)
+    ds = tf.data.TFRecordDataset([str(f) for f in files]).map(lambda pb: tf.io.parse_single_example(pb, parse))
     for i, ex in enumerate(ds.as_numpy_iterator()):
         row = {k: [c.decode("utf-8") for c in v] if k == "answer_choices" else v.decode("utf-8")
                for k, v in ex.items()}
