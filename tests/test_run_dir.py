@@ -309,7 +309,8 @@ class _FailingSaves:
 
 def test_failed_async_save_stops_training_at_once(tmp_path, mounts, monkeypatch):
     """The first failed asynchronous save stops the run within a step, naming the cause (real ENOSPC on a
-    small tmpfs when it can be mounted, else a simulated one)."""
+    small tmpfs when it can be mounted, else a simulated one). The file is named when the writer that failed
+    reports it (TensorStore does; a metadata write may not); the checkpoint directory always is."""
     monkeypatch.setattr(checkpointing, "_space_error", lambda directory, state: None)  # let the save start
     model_dir = tmp_path / "run"
     if _mount_tmpfs(model_dir / "checkpoints", "size=600k"):  # one checkpoint (~0.36 MiB) fits, a second not
@@ -327,7 +328,7 @@ def test_failed_async_save_stops_training_at_once(tmp_path, mounts, monkeypatch)
         return map(lambda b: time.sleep(0.3) or b, it)
     period = 2 if mounts else 4
     with pytest.raises(CheckpointSaveError, match=r"saving the checkpoint of step 4 to .* failed: No space left "
-                                                  r"on device \(writing .*\)\. Training stopped; the last complete "
+                                                  r"on device( \(writing .*\))?\. Training stopped; the last complete "
                                                   rf"checkpoint is {'step 2' if mounts else 'none'}"):
         _train(model_dir, 12, data=slow, period=period)
     # Stopped by the first check after the failure (a busy machine: at the latest before the next save starts).
