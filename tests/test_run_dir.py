@@ -371,6 +371,11 @@ def test_metrics_keep_one_record_per_step_across_a_resume(base_run, tmp_path):
     with SummaryWriter(str(model_dir / "tb" / "train"), filename_suffix=".killed") as tb:
         for step in (5, 6):
             tb.add_scalar("loss", 99.0, step)
+    # TensorBoard reads event files in name order, and names start with their creation second: the killed
+    # run's file is dated a second back so that it sorts before the resumed run's even within one second.
+    (killed,) = (model_dir / "tb" / "train").glob("*.killed")
+    stamp = killed.name.split(".")[3]
+    killed.rename(killed.with_name(killed.name.replace(f".{stamp}.", f".{int(stamp) - 1}.", 1)))
     result = _train(model_dir, 7)
     assert result.resumed_from == 4
     rows = [json.loads(line) for line in open(model_dir / "metrics.jsonl")]
